@@ -1,0 +1,470 @@
+/* The connection: buffers, the state machine and timers (SPEC.md sections 7 and 8). No I/O,
+ * no clock (IMP-LIB-001): bytes in, frames out, output lent out, time passed in. */
+#include "imp/conn.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "imp/text.h"
+#include "msg_internal.h"
+#include "state.h"
+
+#define INPUT_SLACK 65536u  /* feed accepts a frame's worth plus this much unread input */
+#define KEEP_BUFFER 4096u   /* empty buffers larger than this are released */
+
+struct buf {
+    uint8_t *p;
+    size_t pos; /* consumed up to here */
+    size_t len; /* filled up to here */
+    size_t cap;
+};
+
+struct imp_conn {
+    imp_role role;
+    imp_state state;
+    int err;        /* sticky fatal error (IMP-ERR-003), 0 if none */
+    int authed;     /* READY was reached */
+    imp_config cfg;
+    imp_allocator alloc;
+    struct buf in, out;
+    uint64_t now;      /* latest time passed in (IMP-TIME-003) */
+    uint64_t deadline; /* authentication deadline (IMP-TIME-001), 0 = none */
+    uint64_t next_ping;
+    uint32_t ping_id;
+    uint32_t missed;
+    int ping_outstanding;
+    uint32_t logout_id;
+    uint32_t peer_max_frame, peer_max_preauth; /* client: from WELCOME */
+};
+
+static void *libc_realloc(void *ud, void *ptr, size_t size)
+{
+    (void)ud;
+    if (size == 0) {
+        free(ptr);
+        return NULL;
+    }
+    return realloc(ptr, size);
+}
+
+static void *mem(imp_conn *c, void *ptr, size_t size)
+{
+    return c->alloc.realloc(c->alloc.ud, ptr, size);
+}
+
+static void buf_release(imp_conn *c, struct buf *b)
+{
+    mem(c, b->p, 0);
+    b->p = NULL;
+    b->pos = b->len = b->cap = 0;
+}
+
+/* Make room for n more bytes after b->len, compacting first. 0 or IMP_ERR_NOMEM. */
+static int buf_reserve(imp_conn *c, struct buf *b, size_t n)
+{
+    if (b->pos > 0) {
+        memmove(b->p, b->p + b->pos, b->len - b->pos);
+        b->len -= b->pos;
+        b->pos = 0;
+    }
+    if (b->cap - b->len >= n)
+        return 0;
+    size_t cap = b->cap ? b->cap : 1024;
+    while (cap - b->len < n)
+        cap *= 2;
+    uint8_t *p = mem(c, b->p, cap);
+    if (!p)
+        return IMP_ERR_NOMEM; /* IMP-LIB-003: the old buffer is untouched */
+    b->p = p;
+    b->cap = cap;
+    return 0;
+}
+
+void imp_config_default(imp_config *cfg, imp_role role)
+{
+    memset(cfg, 0, sizeof *cfg);
+    if (role == IMP_ROLE_SERVER) {
+        cfg->max_frame = IMP_DEFAULT_MAX_FRAME;
+        cfg->max_frame_preauth = IMP_DEFAULT_MAX_PREAUTH;
+        cfg->ping_interval_ms = 30000; /* IMP-TIME-002 */
+    } else {
+        cfg->max_frame = IMP_FRAME_MAX_HARD;
+        cfg->max_frame_preauth = IMP_DEFAULT_MAX_PREAUTH;
+    }
+    cfg->ping_max_missed = 2;
+    cfg->auth_timeout_ms = 10000; /* IMP-TIME-001 */
+}
+
+static int config_valid(imp_role role, const imp_config *cfg)
+{
+    if (role != IMP_ROLE_CLIENT && role != IMP_ROLE_SERVER)
+        return 0;
+    if (cfg->max_frame < IMP_FRAME_MIN_LIMIT || cfg->max_frame > IMP_FRAME_MAX_HARD)
+        return 0;
+    if (role == IMP_ROLE_SERVER &&
+        (cfg->max_frame_preauth < 1024 || cfg->max_frame_preauth > cfg->max_frame))
+        return 0;
+    if (cfg->ping_interval_ms && cfg->ping_max_missed < 1)
+        return 0;
+    if (cfg->agent) {
+        size_t n = strlen(cfg->agent);
+        if (n < 1 || n > 64 || !imp_utf8_valid((const uint8_t *)cfg->agent, n))
+            return 0;
+    }
+    if (cfg->caps.len > 1024 || imp_names_check(cfg->caps.p, cfg->caps.len))
+        return 0;
+    return 1;
+}
+
+/* Append an encoded message to the output, bypassing the state table and the output cap:
+ * used for frames the library sends by itself. */
+static int queue(imp_conn *c, const imp_msg *m, size_t size)
+{
+    int r = buf_reserve(c, &c->out, size);
+    if (r)
+        return r;
+    imp_msg_write(m, c->out.p + c->out.len, size);
+    c->out.len += size;
+    return 0;
+}
+
+static int queue_auto(imp_conn *c, const imp_msg *m)
+{
+    imp_ssize size = imp_msg_encoded_size(m);
+    return size < 0 ? (int)size : queue(c, m, (size_t)size);
+}
+
+static void add_agent_caps(const imp_conn *c, imp_msg *m)
+{
+    if (c->cfg.agent)
+        imp_msg_set_s(m, IMP_T_AGENT, c->cfg.agent);
+    if (c->cfg.caps.len)
+        imp_msg_set_b(m, IMP_T_CAPS, c->cfg.caps.p, c->cfg.caps.len);
+}
+
+/* Queue ERROR(code) for the peer when the state allows, then CLOSING (IMP-ERR-002). */
+static void send_error_and_close(imp_conn *c, int code, const char *text)
+{
+    int wire = code < 0 ? -code : code;
+    if (c->state != IMP_S_CLOSING && wire >= 300 && wire <= 0xFFFF) {
+        imp_msg m;
+        imp_msg_init(&m, IMP_ERROR, 0);
+        imp_msg_set_u(&m, IMP_T_CODE, (uint64_t)wire);
+        if (text) {
+            size_t n = strlen(text);
+            if (n <= 512 && imp_utf8_valid((const uint8_t *)text, n))
+                imp_msg_set_b(&m, IMP_T_TEXT, text, n);
+        }
+        (void)queue_auto(c, &m); /* best effort: without memory the peer sees only a close */
+    }
+    c->state = IMP_S_CLOSING;
+}
+
+/* A fatal error: sticky from now on (IMP-ERR-003). */
+static int fail(imp_conn *c, int err)
+{
+    if (c->err)
+        return c->err;
+    c->err = err;
+    send_error_and_close(c, err, imp_strerror(err));
+    return err;
+}
+
+imp_conn *imp_conn_new(imp_role role, const imp_config *cfg, uint64_t now_ms)
+{
+    imp_config dflt;
+    if (!cfg) {
+        imp_config_default(&dflt, role);
+        cfg = &dflt;
+    }
+    if (!config_valid(role, cfg))
+        return NULL;
+    imp_allocator alloc = {libc_realloc, NULL};
+    if (cfg->alloc)
+        alloc = *cfg->alloc;
+    imp_conn *c = alloc.realloc(alloc.ud, NULL, sizeof *c);
+    if (!c)
+        return NULL;
+    memset(c, 0, sizeof *c);
+    c->role = role;
+    c->cfg = *cfg;
+    c->alloc = alloc;
+    c->now = now_ms;
+    if (cfg->auth_timeout_ms)
+        c->deadline = now_ms + cfg->auth_timeout_ms; /* IMP-TIME-001: absolute */
+    if (role == IMP_ROLE_SERVER) {
+        c->state = IMP_S_AWAIT_HELLO; /* IMP-SESS-001 */
+        return c;
+    }
+    c->state = IMP_S_HELLO_SENT;
+    imp_msg hello;
+    imp_msg_init(&hello, IMP_HELLO, 0);
+    imp_msg_set_u(&hello, IMP_T_VERSION_MIN, IMP_PROTOCOL_VERSION);
+    imp_msg_set_u(&hello, IMP_T_VERSION_MAX, IMP_PROTOCOL_VERSION);
+    add_agent_caps(c, &hello);
+    if (queue_auto(c, &hello)) {
+        imp_conn_free(c);
+        return NULL;
+    }
+    return c;
+}
+
+void imp_conn_free(imp_conn *c)
+{
+    if (!c)
+        return;
+    buf_release(c, &c->in);
+    buf_release(c, &c->out);
+    mem(c, c, 0);
+}
+
+uint32_t imp_conn_recv_limit(const imp_conn *c)
+{
+    /* IMP-SESS-006 */
+    if (c->role == IMP_ROLE_SERVER && !c->authed)
+        return c->cfg.max_frame_preauth;
+    return c->cfg.max_frame;
+}
+
+imp_ssize imp_conn_feed(imp_conn *c, const uint8_t *buf, size_t len)
+{
+    if (c->err)
+        return c->err;
+    if (c->state == IMP_S_CLOSING)
+        return (imp_ssize)len; /* IMP-SESS-003: input is ignored */
+    size_t unread = c->in.len - c->in.pos;
+    size_t limit = (size_t)imp_conn_recv_limit(c) + INPUT_SLACK;
+    size_t take = unread < limit ? limit - unread : 0;
+    if (take > len)
+        take = len;
+    if (take == 0)
+        return 0;
+    int r = buf_reserve(c, &c->in, take);
+    if (r)
+        return fail(c, r);
+    memcpy(c->in.p + c->in.len, buf, take);
+    c->in.len += take;
+    return (imp_ssize)take;
+}
+
+static void start_pings(imp_conn *c)
+{
+    c->authed = 1;
+    if (c->cfg.ping_interval_ms)
+        c->next_ping = c->now + c->cfg.ping_interval_ms;
+}
+
+static int send_welcome(imp_conn *c, uint32_t request_id)
+{
+    imp_msg w;
+    imp_msg_init(&w, IMP_WELCOME, request_id); /* IMP-FRAME-007 */
+    imp_msg_set_u(&w, IMP_T_VERSION, IMP_PROTOCOL_VERSION);
+    add_agent_caps(c, &w);
+    imp_msg_set_u(&w, IMP_T_MAX_FRAME, c->cfg.max_frame);
+    imp_msg_set_u(&w, IMP_T_MAX_FRAME_PREAUTH, c->cfg.max_frame_preauth);
+    imp_msg_set_u(&w, IMP_T_PING_INTERVAL, c->cfg.ping_interval_ms);
+    imp_msg_set_u(&w, IMP_T_AUTH_TIMEOUT, c->cfg.auth_timeout_ms);
+    return queue_auto(c, &w);
+}
+
+static int send_empty(imp_conn *c, uint8_t type, uint32_t request_id)
+{
+    imp_msg m;
+    imp_msg_init(&m, type, request_id);
+    return queue(c, &m, IMP_HEADER_SIZE);
+}
+
+/* What the library does by itself when a frame arrives (the "(auto …)" of section 7). */
+static int on_receive(imp_conn *c, const imp_msg *m, struct imp_cell cell)
+{
+    switch (m->type) {
+    case IMP_HELLO: /* IMP-MSG-002: version 1 must be in the client's range */
+        if (m->v[IMP_T_VERSION_MIN].u > IMP_PROTOCOL_VERSION)
+            return IMP_ERR_VERSION;
+        return send_welcome(c, m->request_id);
+    case IMP_WELCOME: /* the server must choose a version we offered */
+        if (m->v[IMP_T_VERSION].u != IMP_PROTOCOL_VERSION)
+            return IMP_ERR_VERSION;
+        c->peer_max_frame = (uint32_t)m->v[IMP_T_MAX_FRAME].u;
+        c->peer_max_preauth = (uint32_t)m->v[IMP_T_MAX_FRAME_PREAUTH].u;
+        return 0;
+    case IMP_PING:
+        return send_empty(c, IMP_PONG, m->request_id);
+    case IMP_PONG: /* IMP-TIME-002: any PONG resets the missed counter */
+        c->ping_outstanding = 0;
+        c->missed = 0;
+        return 0;
+    case IMP_LOGOUT: /* IMP-MSG-005 */
+        return send_empty(c, IMP_OK, m->request_id);
+    default:
+        (void)cell;
+        return 0;
+    }
+}
+
+static void apply(imp_conn *c, struct imp_cell cell, const imp_msg *m)
+{
+    switch (cell.action) {
+    case CELL_GO:
+        c->state = (imp_state)cell.arg;
+        if (c->state == IMP_S_READY)
+            start_pings(c);
+        break;
+    case CELL_ERRF:
+        if (imp_is_fatal(m->v[IMP_T_CODE].u > 0 ? (int)m->v[IMP_T_CODE].u : 700))
+            c->state = IMP_S_CLOSING;
+        else if (cell.arg >= 0)
+            c->state = (imp_state)cell.arg;
+        break;
+    case CELL_LOGOUT_OK: /* IMP-SESS-007 */
+        if (m->request_id == c->logout_id)
+            c->state = IMP_S_CLOSING;
+        break;
+    default:
+        break;
+    }
+}
+
+int imp_conn_next_event(imp_conn *c, imp_msg *m)
+{
+    if (c->err)
+        return c->err;
+    if (c->state == IMP_S_CLOSING) { /* IMP-SESS-003 */
+        c->in.pos = c->in.len;
+        return 0;
+    }
+    imp_frame f;
+    size_t avail = c->in.len - c->in.pos;
+    imp_ssize n = imp_frame_parse(c->in.p + c->in.pos, avail, imp_conn_recv_limit(c), &f, NULL);
+    if (n == 0) {
+        if (avail == 0 && c->in.cap > KEEP_BUFFER)
+            buf_release(c, &c->in); /* idle connections keep no large buffer */
+        return 0;
+    }
+    if (n < 0)
+        return fail(c, (int)n);
+    c->in.pos += (size_t)n;
+    /* IMP-SESS-002: the table is consulted on the header, before the payload is decoded. */
+    struct imp_cell cell = imp_state_cell(c->role, 0, c->state, f.type);
+    if (cell.action == CELL_FAIL)
+        return fail(c, cell.arg); /* IMP-MSG-001, IMP-SESS-004 */
+    int r = imp_msg_decode(&f, m);
+    if (r == 0)
+        r = on_receive(c, m, cell);
+    if (r)
+        return fail(c, r); /* IMP-ERR-003: the frame has no effect */
+    apply(c, cell, m);
+    return 1;
+}
+
+int imp_conn_send(imp_conn *c, const imp_msg *m)
+{
+    if (!imp_type_known(m->type))
+        return IMP_ERR_INVAL;
+    struct imp_cell cell = imp_state_cell(c->role, 1, c->state, m->type);
+    if (cell.action == CELL_REFUSE)
+        return cell.arg;
+    imp_ssize size = imp_msg_encoded_size(m);
+    if (size < 0)
+        return (int)size;
+    if (c->role == IMP_ROLE_CLIENT) { /* IMP-MSG-003 */
+        uint32_t limit = c->authed ? c->peer_max_frame : c->peer_max_preauth;
+        if (limit && (size_t)size > limit)
+            return IMP_ERR_TOO_LARGE;
+    }
+    if (c->cfg.max_output && c->out.len - c->out.pos + (size_t)size > c->cfg.max_output)
+        return IMP_ERR_OUTPUT_FULL;
+    int r = queue(c, m, (size_t)size);
+    if (r)
+        return fail(c, r);
+    if (m->type == IMP_LOGOUT)
+        c->logout_id = m->request_id;
+    apply(c, cell, m);
+    return 0;
+}
+
+void imp_conn_close(imp_conn *c, int code, const char *text)
+{
+    send_error_and_close(c, code, text);
+}
+
+size_t imp_conn_pending_output(const imp_conn *c, const uint8_t **out)
+{
+    *out = c->out.p + c->out.pos;
+    return c->out.len - c->out.pos;
+}
+
+void imp_conn_consume_output(imp_conn *c, size_t n)
+{
+    size_t pending = c->out.len - c->out.pos;
+    c->out.pos += n < pending ? n : pending;
+    if (c->out.pos == c->out.len) {
+        c->out.pos = c->out.len = 0;
+        if (c->out.cap > KEEP_BUFFER)
+            buf_release(c, &c->out);
+    }
+}
+
+int imp_conn_tick(imp_conn *c, uint64_t now_ms)
+{
+    if (c->err)
+        return c->err;
+    if (now_ms > c->now)
+        c->now = now_ms; /* IMP-TIME-003 */
+    if (c->state == IMP_S_CLOSING)
+        return 0;
+    if (!c->authed && c->deadline && c->now >= c->deadline)
+        return fail(c, IMP_ERR_AUTH_TIMEOUT); /* IMP-TIME-001 */
+    if (c->state == IMP_S_READY && c->cfg.ping_interval_ms && c->now >= c->next_ping) {
+        if (c->ping_outstanding && ++c->missed >= c->cfg.ping_max_missed)
+            return fail(c, IMP_ERR_PING_TIMEOUT); /* IMP-TIME-002 */
+        int r = send_empty(c, IMP_PING, ++c->ping_id);
+        if (r)
+            return fail(c, r);
+        c->ping_outstanding = 1;
+        c->next_ping = c->now + c->cfg.ping_interval_ms;
+    }
+    return 0;
+}
+
+uint64_t imp_conn_next_deadline(const imp_conn *c)
+{
+    uint64_t t = UINT64_MAX;
+    if (c->err || c->state == IMP_S_CLOSING)
+        return t;
+    if (!c->authed && c->deadline)
+        t = c->deadline;
+    if (c->state == IMP_S_READY && c->cfg.ping_interval_ms && c->next_ping < t)
+        t = c->next_ping;
+    return t;
+}
+
+imp_state imp_conn_state(const imp_conn *c)
+{
+    return c->state;
+}
+
+imp_role imp_conn_role(const imp_conn *c)
+{
+    return c->role;
+}
+
+int imp_conn_error(const imp_conn *c)
+{
+    return c->err;
+}
+
+int imp_conn_want_close(const imp_conn *c)
+{
+    return c->state == IMP_S_CLOSING;
+}
+
+uint32_t imp_conn_peer_max_frame(const imp_conn *c)
+{
+    return c->peer_max_frame;
+}
+
+uint32_t imp_conn_peer_max_preauth(const imp_conn *c)
+{
+    return c->peer_max_preauth;
+}

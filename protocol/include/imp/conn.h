@@ -1,0 +1,138 @@
+/* libimp — the connection: session state machine for client and server roles (SPEC.md
+ * sections 7 and 8), sans I/O (IMP-LIB-001).
+ *
+ * Bytes go in with imp_conn_feed(), frames come out with imp_conn_next_event(), bytes to write
+ * are lent out by imp_conn_pending_output() until imp_conn_consume_output(), frames are queued
+ * with imp_conn_send(), and time is passed in (imp_conn_new, imp_conn_tick). No user code runs
+ * inside the library.
+ *
+ * A typical loop:
+ *     feed what the socket gave; while ((r = imp_conn_next_event(c, &m)) > 0) handle(&m);
+ *     if (r < 0 || imp_conn_want_close(c)) { write pending output, then close }
+ *     write imp_conn_pending_output(); call imp_conn_tick() at imp_conn_next_deadline().
+ *
+ * Errors: a fatal error (imp_is_fatal) is sticky: the connection queues an ERROR frame for the
+ * peer when it can, enters IMP_S_CLOSING, and every later next_event/tick/feed call returns
+ * the same error (IMP-ERR-003).
+ */
+#ifndef IMP_CONN_H
+#define IMP_CONN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "errors.h"
+#include "msg.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum imp_role { IMP_ROLE_CLIENT = 1, IMP_ROLE_SERVER = 2 } imp_role;
+
+/* States (SPEC.md section 7). Server: AWAIT_HELLO, AWAIT_AUTH, AUTHENTICATING, READY,
+ * CLOSING. Client: HELLO_SENT, CONNECTED, AUTH_SENT, READY, LOGOUT_SENT, CLOSING. */
+typedef enum imp_state {
+    IMP_S_AWAIT_HELLO = 0,
+    IMP_S_AWAIT_AUTH,
+    IMP_S_AUTHENTICATING,
+    IMP_S_HELLO_SENT,
+    IMP_S_CONNECTED,
+    IMP_S_AUTH_SENT,
+    IMP_S_READY,
+    IMP_S_LOGOUT_SENT,
+    IMP_S_CLOSING
+} imp_state;
+#define IMP_STATE_COUNT 9
+const char *imp_state_name(imp_state s); /* "AWAIT_HELLO", ...; NULL if out of range */
+
+/* The one allocator hook (IMP-LIB-003): realloc semantics; size 0 frees and returns NULL.
+ * NULL hook = the C library's realloc/free. */
+typedef struct imp_allocator {
+    void *(*realloc)(void *ud, void *ptr, size_t size);
+    void *ud;
+} imp_allocator;
+
+typedef struct imp_config {
+    const imp_allocator *alloc; /* NULL: libc */
+    /* Receive limits on the frame size (IMP-FRAME-005, IMP-SESS-006). Server: max_frame
+     * after AUTH_OK and max_frame_preauth before, both announced in WELCOME. Client: the
+     * limit on frames received (max_frame; max_frame_preauth unused). */
+    uint32_t max_frame;
+    uint32_t max_frame_preauth;
+    uint32_t ping_interval_ms; /* IMP-TIME-002; 0 disables our PINGs */
+    uint32_t ping_max_missed;  /* N of IMP-TIME-002 (>= 1) */
+    uint32_t auth_timeout_ms;  /* IMP-TIME-001; 0 disables the deadline */
+    size_t max_output;         /* cap on queued output bytes; 0 = none. Over it, send fails
+                                  with IMP_ERR_OUTPUT_FULL (library frames are never refused) */
+    const char *agent;         /* AGENT in HELLO/WELCOME; NULL = none */
+    imp_bytes caps;            /* CAPS list (see imp_names_add); len 0 = none */
+} imp_config;
+
+/* Defaults for a role: server max_frame 1 MiB, preauth 4096, ping 30000 ms, 2 missed,
+ * auth timeout 10000 ms; client max_frame 16 MiB, no pings, auth timeout 10000 ms. */
+void imp_config_default(imp_config *cfg, imp_role role);
+
+typedef struct imp_conn imp_conn;
+
+/* Create a connection at time now_ms (monotonic milliseconds). A client connection queues
+ * HELLO at once (state HELLO_SENT); a server connection starts in AWAIT_HELLO. cfg is copied
+ * (the agent string and caps bytes must outlive the connection). NULL on allocation failure
+ * or invalid configuration (max_frame_preauth > max_frame, limits out of range). */
+imp_conn *imp_conn_new(imp_role role, const imp_config *cfg, uint64_t now_ms);
+void imp_conn_free(imp_conn *c);
+
+/* Give received bytes to the connection; they are copied. Returns the number of bytes taken,
+ * which is less than len when the input buffer holds a whole frame's worth of unread bytes
+ * plus 64 KiB: take events, then feed the rest. In CLOSING all bytes are taken and dropped.
+ * Returns the sticky error if the connection has failed, IMP_ERR_NOMEM if the buffer could
+ * not grow (fatal). */
+imp_ssize imp_conn_feed(imp_conn *c, const uint8_t *buf, size_t len);
+
+/* Take the next received frame.
+ *   1: *m holds it; its views point into the connection's buffer and stay valid until the
+ *      next call of imp_conn_feed, imp_conn_next_event or imp_conn_free.
+ *   0: no whole frame buffered (or the connection is closing without error).
+ *  <0: the connection failed (sticky), e.g. IMP_ERR_FRAME_TOO_LARGE, IMP_ERR_STATE.
+ * Frames the library answers itself (HELLO, PING, LOGOUT) are still returned as events. */
+int imp_conn_next_event(imp_conn *c, imp_msg *m);
+
+/* Queue a frame built by the application. Checks the send table (IMP-SESS-002): returns
+ * IMP_ERR_NOT_ALLOWED or IMP_ERR_CLOSED without queuing anything; validates the message (as
+ * imp_msg_validate); IMP_ERR_TOO_LARGE if a client frame exceeds the server's announced
+ * limit; IMP_ERR_OUTPUT_FULL if max_output would be exceeded; IMP_ERR_NOMEM (fatal).
+ * Returns 0 when queued. Sending a fatal ERROR moves the connection to CLOSING. */
+int imp_conn_send(imp_conn *c, const imp_msg *m);
+
+/* Close with an error for the peer: queues ERROR(code, text) when the state allows sending,
+ * and enters CLOSING. code is a wire code (e.g. 730) or a negative imp_err. */
+void imp_conn_close(imp_conn *c, int code, const char *text);
+
+/* Output to write: *out points at the bytes (valid until the next call that sends or
+ * consumes); returns their number (0: nothing to write). */
+size_t imp_conn_pending_output(const imp_conn *c, const uint8_t **out);
+/* n bytes of the pending output were written (n <= pending). */
+void imp_conn_consume_output(imp_conn *c, size_t n);
+
+/* Advance time: checks the authentication deadline and keepalive (section 8), may queue a
+ * PING. Returns 0 or the sticky error (IMP_ERR_AUTH_TIMEOUT, IMP_ERR_PING_TIMEOUT). */
+int imp_conn_tick(imp_conn *c, uint64_t now_ms);
+/* The next time imp_conn_tick should be called; UINT64_MAX when no timer runs. */
+uint64_t imp_conn_next_deadline(const imp_conn *c);
+
+imp_state imp_conn_state(const imp_conn *c);
+imp_role imp_conn_role(const imp_conn *c);
+/* The sticky error, or 0. */
+int imp_conn_error(const imp_conn *c);
+/* 1 when the application should write the pending output and then close the transport. */
+int imp_conn_want_close(const imp_conn *c);
+/* The current receive limit (IMP-SESS-006). */
+uint32_t imp_conn_recv_limit(const imp_conn *c);
+/* Client: the limits WELCOME announced (0 before WELCOME). */
+uint32_t imp_conn_peer_max_frame(const imp_conn *c);
+uint32_t imp_conn_peer_max_preauth(const imp_conn *c);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
