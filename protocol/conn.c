@@ -9,8 +9,8 @@
 #include "msg_internal.h"
 #include "state.h"
 
-#define INPUT_SLACK 65536u  /* feed accepts a frame's worth plus this much unread input */
-#define KEEP_BUFFER 4096u   /* empty buffers larger than this are released */
+#define INPUT_SLACK 65536u /* feed accepts a frame's worth plus this much unread input */
+#define KEEP_BUFFER 4096u  /* empty buffers larger than this are released */
 
 struct buf {
     uint8_t *p;
@@ -22,8 +22,8 @@ struct buf {
 struct imp_conn {
     imp_role role;
     imp_state state;
-    int err;        /* sticky fatal error (IMP-ERR-003), 0 if none */
-    int authed;     /* READY was reached */
+    int err;    /* sticky fatal error (IMP-ERR-003), 0 if none */
+    int authed; /* READY was reached */
     imp_config cfg;
     imp_allocator alloc;
     struct buf in, out;

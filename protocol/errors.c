@@ -90,9 +90,9 @@ const char *imp_err_name(int err)
 
 const char *imp_strerror(int err)
 {
-    static const char *const classes[] = {"unknown error", "unknown error", "usage error",
-                                          "cannot connect", "authentication refused",
-                                          "request refused", "timeout", "connection lost"};
+    static const char *const classes[] = {
+        "unknown error",          "unknown error",   "usage error", "cannot connect",
+        "authentication refused", "request refused", "timeout",     "connection lost"};
     if (err == 0)
         return "ok";
     const struct err_info *e = find(err);

@@ -47,16 +47,16 @@ static const struct type_info types[IMP_TYPE_COUNT] = {
 /* type byte -> index + 1 into types[] (0: unknown); built on first use would need state, so
  * it is a constant table. */
 static const uint8_t type_index[256] = {
-    [IMP_HELLO] = 1,          [IMP_WELCOME] = 2,      [IMP_REGISTER] = 3,
-    [IMP_LOGIN] = 4,          [IMP_AUTH_OK] = 5,      [IMP_LOGOUT] = 6,
-    [IMP_OK] = 7,             [IMP_ERROR] = 8,        [IMP_SEND] = 9,
-    [IMP_ACK] = 10,           [IMP_DELIVER] = 11,     [IMP_DELIVERED] = 12,
-    [IMP_JOIN] = 13,          [IMP_LEAVE] = 14,       [IMP_MEMBERS] = 15,
-    [IMP_MEMBER_LIST] = 16,   [IMP_HISTORY] = 17,     [IMP_HISTORY_ITEM] = 18,
-    [IMP_ROOMS] = 19,         [IMP_ROOM_LIST] = 20,   [IMP_PRESENCE] = 21,
-    [IMP_SUBSCRIBE] = 22,     [IMP_PRESENCE_EVENT] = 23, [IMP_WHO] = 24,
-    [IMP_WHO_LIST] = 25,      [IMP_STATS] = 26,       [IMP_STATS_REPLY] = 27,
-    [IMP_MONITOR] = 28,       [IMP_MONITOR_EVENT] = 29, [IMP_PING] = 30,
+    [IMP_HELLO] = 1,        [IMP_WELCOME] = 2,         [IMP_REGISTER] = 3,
+    [IMP_LOGIN] = 4,        [IMP_AUTH_OK] = 5,         [IMP_LOGOUT] = 6,
+    [IMP_OK] = 7,           [IMP_ERROR] = 8,           [IMP_SEND] = 9,
+    [IMP_ACK] = 10,         [IMP_DELIVER] = 11,        [IMP_DELIVERED] = 12,
+    [IMP_JOIN] = 13,        [IMP_LEAVE] = 14,          [IMP_MEMBERS] = 15,
+    [IMP_MEMBER_LIST] = 16, [IMP_HISTORY] = 17,        [IMP_HISTORY_ITEM] = 18,
+    [IMP_ROOMS] = 19,       [IMP_ROOM_LIST] = 20,      [IMP_PRESENCE] = 21,
+    [IMP_SUBSCRIBE] = 22,   [IMP_PRESENCE_EVENT] = 23, [IMP_WHO] = 24,
+    [IMP_WHO_LIST] = 25,    [IMP_STATS] = 26,          [IMP_STATS_REPLY] = 27,
+    [IMP_MONITOR] = 28,     [IMP_MONITOR_EVENT] = 29,  [IMP_PING] = 30,
     [IMP_PONG] = 31,
 };
 

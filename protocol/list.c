@@ -8,8 +8,8 @@
 
 static int key_char(uint8_t c)
 {
-    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-           c == '-' || c == '_' || c == '.';
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '-' ||
+           c == '_' || c == '.';
 }
 
 static int stat_char(uint8_t c)
@@ -166,8 +166,7 @@ int imp_names_add(imp_builder *b, const void *name, size_t len)
     return 0;
 }
 
-int imp_headers_add(imp_builder *b, const void *key, size_t klen, const void *value,
-                    size_t vlen)
+int imp_headers_add(imp_builder *b, const void *key, size_t klen, const void *value, size_t vlen)
 {
     if (b->err)
         return b->err;

@@ -14,12 +14,30 @@ struct tag_info {
     uint64_t max; /* integer kinds: largest value; others: longest length */
 };
 
-#define U16(n, lo) {n, IMP_K_U16, lo, 0xFFFFu}
-#define U32(n, lo, hi) {n, IMP_K_U32, lo, hi}
-#define U64(n) {n, IMP_K_U64, 0, UINT64_MAX}
-#define BOOL(n) {n, IMP_K_BOOL, 0, 1}
-#define ENUM(n, lo, hi) {n, IMP_K_ENUM, lo, hi}
-#define VAR(n, k, lo, hi) {n, k, lo, hi}
+#define U16(n, lo)                \
+    {                             \
+        n, IMP_K_U16, lo, 0xFFFFu \
+    }
+#define U32(n, lo, hi)       \
+    {                        \
+        n, IMP_K_U32, lo, hi \
+    }
+#define U64(n)                      \
+    {                               \
+        n, IMP_K_U64, 0, UINT64_MAX \
+    }
+#define BOOL(n)             \
+    {                       \
+        n, IMP_K_BOOL, 0, 1 \
+    }
+#define ENUM(n, lo, hi)       \
+    {                         \
+        n, IMP_K_ENUM, lo, hi \
+    }
+#define VAR(n, k, lo, hi) \
+    {                     \
+        n, k, lo, hi      \
+    }
 
 /* SPEC.md table 3.1 (IMP-FIELD-006, IMP-FIELD-010); test_msg.c compares it with the spec. */
 static const struct tag_info tags[IMP_TAG_MAX + 1] = {
@@ -90,8 +108,7 @@ static const struct type_fields fields[IMP_TYPE_COUNT] = {
     /* OK */ {0, B(COUNT) | B(MORE)},
     /* ERROR */ {B(CODE), B(TEXT) | B(RETRY_AFTER)},
     /* SEND */
-    {B(TARGET_KIND) | B(BODY),
-     B(TARGET) | B(CLIENT_MSG_ID) | B(CLASS) | B(ACK_MODE) | B(HEADERS)},
+    {B(TARGET_KIND) | B(BODY), B(TARGET) | B(CLIENT_MSG_ID) | B(CLASS) | B(ACK_MODE) | B(HEADERS)},
     /* ACK */ {B(OUTCOME), B(CLIENT_MSG_ID) | B(MSG_ID) | B(CODE) | B(TEXT) | B(DUPLICATE)},
     /* DELIVER */
     {B(TARGET_KIND) | B(BODY) | B(MSG_ID) | B(SEQ) | B(SENDER) | B(TIMESTAMP),
@@ -289,7 +306,7 @@ int imp_msg_decode(const imp_frame *f, imp_msg *m)
             return IMP_ERR_TRUNCATED;
         if (tag == 0)
             return IMP_ERR_ZERO_TAG; /* IMP-FIELD-002 */
-        if (tag <= prev) /* IMP-FIELD-003 */
+        if (tag <= prev)             /* IMP-FIELD-003 */
             return tag == prev ? IMP_ERR_DUPLICATE_FIELD : IMP_ERR_FIELD_ORDER;
         prev = tag;
         if (tag > IMP_TAG_MAX || !((allowed >> tag) & 1u)) {
@@ -302,7 +319,10 @@ int imp_msg_decode(const imp_frame *f, imp_msg *m)
             if (w) {
                 if (len != w)
                     return IMP_ERR_FIELD_LENGTH; /* IMP-FIELD-006 */
-                uint64_t v = w == 1 ? p[0] : w == 2 ? imp_get16(p) : w == 4 ? imp_get32(p) : imp_get64(p);
+                uint64_t v = w == 1   ? p[0]
+                             : w == 2 ? imp_get16(p)
+                             : w == 4 ? imp_get32(p)
+                                      : imp_get64(p);
                 r = check_int(info, v);
                 m->v[tag].u = v;
             } else {

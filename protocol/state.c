@@ -10,17 +10,17 @@
 enum group {
     G_HELLO,
     G_WELCOME,
-    G_AUTH,    /* REGISTER, LOGIN */
+    G_AUTH, /* REGISTER, LOGIN */
     G_AUTH_OK,
     G_LOGOUT,
     G_OK,
     G_ERROR,
     G_PING,
     G_PONG,
-    G_APP_C,   /* SEND, DELIVERED, JOIN, LEAVE, MEMBERS, HISTORY, ROOMS, PRESENCE, SUBSCRIBE,
-                  WHO, STATS, MONITOR */
-    G_APP_S,   /* ACK, DELIVER, MEMBER_LIST, HISTORY_ITEM, ROOM_LIST, PRESENCE_EVENT, WHO_LIST,
-                  STATS_REPLY, MONITOR_EVENT (APP_S of the spec without OK) */
+    G_APP_C, /* SEND, DELIVERED, JOIN, LEAVE, MEMBERS, HISTORY, ROOMS, PRESENCE, SUBSCRIBE,
+                WHO, STATS, MONITOR */
+    G_APP_S, /* ACK, DELIVER, MEMBER_LIST, HISTORY_ITEM, ROOM_LIST, PRESENCE_EVENT, WHO_LIST,
+                STATS_REPLY, MONITOR_EVENT (APP_S of the spec without OK) */
     G_COUNT
 };
 
@@ -51,15 +51,42 @@ static enum group group_of(uint8_t type)
     }
 }
 
-#define GO(s) {CELL_GO, IMP_S_##s}
-#define SAME {CELL_STAY, 0}
-#define IGN {CELL_IGNORE, 0}
-#define FAIL(e) {CELL_FAIL, IMP_ERR_##e}
-#define NOPE {CELL_REFUSE, IMP_ERR_NOT_ALLOWED}
-#define SHUT {CELL_REFUSE, IMP_ERR_CLOSED}
-#define ERRF(s) {CELL_ERRF, IMP_S_##s}
-#define ERRF_SAME {CELL_ERRF, -1}
-#define ALL(c) {c, c, c, c, c, c, c, c, c, c, c}
+#define GO(s)              \
+    {                      \
+        CELL_GO, IMP_S_##s \
+    }
+#define SAME         \
+    {                \
+        CELL_STAY, 0 \
+    }
+#define IGN            \
+    {                  \
+        CELL_IGNORE, 0 \
+    }
+#define FAIL(e)                \
+    {                          \
+        CELL_FAIL, IMP_ERR_##e \
+    }
+#define NOPE                             \
+    {                                    \
+        CELL_REFUSE, IMP_ERR_NOT_ALLOWED \
+    }
+#define SHUT                        \
+    {                               \
+        CELL_REFUSE, IMP_ERR_CLOSED \
+    }
+#define ERRF(s)              \
+    {                        \
+        CELL_ERRF, IMP_S_##s \
+    }
+#define ERRF_SAME     \
+    {                 \
+        CELL_ERRF, -1 \
+    }
+#define ALL(c)                          \
+    {                                   \
+        c, c, c, c, c, c, c, c, c, c, c \
+    }
 
 typedef struct imp_cell row[G_COUNT];
 
@@ -85,8 +112,8 @@ static const row server_rx[IMP_STATE_COUNT] = {
 static const row server_tx[IMP_STATE_COUNT] = {
     [IMP_S_AWAIT_HELLO] = {NOPE, NOPE, NOPE, NOPE, NOPE, NOPE, ERRF_SAME, NOPE, NOPE, NOPE, NOPE},
     [IMP_S_AWAIT_AUTH] = {NOPE, NOPE, NOPE, NOPE, NOPE, NOPE, ERRF_SAME, NOPE, NOPE, NOPE, NOPE},
-    [IMP_S_AUTHENTICATING] = {NOPE, NOPE, NOPE, GO(READY), NOPE, NOPE, ERRF(AWAIT_AUTH), NOPE,
-                              NOPE, NOPE, NOPE},
+    [IMP_S_AUTHENTICATING] = {NOPE, NOPE, NOPE, GO(READY), NOPE, NOPE, ERRF(AWAIT_AUTH), NOPE, NOPE,
+                              NOPE, NOPE},
     [IMP_S_READY] = {NOPE, NOPE, NOPE, NOPE, NOPE, SAME, ERRF_SAME, SAME, NOPE, NOPE, SAME},
     [IMP_S_CLOSING] = ALL(SHUT),
 };
@@ -94,41 +121,47 @@ static const row server_tx[IMP_STATE_COUNT] = {
 /* 7.3 Client role: receive. */
 static const row client_rx[IMP_STATE_COUNT] = {
     [IMP_S_HELLO_SENT] = {FAIL(WRONG_ROLE), GO(CONNECTED), FAIL(WRONG_ROLE), FAIL(STATE),
-                          FAIL(WRONG_ROLE), FAIL(STATE), ERRF_SAME, SAME, SAME,
-                          FAIL(WRONG_ROLE), FAIL(STATE)},
+                          FAIL(WRONG_ROLE), FAIL(STATE), ERRF_SAME, SAME, SAME, FAIL(WRONG_ROLE),
+                          FAIL(STATE)},
     [IMP_S_CONNECTED] = {FAIL(WRONG_ROLE), FAIL(STATE), FAIL(WRONG_ROLE), FAIL(STATE),
                          FAIL(WRONG_ROLE), FAIL(STATE), ERRF_SAME, SAME, SAME, FAIL(WRONG_ROLE),
                          FAIL(STATE)},
     [IMP_S_AUTH_SENT] = {FAIL(WRONG_ROLE), FAIL(STATE), FAIL(WRONG_ROLE), GO(READY),
                          FAIL(WRONG_ROLE), FAIL(STATE), ERRF(CONNECTED), SAME, SAME,
                          FAIL(WRONG_ROLE), FAIL(STATE)},
-    [IMP_S_READY] = {FAIL(WRONG_ROLE), FAIL(STATE), FAIL(WRONG_ROLE), FAIL(STATE),
-                     FAIL(WRONG_ROLE), SAME, ERRF_SAME, SAME, SAME, FAIL(WRONG_ROLE), SAME},
-    [IMP_S_LOGOUT_SENT] = {FAIL(WRONG_ROLE), FAIL(STATE), FAIL(WRONG_ROLE), SAME,
-                           FAIL(WRONG_ROLE), {CELL_LOGOUT_OK, 0}, ERRF_SAME, SAME, SAME,
-                           FAIL(WRONG_ROLE), SAME},
+    [IMP_S_READY] = {FAIL(WRONG_ROLE), FAIL(STATE), FAIL(WRONG_ROLE), FAIL(STATE), FAIL(WRONG_ROLE),
+                     SAME, ERRF_SAME, SAME, SAME, FAIL(WRONG_ROLE), SAME},
+    [IMP_S_LOGOUT_SENT] = {FAIL(WRONG_ROLE),
+                           FAIL(STATE),
+                           FAIL(WRONG_ROLE),
+                           SAME,
+                           FAIL(WRONG_ROLE),
+                           {CELL_LOGOUT_OK, 0},
+                           ERRF_SAME,
+                           SAME,
+                           SAME,
+                           FAIL(WRONG_ROLE),
+                           SAME},
     [IMP_S_CLOSING] = ALL(IGN),
 };
 
 /* 7.4 Client role: send. */
 static const row client_tx[IMP_STATE_COUNT] = {
-    [IMP_S_HELLO_SENT] = {NOPE, NOPE, NOPE, NOPE, NOPE, NOPE, GO(CLOSING), NOPE, NOPE, NOPE,
-                          NOPE},
-    [IMP_S_CONNECTED] = {NOPE, NOPE, GO(AUTH_SENT), NOPE, GO(LOGOUT_SENT), NOPE, GO(CLOSING),
-                         NOPE, NOPE, NOPE, NOPE},
+    [IMP_S_HELLO_SENT] = {NOPE, NOPE, NOPE, NOPE, NOPE, NOPE, GO(CLOSING), NOPE, NOPE, NOPE, NOPE},
+    [IMP_S_CONNECTED] = {NOPE, NOPE, GO(AUTH_SENT), NOPE, GO(LOGOUT_SENT), NOPE, GO(CLOSING), NOPE,
+                         NOPE, NOPE, NOPE},
     [IMP_S_AUTH_SENT] = {NOPE, NOPE, NOPE, NOPE, GO(LOGOUT_SENT), NOPE, GO(CLOSING), NOPE, NOPE,
                          NOPE, NOPE},
-    [IMP_S_READY] = {NOPE, NOPE, NOPE, NOPE, GO(LOGOUT_SENT), NOPE, GO(CLOSING), SAME, NOPE,
-                     SAME, NOPE},
-    [IMP_S_LOGOUT_SENT] = {NOPE, NOPE, NOPE, NOPE, NOPE, NOPE, GO(CLOSING), NOPE, NOPE, NOPE,
-                           NOPE},
+    [IMP_S_READY] = {NOPE, NOPE, NOPE, NOPE, GO(LOGOUT_SENT), NOPE, GO(CLOSING), SAME, NOPE, SAME,
+                     NOPE},
+    [IMP_S_LOGOUT_SENT] = {NOPE, NOPE, NOPE, NOPE, NOPE, NOPE, GO(CLOSING), NOPE, NOPE, NOPE, NOPE},
     [IMP_S_CLOSING] = ALL(SHUT),
 };
 
 struct imp_cell imp_state_cell(imp_role role, int send, imp_state state, uint8_t type)
 {
-    const row *t = role == IMP_ROLE_SERVER ? (send ? server_tx : server_rx)
-                                           : (send ? client_tx : client_rx);
+    const row *t =
+        role == IMP_ROLE_SERVER ? (send ? server_tx : server_rx) : (send ? client_tx : client_rx);
     return t[state][group_of(type)];
 }
 

@@ -15,12 +15,12 @@
 extern "C" {
 #endif
 
-#define IMP_PROTOCOL_VERSION 1u         /* header version byte and HELLO/WELCOME version */
-#define IMP_HEADER_SIZE 12u             /* IMP-FRAME-001 */
-#define IMP_FRAME_MAX_HARD 16777216u    /* 16 MiB, largest frame size ever: IMP-FRAME-005 */
-#define IMP_FRAME_MIN_LIMIT 4096u       /* smallest MAX_FRAME a server may announce */
-#define IMP_DEFAULT_MAX_FRAME 1048576u  /* server default MAX_FRAME (1 MiB) */
-#define IMP_DEFAULT_MAX_PREAUTH 4096u   /* server default MAX_FRAME_PREAUTH */
+#define IMP_PROTOCOL_VERSION 1u        /* header version byte and HELLO/WELCOME version */
+#define IMP_HEADER_SIZE 12u            /* IMP-FRAME-001 */
+#define IMP_FRAME_MAX_HARD 16777216u   /* 16 MiB, largest frame size ever: IMP-FRAME-005 */
+#define IMP_FRAME_MIN_LIMIT 4096u      /* smallest MAX_FRAME a server may announce */
+#define IMP_DEFAULT_MAX_FRAME 1048576u /* server default MAX_FRAME (1 MiB) */
+#define IMP_DEFAULT_MAX_PREAUTH 4096u  /* server default MAX_FRAME_PREAUTH */
 
 /* Frame types (SPEC.md section 5). */
 typedef enum imp_type {
@@ -79,7 +79,7 @@ typedef struct imp_frame {
     uint8_t version;
     uint8_t type;
     uint16_t flags;
-    uint32_t length;       /* payload length */
+    uint32_t length; /* payload length */
     uint32_t request_id;
     const uint8_t *payload; /* view into the parsed buffer: length bytes */
 } imp_frame;

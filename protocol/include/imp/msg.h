@@ -72,7 +72,7 @@ enum imp_tag {
     IMP_T_EVENT = 44,
     IMP_T_COUNT = 45
 };
-#define IMP_TAG_MAX 45          /* highest defined tag */
+#define IMP_TAG_MAX 45           /* highest defined tag */
 #define IMP_TAG_CRITICAL 0x8000u /* IMP-FIELD-004 */
 
 /* Field kinds. */
@@ -118,15 +118,15 @@ typedef union imp_value {
 } imp_value;
 
 typedef struct imp_msg {
-    uint8_t type;           /* imp_type */
-    uint32_t request_id;    /* IMP-FRAME-007 */
-    uint64_t present;       /* bit t set: field with tag t is present */
+    uint8_t type;                 /* imp_type */
+    uint32_t request_id;          /* IMP-FRAME-007 */
+    uint64_t present;             /* bit t set: field with tag t is present */
     imp_value v[IMP_TAG_MAX + 1]; /* only entries whose bit is set are meaningful */
 } imp_msg;
 
 /* Static facts about tags and types. */
-imp_kind imp_tag_kind(unsigned tag);         /* 0 for an undefined tag */
-const char *imp_tag_name(unsigned tag);      /* "BODY", NULL for an undefined tag */
+imp_kind imp_tag_kind(unsigned tag);    /* 0 for an undefined tag */
+const char *imp_tag_name(unsigned tag); /* "BODY", NULL for an undefined tag */
 /* Bit masks of the fields a type requires and allows (bit t = tag t); 0 for unknown types. */
 uint64_t imp_type_required(unsigned type);
 uint64_t imp_type_allowed(unsigned type);
@@ -205,8 +205,7 @@ typedef struct imp_builder {
 } imp_builder;
 void imp_builder_init(imp_builder *b, uint8_t *buf, size_t cap);
 int imp_names_add(imp_builder *b, const void *name, size_t len);
-int imp_headers_add(imp_builder *b, const void *key, size_t klen, const void *value,
-                    size_t vlen);
+int imp_headers_add(imp_builder *b, const void *key, size_t klen, const void *value, size_t vlen);
 int imp_stats_add(imp_builder *b, const void *name, size_t nlen, uint64_t value);
 
 #ifdef __cplusplus
