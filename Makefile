@@ -1,0 +1,346 @@
+# imp: build, test, fuzz and benchmark.  `make help` lists the targets.
+#
+# Sources are found by globbing, so a new file needs no edit here:
+#   protocol/*.c                 -> $(BUILD)/libimp.a         (also -Wconversion)
+#   tests/protocol/test_<n>.c    -> $(BUILD)/tests/test_<n>   (+ tests/support/*.c, cmocka)
+#   fuzz/fuzz_<n>.c              -> $(BUILD)/fuzz/replay_<n>  (+ fuzz/replay.c)
+#                                -> build/fuzz/libfuzzer_<n>  (make fuzz, clang)
+#                                -> build/fuzz/afl_<n>        (make fuzz-afl, afl-clang-fast)
+#   bench/bench_<n>.c            -> build/bench/bench_<n>     (-O2, never sanitized)
+#   server/*.c                   -> $(BUILD)/imd              (only once server/ has sources)
+#
+# $(BUILD) is build/ normally, build/san-<sanitizers>-<cc>/ with SANITIZE=... and build/cov/
+# for coverage, so the three never share objects.  Each tree records the compiler and flags it
+# was built with (.flags) and rebuilds when they change.
+
+.DEFAULT_GOAL := all
+.DELETE_ON_ERROR:
+
+CC      ?= cc
+FUZZ_CC ?= clang
+AFL_CC  ?= afl-clang-fast
+AR      ?= ar
+
+# Sanitizers for the AFL++ build; empty for a faster, unsanitized AFL++ build.
+AFL_SANITIZE ?= address,undefined
+
+CFLAGS  ?= -g -O2
+LDFLAGS ?=
+
+WARNINGS := -std=c11 -Wall -Wextra -Wpedantic -Wstrict-prototypes -Wmissing-prototypes \
+	-Wshadow -Wwrite-strings -Wpointer-arith -Wcast-align -Wundef -Wvla -Wformat=2 -Werror
+DEPFLAGS := -MMD -MP
+
+SERVER_LIBS ?= -levent -lsqlite3 -lsodium -lpthread
+
+comma := ,
+
+# ---- build flavour ---------------------------------------------------------------------------
+
+ifneq ($(SANITIZE),)
+BUILD ?= build/san-$(subst $(comma),-,$(SANITIZE))-$(notdir $(firstword $(CC)))
+MODE_FLAGS := -fsanitize=$(SANITIZE) -fno-sanitize-recover=all -fno-omit-frame-pointer -O1
+else ifeq ($(COV_BUILD),1)
+BUILD ?= build/cov
+MODE_FLAGS := --coverage -O0
+else
+BUILD ?= build
+MODE_FLAGS :=
+endif
+
+# MODE_FLAGS come after CFLAGS so that their -O level wins.
+BASE_CFLAGS   := $(WARNINGS) $(CPPFLAGS) $(CFLAGS) $(MODE_FLAGS) $(DEPFLAGS)
+LIB_CFLAGS    := $(BASE_CFLAGS) -Wconversion -Iprotocol/include -Iprotocol
+TEST_CFLAGS   := $(BASE_CFLAGS) -Iprotocol/include -Iprotocol -Itests/support \
+	-DIMP_SRCDIR=\"$(CURDIR)\"
+REPLAY_CFLAGS := $(BASE_CFLAGS) -Iprotocol/include -Iprotocol
+SERVER_CFLAGS := $(BASE_CFLAGS) -Iprotocol/include -Iserver
+ALL_LDFLAGS   := $(MODE_FLAGS) $(LDFLAGS)
+
+BENCH_CFLAGS  := $(WARNINGS) $(CPPFLAGS) -g -O2 $(DEPFLAGS) -Iprotocol/include -Iprotocol
+
+LF_SAN        := -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
+	-fno-omit-frame-pointer
+LF_CFLAGS     := $(WARNINGS) -g -O1 $(LF_SAN) $(DEPFLAGS) -Iprotocol/include -Iprotocol
+AFL_SAN       := -fsanitize=fuzzer $(if $(AFL_SANITIZE),-fsanitize=$(AFL_SANITIZE) \
+	-fno-sanitize-recover=all -fno-omit-frame-pointer)
+AFL_CFLAGS    := $(WARNINGS) -g -O1 $(AFL_SAN) $(DEPFLAGS) -Iprotocol/include -Iprotocol
+
+# ---- sources and products --------------------------------------------------------------------
+
+LIB_SRC     := $(sort $(wildcard protocol/*.c))
+TEST_SRC    := $(sort $(wildcard tests/protocol/test_*.c))
+SUPPORT_SRC := $(sort $(wildcard tests/support/*.c))
+FUZZ_SRC    := $(sort $(wildcard fuzz/fuzz_*.c))
+REPLAY_MAIN := $(wildcard fuzz/replay.c)
+BENCH_SRC   := $(sort $(wildcard bench/bench_*.c))
+SERVER_SRC  := $(sort $(wildcard server/*.c))
+FORMAT_SRC   = $(sort $(shell find $(wildcard protocol tests fuzz bench server tools examples) \
+	-type f \( -name '*.c' -o -name '*.h' \) 2>/dev/null))
+
+FUZZ_NAMES  := $(patsubst fuzz/fuzz_%.c,%,$(FUZZ_SRC))
+
+OBJ         := $(BUILD)/obj
+LIB         := $(BUILD)/libimp.a
+LIB_OBJ     := $(LIB_SRC:%.c=$(OBJ)/%.o)
+SUPPORT_OBJ := $(SUPPORT_SRC:%.c=$(OBJ)/%.o)
+TEST_BIN    := $(patsubst tests/protocol/%.c,$(BUILD)/tests/%,$(TEST_SRC))
+# Replay binaries need fuzz/replay.c; until it exists there is nothing to replay with.
+REPLAY_BIN  := $(if $(REPLAY_MAIN),$(FUZZ_NAMES:%=$(BUILD)/fuzz/replay_%))
+SERVER_OBJ  := $(SERVER_SRC:%.c=$(OBJ)/%.o)
+IMD         := $(if $(SERVER_SRC),$(BUILD)/imd)
+
+BENCH_DIR   := build/bench
+BENCH_LIB   := $(BENCH_DIR)/libimp.a
+BENCH_LOBJ  := $(LIB_SRC:%.c=$(BENCH_DIR)/obj/%.o)
+BENCH_BIN   := $(patsubst bench/%.c,$(BENCH_DIR)/%,$(BENCH_SRC))
+
+LF_DIR      := build/fuzz/obj-libfuzzer
+LF_LOBJ     := $(LIB_SRC:%.c=$(LF_DIR)/%.o)
+LF_BIN      := $(FUZZ_NAMES:%=build/fuzz/libfuzzer_%)
+AFL_DIR     := build/fuzz/obj-afl
+AFL_LOBJ    := $(LIB_SRC:%.c=$(AFL_DIR)/%.o)
+AFL_BIN     := $(FUZZ_NAMES:%=build/fuzz/afl_%)
+
+# ---- output ----------------------------------------------------------------------------------
+
+ifeq ($(V),1)
+Q :=
+msg =
+else
+Q := @
+msg = @printf '  %-6s %s\n' '$(1)' '$(2)'
+endif
+
+# Environment for every program run by check, coverage and bench.  Values already in the
+# environment win.
+ASAN_OPTIONS  ?= detect_leaks=1:abort_on_error=1
+UBSAN_OPTIONS ?= print_stacktrace=1:halt_on_error=1
+LSAN_OPTIONS  ?= use_registers=0
+export ASAN_OPTIONS UBSAN_OPTIONS LSAN_OPTIONS
+# Scripts and tests/integration/run find the binaries of this flavour here.
+export IMP_BUILD_DIR := $(BUILD)
+
+# ---- top-level targets -----------------------------------------------------------------------
+
+.PHONY: all lib tests replay imd benches bench check unit-tests replay-corpus run deps \
+	spec-check coverage fuzz fuzz-afl format format-check clean clean-san help FORCE
+
+# Benchmarks are built by the plain build only: sanitizers and coverage would falsify them.
+all: lib tests replay $(if $(MODE_FLAGS),,benches) $(IMD)
+
+lib: $(LIB)
+tests: $(TEST_BIN)
+replay: $(REPLAY_BIN)
+benches: $(BENCH_BIN)
+imd: $(IMD)
+fuzz: $(LF_BIN)
+fuzz-afl: $(AFL_BIN)
+
+# One step after another, so that packages are in place before anything is compiled.
+check:
+	@ci/deps
+	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory unit-tests
+	@$(MAKE) --no-print-directory replay-corpus
+	@if [ -e ci/spin-check ]; then echo '== ci/spin-check'; ci/spin-check; \
+	else echo '-- ci/spin-check: not present, skipped'; fi
+	@echo '== ci/test-spec-check'; ci/test-spec-check
+	@echo '== ci/spec-check'; ci/spec-check
+	@# Hook for the server's integration tests (they find imd in $$IMP_BUILD_DIR).
+	@if [ -x tests/integration/run ]; then echo '== tests/integration/run'; \
+		tests/integration/run; \
+	else echo '-- tests/integration/run: not present, skipped'; fi
+	@if [ '$(COVERAGE)' = 1 ]; then MAKE='$(MAKE)' ci/coverage; fi
+	@echo 'check: all passed ($(BUILD))'
+
+# Each unit test runs from the top directory; stop at the first failure.
+unit-tests: $(TEST_BIN)
+	@set -e; for t in $(TEST_BIN); do \
+		echo "== $$t"; \
+		$$t || { echo "FAILED: $$t" >&2; exit 1; }; \
+	done
+
+# Replays fuzz/corpus/<name>/ through each target; a target without a corpus is skipped.
+replay-corpus: $(REPLAY_BIN)
+	@set -e; for n in $(FUZZ_NAMES); do \
+		d=fuzz/corpus/$$n; b=$(BUILD)/fuzz/replay_$$n; \
+		if [ ! -d $$d ]; then echo "-- replay $$n: no $$d, skipped"; continue; fi; \
+		if [ ! -e $$b ]; then echo "FAILED: $$b not built (is fuzz/replay.c missing?)" >&2; \
+			exit 1; fi; \
+		echo "== replay $$n: $$(find $$d -type f | wc -l) inputs from $$d"; \
+		$$b $$d || { echo "FAILED: replay $$n" >&2; exit 1; }; \
+	done
+
+run:
+	@ci/deps
+	@$(MAKE) --no-print-directory all
+	@if [ -x $(BUILD)/imd ]; then \
+		mkdir -p imd-data; \
+		echo '== $(BUILD)/imd --listen 127.0.0.1:7600 --data ./imd-data'; \
+		exec $(BUILD)/imd --listen 127.0.0.1:7600 --data ./imd-data; \
+	else \
+		echo 'imd is not built: server/ has no sources yet (see issue 3)' >&2; exit 1; \
+	fi
+
+deps:
+	@ci/deps
+
+spec-check:
+	@ci/spec-check
+
+coverage:
+	@MAKE='$(MAKE)' ci/coverage
+
+bench: $(BENCH_BIN)
+	@set -e; for b in $(BENCH_BIN); do echo "== $$b"; $$b; done
+
+format:
+	$(if $(FORMAT_SRC),clang-format -i $(FORMAT_SRC),@echo 'format: no sources')
+
+format-check:
+	$(if $(FORMAT_SRC),clang-format --dry-run -Werror $(FORMAT_SRC),@echo 'format: no sources')
+
+clean:
+	rm -rf build
+
+clean-san:
+	rm -rf build/san-*
+
+help:
+	@echo 'make [all]          libimp.a, unit tests, corpus replayers, benches (and imd once'
+	@echo '                    server/ has sources) into build/'
+	@echo 'make check          ci/deps, build, unit tests, corpus replay, ci/spin-check,'
+	@echo '                    ci/spec-check, tests/integration/run; COVERAGE=1 adds coverage'
+	@echo 'make run            ci/deps, build, start build/imd on 127.0.0.1:7600'
+	@echo 'make SANITIZE=address,undefined check   sanitized build in build/san-*/'
+	@echo 'make coverage       gcov build in build/cov/, gcovr report on protocol/'
+	@echo 'make fuzz           libFuzzer binaries build/fuzz/libfuzzer_<name> (clang)'
+	@echo 'make fuzz-afl       AFL++ binaries build/fuzz/afl_<name> (afl-clang-fast)'
+	@echo 'make bench          build and run bench/bench_*.c at -O2'
+	@echo 'make format | format-check | clean | clean-san      V=1 shows commands'
+
+# ---- flags stamps: rebuild a tree when its compiler or flags change ---------------------------
+
+STAMP      := $(BUILD)/.flags
+BENCH_STAMP := $(BENCH_DIR)/.flags
+LF_STAMP   := $(LF_DIR)/.flags
+AFL_STAMP  := $(AFL_DIR)/.flags
+
+$(STAMP): FLAGS = $(CC) $(LIB_CFLAGS) $(TEST_CFLAGS) $(SERVER_CFLAGS) $(ALL_LDFLAGS)
+$(BENCH_STAMP): FLAGS = $(CC) $(BENCH_CFLAGS) $(LDFLAGS)
+$(LF_STAMP): FLAGS = $(FUZZ_CC) $(LF_CFLAGS)
+$(AFL_STAMP): FLAGS = $(AFL_CC) $(AFL_CFLAGS)
+
+$(STAMP) $(BENCH_STAMP) $(LF_STAMP) $(AFL_STAMP): FORCE
+	@mkdir -p $(@D)
+	@printf '%s\n' '$(FLAGS)' | cmp -s - $@ || printf '%s\n' '$(FLAGS)' > $@
+
+FORCE:
+
+# ---- normal / sanitized / coverage tree ------------------------------------------------------
+
+$(OBJ)/protocol/%.o: protocol/%.c $(STAMP)
+	@mkdir -p $(@D)
+	$(call msg,CC,$@)
+	$(Q)$(CC) $(LIB_CFLAGS) -c $< -o $@
+
+$(OBJ)/tests/%.o: tests/%.c $(STAMP)
+	@mkdir -p $(@D)
+	$(call msg,CC,$@)
+	$(Q)$(CC) $(TEST_CFLAGS) -c $< -o $@
+
+$(OBJ)/fuzz/%.o: fuzz/%.c $(STAMP)
+	@mkdir -p $(@D)
+	$(call msg,CC,$@)
+	$(Q)$(CC) $(REPLAY_CFLAGS) -c $< -o $@
+
+$(OBJ)/server/%.o: server/%.c $(STAMP)
+	@mkdir -p $(@D)
+	$(call msg,CC,$@)
+	$(Q)$(CC) $(SERVER_CFLAGS) -c $< -o $@
+
+# The archive is rebuilt from scratch so that objects of deleted sources do not linger.
+$(LIB): $(LIB_OBJ)
+	@mkdir -p $(@D)
+	$(call msg,AR,$@)
+	$(Q)rm -f $@ && $(AR) rcs $@ $(LIB_OBJ)
+
+$(TEST_BIN): $(BUILD)/tests/%: $(OBJ)/tests/protocol/%.o $(SUPPORT_OBJ) $(LIB)
+	@mkdir -p $(@D)
+	$(call msg,LD,$@)
+	$(Q)$(CC) $(ALL_LDFLAGS) $< $(SUPPORT_OBJ) $(LIB) -lcmocka -o $@
+
+$(REPLAY_BIN): $(BUILD)/fuzz/replay_%: $(OBJ)/fuzz/fuzz_%.o $(OBJ)/fuzz/replay.o $(LIB)
+	@mkdir -p $(@D)
+	$(call msg,LD,$@)
+	$(Q)$(CC) $(ALL_LDFLAGS) $^ -o $@
+
+$(BUILD)/imd: $(SERVER_OBJ) $(LIB)
+	@mkdir -p $(@D)
+	$(call msg,LD,$@)
+	$(Q)$(CC) $(ALL_LDFLAGS) $(SERVER_OBJ) $(LIB) $(SERVER_LIBS) -o $@
+
+# ---- benchmarks: -O2, no sanitizers, no coverage, own copy of the library ---------------------
+
+$(BENCH_DIR)/obj/protocol/%.o: protocol/%.c $(BENCH_STAMP)
+	@mkdir -p $(@D)
+	$(call msg,CC,$@)
+	$(Q)$(CC) $(BENCH_CFLAGS) -Wconversion -c $< -o $@
+
+$(BENCH_DIR)/obj/bench/%.o: bench/%.c $(BENCH_STAMP)
+	@mkdir -p $(@D)
+	$(call msg,CC,$@)
+	$(Q)$(CC) $(BENCH_CFLAGS) -c $< -o $@
+
+$(BENCH_LIB): $(BENCH_LOBJ)
+	@mkdir -p $(@D)
+	$(call msg,AR,$@)
+	$(Q)rm -f $@ && $(AR) rcs $@ $(BENCH_LOBJ)
+
+$(BENCH_BIN): $(BENCH_DIR)/%: $(BENCH_DIR)/obj/bench/%.o $(BENCH_LIB)
+	$(call msg,LD,$@)
+	$(Q)$(CC) $(LDFLAGS) $^ -o $@
+
+# ---- fuzzers: library sources compiled into each binary with the fuzzer's flags ---------------
+
+$(LF_DIR)/protocol/%.o: protocol/%.c $(LF_STAMP)
+	@mkdir -p $(@D)
+	$(call msg,CC,$@)
+	$(Q)$(FUZZ_CC) $(LF_CFLAGS) -Wconversion -c $< -o $@
+
+$(LF_DIR)/fuzz/%.o: fuzz/%.c $(LF_STAMP)
+	@mkdir -p $(@D)
+	$(call msg,CC,$@)
+	$(Q)$(FUZZ_CC) $(LF_CFLAGS) -c $< -o $@
+
+$(LF_BIN): build/fuzz/libfuzzer_%: $(LF_DIR)/fuzz/fuzz_%.o $(LF_LOBJ)
+	$(call msg,LD,$@)
+	$(Q)$(FUZZ_CC) $(LF_SAN) $^ -o $@
+
+# AFL_QUIET hides afl-clang-fast's banner; V=1 shows it.
+AFL_ENV := $(if $(filter 1,$(V)),,AFL_QUIET=1)
+
+$(AFL_DIR)/protocol/%.o: protocol/%.c $(AFL_STAMP)
+	@mkdir -p $(@D)
+	$(call msg,AFLCC,$@)
+	$(Q)$(AFL_ENV) $(AFL_CC) $(AFL_CFLAGS) -Wconversion -c $< -o $@
+
+$(AFL_DIR)/fuzz/%.o: fuzz/%.c $(AFL_STAMP)
+	@mkdir -p $(@D)
+	$(call msg,AFLCC,$@)
+	$(Q)$(AFL_ENV) $(AFL_CC) $(AFL_CFLAGS) -c $< -o $@
+
+$(AFL_BIN): build/fuzz/afl_%: $(AFL_DIR)/fuzz/fuzz_%.o $(AFL_LOBJ)
+	$(call msg,AFLLD,$@)
+	$(Q)$(AFL_ENV) $(AFL_CC) $(AFL_SAN) $^ -o $@
+
+# ---- header dependencies ---------------------------------------------------------------------
+
+DEP := $(LIB_OBJ:.o=.d) $(SUPPORT_OBJ:.o=.d) $(SERVER_OBJ:.o=.d) $(BENCH_LOBJ:.o=.d) \
+	$(LF_LOBJ:.o=.d) $(AFL_LOBJ:.o=.d) \
+	$(patsubst %.c,$(OBJ)/%.d,$(TEST_SRC) $(FUZZ_SRC) $(REPLAY_MAIN)) \
+	$(patsubst %.c,$(BENCH_DIR)/obj/%.d,$(BENCH_SRC)) \
+	$(patsubst fuzz/%.c,$(LF_DIR)/fuzz/%.d,$(FUZZ_SRC)) \
+	$(patsubst fuzz/%.c,$(AFL_DIR)/fuzz/%.d,$(FUZZ_SRC))
+-include $(DEP)
