@@ -198,7 +198,7 @@ imp_conn *imp_conn_new(imp_role role, const imp_config *cfg, uint64_t now_ms)
     }
     c->state = IMP_S_HELLO_SENT;
     imp_msg hello;
-    imp_msg_init(&hello, IMP_HELLO, 0);
+    imp_msg_init(&hello, IMP_HELLO, 1); /* IMP-FRAME-007: a non-zero request id */
     imp_msg_set_u(&hello, IMP_T_VERSION_MIN, IMP_PROTOCOL_VERSION);
     imp_msg_set_u(&hello, IMP_T_VERSION_MAX, IMP_PROTOCOL_VERSION);
     add_agent_caps(c, &hello);

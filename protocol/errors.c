@@ -16,7 +16,7 @@ static const struct err_info errs[] = {
     {201, "NOMEM", "out of memory"},
     {202, "BUFFER", "buffer too small"},
     {203, "OUTPUT_FULL", "output buffer full"},
-    {204, "NOT_ALLOWED", "frame not allowed in this state"},
+    {204, "NOT_ALLOWED", "this frame may not be sent now"},
     {205, "CLOSED", "connection is closing"},
     {300, "VERSION", "no protocol version in common"},
     {301, "SERVER_FULL", "server full"},
