@@ -143,12 +143,12 @@ static void add_agent_caps(const imp_conn *c, imp_msg *m)
 }
 
 /* Queue ERROR(code) for the peer when the state allows, then CLOSING (IMP-ERR-002). */
-static void send_error_and_close(imp_conn *c, int code, const char *text)
+static void send_error_and_close(imp_conn *c, int code, const char *text, uint32_t request_id)
 {
     int wire = code < 0 ? -code : code;
     if (c->state != IMP_S_CLOSING && wire >= 300 && wire <= 0xFFFF) {
         imp_msg m;
-        imp_msg_init(&m, IMP_ERROR, 0);
+        imp_msg_init(&m, IMP_ERROR, request_id);
         imp_msg_set_u(&m, IMP_T_CODE, (uint64_t)wire);
         if (text) {
             size_t n = strlen(text);
@@ -160,14 +160,20 @@ static void send_error_and_close(imp_conn *c, int code, const char *text)
     c->state = IMP_S_CLOSING;
 }
 
-/* A fatal error: sticky from now on (IMP-ERR-003). */
-static int fail(imp_conn *c, int err)
+/* A fatal error caused by the frame with this request id (0: by no frame, or by one whose
+ * header was invalid): sticky from now on (IMP-ERR-003), answered with ERROR (IMP-FRAME-007). */
+static int fail_req(imp_conn *c, int err, uint32_t request_id)
 {
     if (c->err)
         return c->err;
     c->err = err;
-    send_error_and_close(c, err, imp_strerror(err));
+    send_error_and_close(c, err, imp_strerror(err), request_id);
     return err;
+}
+
+static int fail(imp_conn *c, int err)
+{
+    return fail_req(c, err, 0);
 }
 
 imp_conn *imp_conn_new(imp_role role, const imp_config *cfg, uint64_t now_ms)
@@ -275,7 +281,7 @@ static int send_empty(imp_conn *c, uint8_t type, uint32_t request_id)
 }
 
 /* What the library does by itself when a frame arrives (the "(auto …)" of section 7). */
-static int on_receive(imp_conn *c, const imp_msg *m, struct imp_cell cell)
+static int on_receive(imp_conn *c, const imp_msg *m)
 {
     switch (m->type) {
     case IMP_HELLO: /* IMP-MSG-002: version 1 must be in the client's range */
@@ -297,7 +303,6 @@ static int on_receive(imp_conn *c, const imp_msg *m, struct imp_cell cell)
     case IMP_LOGOUT: /* IMP-MSG-005 */
         return send_empty(c, IMP_OK, m->request_id);
     default:
-        (void)cell;
         return 0;
     }
 }
@@ -335,7 +340,8 @@ int imp_conn_next_event(imp_conn *c, imp_msg *m)
     }
     imp_frame f;
     size_t avail = c->in.len - c->in.pos;
-    imp_ssize n = imp_frame_parse(c->in.p + c->in.pos, avail, imp_conn_recv_limit(c), &f, NULL);
+    const uint8_t *start = c->in.p ? c->in.p + c->in.pos : NULL; /* no buffer yet: NULL + 0 */
+    imp_ssize n = imp_frame_parse(start, avail, imp_conn_recv_limit(c), &f, NULL);
     if (n == 0) {
         if (avail == 0 && c->in.cap > KEEP_BUFFER)
             buf_release(c, &c->in); /* idle connections keep no large buffer */
@@ -347,12 +353,12 @@ int imp_conn_next_event(imp_conn *c, imp_msg *m)
     /* IMP-SESS-002: the table is consulted on the header, before the payload is decoded. */
     struct imp_cell cell = imp_state_cell(c->role, 0, c->state, f.type);
     if (cell.action == CELL_FAIL)
-        return fail(c, cell.arg); /* IMP-MSG-001, IMP-SESS-004 */
+        return fail_req(c, cell.arg, f.request_id); /* IMP-MSG-001, IMP-SESS-004 */
     int r = imp_msg_decode(&f, m);
     if (r == 0)
-        r = on_receive(c, m, cell);
+        r = on_receive(c, m);
     if (r)
-        return fail(c, r); /* IMP-ERR-003: the frame has no effect */
+        return fail_req(c, r, f.request_id); /* IMP-ERR-003: the frame has no effect */
     apply(c, cell, m);
     return 1;
 }
@@ -385,12 +391,12 @@ int imp_conn_send(imp_conn *c, const imp_msg *m)
 
 void imp_conn_close(imp_conn *c, int code, const char *text)
 {
-    send_error_and_close(c, code, text);
+    send_error_and_close(c, code, text, 0);
 }
 
 size_t imp_conn_pending_output(const imp_conn *c, const uint8_t **out)
 {
-    *out = c->out.p + c->out.pos;
+    *out = c->out.p ? c->out.p + c->out.pos : NULL; /* no buffer yet: NULL + 0 is undefined */
     return c->out.len - c->out.pos;
 }
 

@@ -1,6 +1,7 @@
 /* Error codes: names, descriptions, classes (SPEC.md section 6, IMP-ERR-001, IMP-ERR-002). */
 #include "imp/errors.h"
 
+#include <limits.h>
 #include <stddef.h>
 
 struct err_info {
@@ -70,7 +71,8 @@ static const struct err_info errs[] = {
 
 static int wire_code(int err)
 {
-    return err < 0 ? -err : err;
+    /* -INT_MIN is undefined; any such value is an unknown code anyway. */
+    return err == INT_MIN ? INT_MAX : err < 0 ? -err : err;
 }
 
 static const struct err_info *find(int err)
