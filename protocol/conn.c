@@ -226,7 +226,7 @@ void imp_conn_free(imp_conn *c)
 
 uint32_t imp_conn_recv_limit(const imp_conn *c)
 {
-    /* IMP-SESS-006 */
+    /* IMP-SESS-006, IMP-SEC-001: the small limit until authentication */
     if (c->role == IMP_ROLE_SERVER && !c->authed)
         return c->cfg.max_frame_preauth;
     return c->cfg.max_frame;
@@ -338,6 +338,8 @@ int imp_conn_next_event(imp_conn *c, imp_msg *m)
         c->in.pos = c->in.len;
         return 0;
     }
+    /* IMP-FRAME-008: frames are parsed only here, from all bytes buffered so far, so how the
+     * input was split into feeds cannot change the frames, events or errors. */
     imp_frame f;
     size_t avail = c->in.len - c->in.pos;
     const uint8_t *start = c->in.p ? c->in.p + c->in.pos : NULL; /* no buffer yet: NULL + 0 */

@@ -95,7 +95,9 @@ struct type_fields {
     uint64_t optional;
 };
 
-/* SPEC.md section 5, in the order of the type table in frame.c (imp_type_index). */
+/* SPEC.md section 5, in the order of the type table in frame.c (imp_type_index). SENDER,
+ * TIMESTAMP and MSG_ID appear only in server-to-client types: in a client's frame they are
+ * unknown fields, skipped, so a client cannot claim another identity (IMP-SEC-004). */
 static const struct type_fields fields[IMP_TYPE_COUNT] = {
     /* HELLO */ {B(VERSION_MIN) | B(VERSION_MAX), B(AGENT) | B(CAPS)},
     /* WELCOME */

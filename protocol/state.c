@@ -92,7 +92,9 @@ typedef struct imp_cell row[G_COUNT];
 
 /* Columns: HELLO WELCOME AUTH AUTH_OK LOGOUT OK ERROR PING PONG APP_C APP_S */
 
-/* 7.1 Server role: receive. WELCOME, AUTH_OK, OK and APP_S are the client's: WRONG_ROLE. */
+/* 7.1 Server role: receive. WELCOME, AUTH_OK, OK and APP_S are the client's: WRONG_ROLE.
+ * Before READY an application request fails with NOT_AUTHENTICATED (IMP-SESS-004), so nothing
+ * that names another user or room is processed before authentication (IMP-SEC-003). */
 static const row server_rx[IMP_STATE_COUNT] = {
     [IMP_S_AWAIT_HELLO] = {GO(AWAIT_AUTH), FAIL(WRONG_ROLE), FAIL(STATE), FAIL(WRONG_ROLE),
                            FAIL(STATE), FAIL(WRONG_ROLE), GO(CLOSING), FAIL(STATE), FAIL(STATE),
@@ -108,7 +110,8 @@ static const row server_rx[IMP_STATE_COUNT] = {
     [IMP_S_CLOSING] = ALL(IGN),
 };
 
-/* 7.2 Server role: send. */
+/* 7.2 Server role: send. A non-fatal ERROR answering REGISTER/LOGIN returns to AWAIT_AUTH
+ * (IMP-SESS-005). */
 static const row server_tx[IMP_STATE_COUNT] = {
     [IMP_S_AWAIT_HELLO] = {NOPE, NOPE, NOPE, NOPE, NOPE, NOPE, ERRF_SAME, NOPE, NOPE, NOPE, NOPE},
     [IMP_S_AWAIT_AUTH] = {NOPE, NOPE, NOPE, NOPE, NOPE, NOPE, ERRF_SAME, NOPE, NOPE, NOPE, NOPE},
@@ -118,7 +121,8 @@ static const row server_tx[IMP_STATE_COUNT] = {
     [IMP_S_CLOSING] = ALL(SHUT),
 };
 
-/* 7.3 Client role: receive. */
+/* 7.3 Client role: receive. A non-fatal ERROR in AUTH_SENT returns to CONNECTED
+ * (IMP-SESS-005). */
 static const row client_rx[IMP_STATE_COUNT] = {
     [IMP_S_HELLO_SENT] = {FAIL(WRONG_ROLE), GO(CONNECTED), FAIL(WRONG_ROLE), FAIL(STATE),
                           FAIL(WRONG_ROLE), FAIL(STATE), ERRF_SAME, SAME, SAME, FAIL(WRONG_ROLE),

@@ -2691,6 +2691,50 @@ static void test_roundtrip_random(void **state)
     }
 }
 
+/* IMP-SEC-004: SENDER, TIMESTAMP and MSG_ID are defined only for server-to-client types; a
+ * client's SEND carrying a SENDER (or the others) decodes with them absent. */
+static void test_identity_fields_server_only(void **state)
+{
+    (void)state;
+    const uint64_t identity = (UINT64_C(1) << IMP_T_SENDER) | (UINT64_C(1) << IMP_T_TIMESTAMP) |
+                              (UINT64_C(1) << IMP_T_MSG_ID);
+    unsigned c2s = 0;
+    for (unsigned i = 0; i < IMP_TYPE_COUNT; i++) {
+        uint8_t t = imp_type_at(i);
+        if (imp_type_dir(t) & IMP_DIR_C2S) {
+            c2s++;
+            assert_int_equal(imp_type_allowed(t) & identity, 0);
+        }
+    }
+    assert_true(c2s >= 15);
+
+    /* SEND to bob, body "hi", with SENDER "mallory" (31), MSG_ID 9 (24), TIMESTAMP 1 (32). */
+    /* clang-format off */
+    static const uint8_t frame[] = {
+        0x01, 0x10, 0x00, 0x00, 0x00, 0x00, 0x00, 0x41, 0x00, 0x00, 0x00, 0x07,
+        0x00, 0x11, 0x00, 0x00, 0x00, 0x01, 0x01,                              /* TARGET_KIND */
+        0x00, 0x12, 0x00, 0x00, 0x00, 0x03, 'b', 'o', 'b',                     /* TARGET */
+        0x00, 0x17, 0x00, 0x00, 0x00, 0x02, 'h', 'i',                          /* BODY */
+        0x00, 0x18, 0x00, 0x00, 0x00, 0x08, 0, 0, 0, 0, 0, 0, 0, 9,            /* MSG_ID */
+        0x00, 0x1f, 0x00, 0x00, 0x00, 0x07, 'm', 'a', 'l', 'l', 'o', 'r', 'y', /* SENDER */
+        0x00, 0x20, 0x00, 0x00, 0x00, 0x08, 0, 0, 0, 0, 0, 0, 0, 1,            /* TIMESTAMP */
+    };
+    /* clang-format on */
+    imp_frame f;
+    size_t need = 0;
+    assert_int_equal(imp_frame_parse(frame, sizeof frame, 0, &f, &need), (imp_ssize)sizeof frame);
+    imp_msg m;
+    assert_int_equal(imp_msg_decode(&f, &m), 0);
+    assert_int_equal(m.type, IMP_SEND);
+    assert_false(imp_msg_has(&m, IMP_T_SENDER));
+    assert_false(imp_msg_has(&m, IMP_T_MSG_ID));
+    assert_false(imp_msg_has(&m, IMP_T_TIMESTAMP));
+    assert_true(imp_msg_has(&m, IMP_T_BODY));
+    /* and an application cannot put them into a client frame either */
+    imp_msg_set_s(&m, IMP_T_SENDER, "mallory");
+    assert_int_equal(imp_msg_validate(&m), IMP_ERR_INVAL);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -2727,6 +2771,7 @@ int main(void)
         cmocka_unit_test(test_decode_first_error_wins),
         cmocka_unit_test(test_decode_unknown_type),
         cmocka_unit_test(test_roundtrip_random),
+        cmocka_unit_test(test_identity_fields_server_only),
     };
     return cmocka_run_group_tests(tests, load_spec, NULL);
 }

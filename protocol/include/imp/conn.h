@@ -12,8 +12,10 @@
  *     write imp_conn_pending_output(); call imp_conn_tick() at imp_conn_next_deadline().
  *
  * Errors: a fatal error (imp_is_fatal) is sticky: the connection queues an ERROR frame for the
- * peer when it can, enters IMP_S_CLOSING, and every later next_event/tick/feed call returns
- * the same error (IMP-ERR-003).
+ * peer when it can (carrying the offending frame's request id), enters IMP_S_CLOSING, and every
+ * later next_event/tick/feed call returns the same error while imp_conn_send returns
+ * IMP_ERR_CLOSED (IMP-ERR-003). A connection that reached CLOSING without a local error (LOGOUT,
+ * a fatal ERROR from the peer, imp_conn_close) takes and drops input and returns 0 events.
  */
 #ifndef IMP_CONN_H
 #define IMP_CONN_H
@@ -70,15 +72,17 @@ typedef struct imp_config {
 } imp_config;
 
 /* Defaults for a role: server max_frame 1 MiB, preauth 4096, ping 30000 ms, 2 missed,
- * auth timeout 10000 ms; client max_frame 16 MiB, no pings, auth timeout 10000 ms. */
+ * auth timeout 10000 ms; client max_frame 16 MiB, preauth 4096 (unused), no pings (2 missed
+ * if enabled), auth timeout 10000 ms. No allocator (libc), no agent, no caps, no output cap. */
 void imp_config_default(imp_config *cfg, imp_role role);
 
 typedef struct imp_conn imp_conn;
 
 /* Create a connection at time now_ms (monotonic milliseconds). A client connection queues
  * HELLO at once (state HELLO_SENT); a server connection starts in AWAIT_HELLO. cfg is copied
- * (the agent string and caps bytes must outlive the connection). NULL on allocation failure
- * or invalid configuration (max_frame_preauth > max_frame, limits out of range). */
+ * (the agent string and caps bytes must outlive the connection); cfg NULL means
+ * imp_config_default(role). NULL on allocation failure or invalid configuration
+ * (max_frame_preauth > max_frame, limits out of range, bad agent text or caps list). */
 imp_conn *imp_conn_new(imp_role role, const imp_config *cfg, uint64_t now_ms);
 void imp_conn_free(imp_conn *c);
 
