@@ -37,6 +37,13 @@ struct imp_conn {
     uint32_t peer_max_frame, peer_max_preauth; /* client: from WELCOME */
 };
 
+/* now + ms without wrapping: a time past the clock's range saturates at UINT64_MAX
+ * (IMP-TIME-001, IMP-TIME-002). */
+static uint64_t time_after(uint64_t now, uint32_t ms)
+{
+    return now > UINT64_MAX - ms ? UINT64_MAX : now + ms;
+}
+
 static void *libc_realloc(void *ud, void *ptr, size_t size)
 {
     (void)ud;
@@ -197,7 +204,7 @@ imp_conn *imp_conn_new(imp_role role, const imp_config *cfg, uint64_t now_ms)
     c->alloc = alloc;
     c->now = now_ms;
     if (cfg->auth_timeout_ms)
-        c->deadline = now_ms + cfg->auth_timeout_ms; /* IMP-TIME-001: absolute */
+        c->deadline = time_after(now_ms, cfg->auth_timeout_ms); /* IMP-TIME-001: absolute */
     if (role == IMP_ROLE_SERVER) {
         c->state = IMP_S_AWAIT_HELLO; /* IMP-SESS-001 */
         return c;
@@ -257,7 +264,7 @@ static void start_pings(imp_conn *c)
 {
     c->authed = 1;
     if (c->cfg.ping_interval_ms)
-        c->next_ping = c->now + c->cfg.ping_interval_ms;
+        c->next_ping = time_after(c->now, c->cfg.ping_interval_ms);
 }
 
 static int send_welcome(imp_conn *c, uint32_t request_id)
@@ -430,7 +437,7 @@ int imp_conn_tick(imp_conn *c, uint64_t now_ms)
         if (r)
             return fail(c, r);
         c->ping_outstanding = 1;
-        c->next_ping = c->now + c->cfg.ping_interval_ms;
+        c->next_ping = time_after(c->now, c->cfg.ping_interval_ms);
     }
     return 0;
 }

@@ -1430,6 +1430,32 @@ static void test_auth_deadline_ready_and_disabled(void **state)
     imp_conn_free(s);
 }
 
+/* IMP-TIME-001, IMP-TIME-002: times near the end of the clock's range saturate instead of
+ * wrapping: a deadline or PING time past UINT64_MAX is UINT64_MAX, so nothing fires early. */
+static void test_timer_saturation(void **state)
+{
+    (void)state;
+    imp_config cfg;
+    imp_config_default(&cfg, IMP_ROLE_SERVER);
+    cfg.ping_interval_ms = 1000;
+    imp_conn *s = imp_conn_new(IMP_ROLE_SERVER, &cfg, UINT64_MAX - 5);
+    assert_non_null(s);
+    assert_int_equal(imp_conn_next_deadline(s), UINT64_MAX);
+    assert_int_equal(imp_conn_tick(s, UINT64_MAX - 1), 0);
+    assert_int_equal(imp_conn_state(s), IMP_S_AWAIT_HELLO);
+    rx(s, IMP_HELLO, 1);
+    rx(s, IMP_LOGIN, 2);
+    tx(s, IMP_AUTH_OK, 2);
+    drain(s);
+    assert_int_equal(imp_conn_state(s), IMP_S_READY);
+    assert_int_equal(imp_conn_next_deadline(s), UINT64_MAX);
+    assert_int_equal(imp_conn_tick(s, UINT64_MAX - 1), 0);
+    const uint8_t *p;
+    assert_int_equal(imp_conn_pending_output(s, &p), 0);
+    assert_int_equal(imp_conn_state(s), IMP_S_READY);
+    imp_conn_free(s);
+}
+
 /* A connection of the role in READY at time t with keepalive I = 1000 ms, N = 2, no deadline. */
 static imp_conn *ready_with_keepalive(imp_role role, uint64_t t)
 {
@@ -1846,6 +1872,7 @@ int main(void)
         cmocka_unit_test(test_auth_deadline_server),
         cmocka_unit_test(test_auth_deadline_client),
         cmocka_unit_test(test_auth_deadline_ready_and_disabled),
+        cmocka_unit_test(test_timer_saturation),
         cmocka_unit_test(test_keepalive),
         cmocka_unit_test(test_keepalive_late_pong_resets),
         cmocka_unit_test(test_ping_answered),
