@@ -53,18 +53,20 @@ BASE_CFLAGS   := $(WARNINGS) $(CPPFLAGS) $(CFLAGS) $(MODE_FLAGS) $(DEPFLAGS)
 LIB_CFLAGS    := $(BASE_CFLAGS) -Wconversion -Iprotocol/include -Iprotocol
 TEST_CFLAGS   := $(BASE_CFLAGS) -Iprotocol/include -Iprotocol -Itests/support \
 	-DIMP_SRCDIR=\"$(CURDIR)\"
-REPLAY_CFLAGS := $(BASE_CFLAGS) -Iprotocol/include -Iprotocol
-SERVER_CFLAGS := $(BASE_CFLAGS) -Iprotocol/include -Iserver
+REPLAY_CFLAGS := $(BASE_CFLAGS) -D_GNU_SOURCE -Iprotocol/include -Iprotocol -Iserver
+SERVER_CFLAGS := $(BASE_CFLAGS) -D_GNU_SOURCE -Iprotocol/include -Iserver
 ALL_LDFLAGS   := $(MODE_FLAGS) $(LDFLAGS)
 
 BENCH_CFLAGS  := $(WARNINGS) $(CPPFLAGS) -g -O2 $(DEPFLAGS) -Iprotocol/include -Iprotocol
 
 LF_SAN        := -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
 	-fno-omit-frame-pointer
-LF_CFLAGS     := $(WARNINGS) -g -O1 $(LF_SAN) $(DEPFLAGS) -Iprotocol/include -Iprotocol
+LF_CFLAGS     := $(WARNINGS) -g -O1 $(LF_SAN) $(DEPFLAGS) -D_GNU_SOURCE -Iprotocol/include \
+	-Iprotocol -Iserver
 AFL_SAN       := -fsanitize=fuzzer $(if $(AFL_SANITIZE),-fsanitize=$(AFL_SANITIZE) \
 	-fno-sanitize-recover=all -fno-omit-frame-pointer)
-AFL_CFLAGS    := $(WARNINGS) -g -O1 $(AFL_SAN) $(DEPFLAGS) -Iprotocol/include -Iprotocol
+AFL_CFLAGS    := $(WARNINGS) -g -O1 $(AFL_SAN) $(DEPFLAGS) -D_GNU_SOURCE -Iprotocol/include \
+	-Iprotocol -Iserver
 
 # ---- sources and products --------------------------------------------------------------------
 
@@ -75,6 +77,11 @@ FUZZ_SRC    := $(sort $(wildcard fuzz/fuzz_*.c))
 REPLAY_MAIN := $(wildcard fuzz/replay.c)
 BENCH_SRC   := $(sort $(wildcard bench/bench_*.c))
 SERVER_SRC  := $(sort $(wildcard server/*.c))
+# server/main.c has imd's main(); the rest is libims.a, which the server tests link too.
+SRVLIB_SRC  := $(filter-out server/main.c,$(SERVER_SRC))
+STEST_SRC   := $(sort $(wildcard tests/server/test_*.c))
+ITEST_SRC   := $(sort $(wildcard tests/integration/test_*.c))
+ISUP_SRC    := $(sort $(filter-out $(ITEST_SRC),$(wildcard tests/integration/*.c)))
 FORMAT_SRC   = $(sort $(shell find $(wildcard protocol tests fuzz bench server tools examples) \
 	-type f \( -name '*.c' -o -name '*.h' \) 2>/dev/null))
 
@@ -88,7 +95,12 @@ TEST_BIN    := $(patsubst tests/protocol/%.c,$(BUILD)/tests/%,$(TEST_SRC))
 # Replay binaries need fuzz/replay.c; until it exists there is nothing to replay with.
 REPLAY_BIN  := $(if $(REPLAY_MAIN),$(FUZZ_NAMES:%=$(BUILD)/fuzz/replay_%))
 SERVER_OBJ  := $(SERVER_SRC:%.c=$(OBJ)/%.o)
+SRVLIB      := $(BUILD)/libims.a
+SRVLIB_OBJ  := $(SRVLIB_SRC:%.c=$(OBJ)/%.o)
 IMD         := $(if $(SERVER_SRC),$(BUILD)/imd)
+STEST_BIN   := $(patsubst tests/server/%.c,$(BUILD)/tests/server/%,$(STEST_SRC))
+ISUP_OBJ    := $(ISUP_SRC:%.c=$(OBJ)/%.o)
+ITEST_BIN   := $(patsubst tests/integration/%.c,$(BUILD)/tests/integration/%,$(ITEST_SRC))
 
 BENCH_DIR   := build/bench
 BENCH_LIB   := $(BENCH_DIR)/libimp.a
@@ -98,9 +110,16 @@ BENCH_BIN   := $(patsubst bench/%.c,$(BENCH_DIR)/%,$(BENCH_SRC))
 LF_DIR      := build/fuzz/obj-libfuzzer
 LF_LOBJ     := $(LIB_SRC:%.c=$(LF_DIR)/%.o)
 LF_BIN      := $(FUZZ_NAMES:%=build/fuzz/libfuzzer_%)
+LF_SOBJ     := $(SRVLIB_SRC:%.c=$(LF_DIR)/%.o)
 AFL_DIR     := build/fuzz/obj-afl
 AFL_LOBJ    := $(LIB_SRC:%.c=$(AFL_DIR)/%.o)
 AFL_BIN     := $(FUZZ_NAMES:%=build/fuzz/afl_%)
+AFL_SOBJ    := $(SRVLIB_SRC:%.c=$(AFL_DIR)/%.o)
+
+# Fuzz targets named fuzz_imd*.c drive the server core (libims: store, auth, routing) and link
+# its libraries too.
+FUZZ_SRV_NAMES := $(filter imd%,$(FUZZ_NAMES))
+fuzz_needs_srv = $(filter $(1),$(FUZZ_SRV_NAMES))
 
 # ---- output ----------------------------------------------------------------------------------
 
@@ -127,10 +146,10 @@ export IMP_BUILD_DIR := $(BUILD)
 	spec-check coverage fuzz fuzz-afl format format-check clean clean-san help FORCE
 
 # Benchmarks are built by the plain build only: sanitizers and coverage would falsify them.
-all: lib tests replay $(if $(MODE_FLAGS),,benches) $(IMD)
+all: lib tests replay $(if $(MODE_FLAGS),,benches) $(IMD) $(STEST_BIN) $(ITEST_BIN)
 
 lib: $(LIB)
-tests: $(TEST_BIN)
+tests: $(TEST_BIN) $(STEST_BIN) $(ITEST_BIN)
 replay: $(REPLAY_BIN)
 benches: $(BENCH_BIN)
 imd: $(IMD)
@@ -157,8 +176,8 @@ check:
 	@echo 'check: all passed ($(BUILD))'
 
 # Each unit test runs from the top directory; stop at the first failure.
-unit-tests: $(TEST_BIN)
-	@set -e; for t in $(TEST_BIN); do \
+unit-tests: $(TEST_BIN) $(STEST_BIN)
+	@set -e; for t in $(TEST_BIN) $(STEST_BIN); do \
 		echo "== $$t"; \
 		$$t || { echo "FAILED: $$t" >&2; exit 1; }; \
 	done
@@ -276,12 +295,43 @@ $(TEST_BIN): $(BUILD)/tests/%: $(OBJ)/tests/protocol/%.o $(SUPPORT_OBJ) $(LIB)
 $(REPLAY_BIN): $(BUILD)/fuzz/replay_%: $(OBJ)/fuzz/fuzz_%.o $(OBJ)/fuzz/replay.o $(LIB)
 	@mkdir -p $(@D)
 	$(call msg,LD,$@)
-	$(Q)$(CC) $(ALL_LDFLAGS) $^ -o $@
+	$(Q)$(CC) $(ALL_LDFLAGS) $(filter %.o,$^) $(if $(call fuzz_needs_srv,$*),$(SRVLIB)) $(LIB) \
+		$(if $(call fuzz_needs_srv,$*),$(SERVER_LIBS)) -o $@
 
-$(BUILD)/imd: $(SERVER_OBJ) $(LIB)
+$(FUZZ_SRV_NAMES:%=$(BUILD)/fuzz/replay_%): $(SRVLIB)
+
+$(SRVLIB): $(SRVLIB_OBJ)
+	@mkdir -p $(@D)
+	$(call msg,AR,$@)
+	$(Q)rm -f $@ && $(AR) rcs $@ $(SRVLIB_OBJ)
+
+$(BUILD)/imd: $(OBJ)/server/main.o $(SRVLIB) $(LIB)
 	@mkdir -p $(@D)
 	$(call msg,LD,$@)
-	$(Q)$(CC) $(ALL_LDFLAGS) $(SERVER_OBJ) $(LIB) $(SERVER_LIBS) -o $@
+	$(Q)$(CC) $(ALL_LDFLAGS) $^ $(SERVER_LIBS) -o $@
+
+# Server unit tests: the core without sockets, against libims.a.
+$(OBJ)/tests/server/%.o: tests/server/%.c $(STAMP)
+	@mkdir -p $(@D)
+	$(call msg,CC,$@)
+	$(Q)$(CC) $(TEST_CFLAGS) -D_GNU_SOURCE -Iserver -c $< -o $@
+
+$(STEST_BIN): $(BUILD)/tests/server/%: $(OBJ)/tests/server/%.o $(SUPPORT_OBJ) $(SRVLIB) $(LIB)
+	@mkdir -p $(@D)
+	$(call msg,LD,$@)
+	$(Q)$(CC) $(ALL_LDFLAGS) $^ -lcmocka $(SERVER_LIBS) -o $@
+
+# Integration tests: a real imd driven over loopback by a client on libimp (tests/integration).
+$(OBJ)/tests/integration/%.o: tests/integration/%.c $(STAMP)
+	@mkdir -p $(@D)
+	$(call msg,CC,$@)
+	$(Q)$(CC) $(TEST_CFLAGS) -D_GNU_SOURCE -Itests/integration -c $< -o $@
+
+$(ITEST_BIN): $(BUILD)/tests/integration/%: $(OBJ)/tests/integration/%.o $(ISUP_OBJ) $(SUPPORT_OBJ) \
+		$(LIB)
+	@mkdir -p $(@D)
+	$(call msg,LD,$@)
+	$(Q)$(CC) $(ALL_LDFLAGS) $^ -lcmocka -lsqlite3 -lsodium -o $@
 
 # ---- benchmarks: -O2, no sanitizers, no coverage, own copy of the library ---------------------
 
@@ -316,9 +366,16 @@ $(LF_DIR)/fuzz/%.o: fuzz/%.c $(LF_STAMP)
 	$(call msg,CC,$@)
 	$(Q)$(FUZZ_CC) $(LF_CFLAGS) -c $< -o $@
 
+$(LF_DIR)/server/%.o: server/%.c $(LF_STAMP)
+	@mkdir -p $(@D)
+	$(call msg,CC,$@)
+	$(Q)$(FUZZ_CC) $(LF_CFLAGS) -c $< -o $@
+
 $(LF_BIN): build/fuzz/libfuzzer_%: $(LF_DIR)/fuzz/fuzz_%.o $(LF_LOBJ)
 	$(call msg,LD,$@)
-	$(Q)$(FUZZ_CC) $(LF_SAN) $^ -o $@
+	$(Q)$(FUZZ_CC) $(LF_SAN) $(filter %.o,$^) $(if $(call fuzz_needs_srv,$*),$(SERVER_LIBS)) -o $@
+
+$(FUZZ_SRV_NAMES:%=build/fuzz/libfuzzer_%): $(LF_SOBJ)
 
 # AFL_QUIET hides afl-clang-fast's banner; V=1 shows it.
 AFL_ENV := $(if $(filter 1,$(V)),,AFL_QUIET=1)
@@ -333,14 +390,23 @@ $(AFL_DIR)/fuzz/%.o: fuzz/%.c $(AFL_STAMP)
 	$(call msg,AFLCC,$@)
 	$(Q)$(AFL_ENV) $(AFL_CC) $(AFL_CFLAGS) -c $< -o $@
 
+$(AFL_DIR)/server/%.o: server/%.c $(AFL_STAMP)
+	@mkdir -p $(@D)
+	$(call msg,AFLCC,$@)
+	$(Q)$(AFL_ENV) $(AFL_CC) $(AFL_CFLAGS) -c $< -o $@
+
 $(AFL_BIN): build/fuzz/afl_%: $(AFL_DIR)/fuzz/fuzz_%.o $(AFL_LOBJ)
 	$(call msg,AFLLD,$@)
-	$(Q)$(AFL_ENV) $(AFL_CC) $(AFL_SAN) $^ -o $@
+	$(Q)$(AFL_ENV) $(AFL_CC) $(AFL_SAN) $(filter %.o,$^) \
+		$(if $(call fuzz_needs_srv,$*),$(SERVER_LIBS)) -o $@
+
+$(FUZZ_SRV_NAMES:%=build/fuzz/afl_%): $(AFL_SOBJ)
 
 # ---- header dependencies ---------------------------------------------------------------------
 
 DEP := $(LIB_OBJ:.o=.d) $(SUPPORT_OBJ:.o=.d) $(SERVER_OBJ:.o=.d) $(BENCH_LOBJ:.o=.d) \
-	$(LF_LOBJ:.o=.d) $(AFL_LOBJ:.o=.d) \
+	$(patsubst %.c,$(OBJ)/%.d,$(STEST_SRC) $(ITEST_SRC) $(ISUP_SRC)) \
+	$(LF_LOBJ:.o=.d) $(AFL_LOBJ:.o=.d) $(LF_SOBJ:.o=.d) $(AFL_SOBJ:.o=.d) \
 	$(patsubst %.c,$(OBJ)/%.d,$(TEST_SRC) $(FUZZ_SRC) $(REPLAY_MAIN)) \
 	$(patsubst %.c,$(BENCH_DIR)/obj/%.d,$(BENCH_SRC)) \
 	$(patsubst fuzz/%.c,$(LF_DIR)/fuzz/%.d,$(FUZZ_SRC)) \

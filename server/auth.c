@@ -1,0 +1,347 @@
+/* imd — the password hashing pool (see auth.h).
+ *
+ * One mutex guards the job queue, the completion list and the counters. A job is one
+ * allocation: the result it will deliver, a copy of the stored hash and the password (wiped as
+ * soon as the hash function is done with it, and on every path that frees an unrun job). The
+ * same node moves from the job queue to the completion list, so a worker never allocates and a
+ * finished job can never be lost for want of memory.
+ *
+ * `pending` counts jobs waiting or running; submit refuses with IMP_ERR_BUSY when it reaches
+ * queue_max. Finished results do not count: the loop drains them with ims_auth_poll().
+ */
+#include "auth.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <sodium.h>
+
+#include "imp/errors.h"
+
+#define IMS_AUTH_THREADS_MAX 256
+
+typedef struct ims_auth_job {
+    struct ims_auth_job *next;
+    ims_auth_result res;
+    char stored[IMS_HASH_MAX]; /* VERIFY: the hash to check; "" = the dummy */
+    size_t pw_len;
+    uint8_t pw[]; /* pw_len bytes, wiped after use */
+} ims_auth_job;
+
+struct ims_auth {
+    ims_auth_options opt;
+    pthread_mutex_t mu;
+    pthread_cond_t cv; /* workers wait here for jobs or stop */
+    ims_auth_job *q_head, *q_tail;
+    ims_auth_job *done_head, *done_tail;
+    int pending; /* waiting + running */
+    int stopping;
+    int n_threads; /* started */
+    pthread_t *threads;
+    char dummy[IMS_HASH_MAX];
+};
+
+void ims_auth_options_default(ims_auth_options *o)
+{
+    if (!o)
+        return;
+    memset(o, 0, sizeof *o);
+    o->threads = 2;
+    o->queue_max = 64;
+    o->opslimit = 2;
+    o->memlimit = (size_t)19 * 1024 * 1024;
+    o->wake = NULL;
+    o->wake_ud = NULL;
+}
+
+static int params_ok(uint64_t ops, size_t mem)
+{
+    return ops >= crypto_pwhash_argon2id_OPSLIMIT_MIN &&
+           ops <= crypto_pwhash_argon2id_OPSLIMIT_MAX &&
+           mem >= crypto_pwhash_argon2id_MEMLIMIT_MIN && mem <= crypto_pwhash_argon2id_MEMLIMIT_MAX;
+}
+
+static int make_hash(char out[IMS_HASH_MAX], const uint8_t *pw, size_t len, uint64_t ops,
+                     size_t mem)
+{
+    /* libsodium reads nothing for a zero length, but wants a valid pointer. */
+    static const uint8_t empty[1];
+    const char *p = (const char *)(pw ? pw : empty);
+    if (crypto_pwhash_str_alg(out, p, len, ops, mem, crypto_pwhash_ALG_ARGON2ID13) != 0) {
+        out[0] = '\0';
+        return IMP_ERR_NOMEM; /* the only failure for valid parameters: no memory */
+    }
+    return IMP_ERR_NONE;
+}
+
+static double mono_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Runs one job (no lock held): fills job->res and wipes the password. */
+static void run_job(const ims_auth *a, ims_auth_job *job)
+{
+    ims_auth_result *r = &job->res;
+    double t0 = mono_seconds();
+    if (r->kind == IMS_AUTH_HASH) {
+        r->ok = make_hash(r->hash, job->pw, job->pw_len, a->opt.opslimit, a->opt.memlimit) ==
+                IMP_ERR_NONE;
+    } else {
+        static const uint8_t empty[1];
+        const char *p = (const char *)(job->pw_len ? job->pw : empty);
+        int dummy = job->stored[0] == '\0';
+        const char *h = dummy ? a->dummy : job->stored;
+        int match = crypto_pwhash_str_verify(h, p, job->pw_len) == 0;
+        r->ok = match && !dummy;
+        /* Any other algorithm or parameters (also Argon2i, or garbage that somehow verified)
+         * is upgraded: the Argon2id check answers -1 for a string that is not Argon2id. */
+        if (r->ok &&
+            crypto_pwhash_argon2id_str_needs_rehash(h, a->opt.opslimit, a->opt.memlimit) != 0) {
+            r->needs_rehash = make_hash(r->hash, job->pw, job->pw_len, a->opt.opslimit,
+                                        a->opt.memlimit) == IMP_ERR_NONE;
+        }
+    }
+    sodium_memzero(job->pw, job->pw_len);
+    r->seconds = mono_seconds() - t0;
+}
+
+static void free_job(ims_auth_job *job)
+{
+    sodium_memzero(job->pw, job->pw_len);
+    free(job);
+}
+
+/* Puts a finished job on the completion list; calls wake when the list was empty. */
+static void complete(ims_auth *a, ims_auth_job *job)
+{
+    pthread_mutex_lock(&a->mu);
+    a->pending--;
+    int was_empty = a->done_head == NULL;
+    job->next = NULL;
+    if (a->done_tail)
+        a->done_tail->next = job;
+    else
+        a->done_head = job;
+    a->done_tail = job;
+    pthread_mutex_unlock(&a->mu);
+    if (was_empty && a->opt.wake)
+        a->opt.wake(a->opt.wake_ud);
+}
+
+static void *worker(void *arg)
+{
+    ims_auth *a = arg;
+    for (;;) {
+        pthread_mutex_lock(&a->mu);
+        while (!a->stopping && !a->q_head)
+            pthread_cond_wait(&a->cv, &a->mu);
+        if (a->stopping) {
+            pthread_mutex_unlock(&a->mu);
+            return NULL;
+        }
+        ims_auth_job *job = a->q_head;
+        a->q_head = job->next;
+        if (!a->q_head)
+            a->q_tail = NULL;
+        pthread_mutex_unlock(&a->mu);
+
+        run_job(a, job);
+        complete(a, job);
+    }
+}
+
+static void free_list(ims_auth_job *j)
+{
+    while (j) {
+        ims_auth_job *next = j->next;
+        free_job(j);
+        j = next;
+    }
+}
+
+static void stop_workers(ims_auth *a)
+{
+    pthread_mutex_lock(&a->mu);
+    a->stopping = 1;
+    pthread_cond_broadcast(&a->cv);
+    pthread_mutex_unlock(&a->mu);
+    for (int i = 0; i < a->n_threads; i++)
+        pthread_join(a->threads[i], NULL);
+    a->n_threads = 0;
+}
+
+ims_auth *ims_auth_new(const ims_auth_options *o)
+{
+    ims_auth_options def;
+    if (!o) {
+        ims_auth_options_default(&def);
+        o = &def;
+    }
+    if (o->threads < 0 || o->threads > IMS_AUTH_THREADS_MAX || o->queue_max < 1 ||
+        !params_ok(o->opslimit, o->memlimit))
+        return NULL;
+    if (sodium_init() < 0)
+        return NULL;
+
+    ims_auth *a = calloc(1, sizeof *a);
+    if (!a)
+        return NULL;
+    a->opt = *o;
+    if (pthread_mutex_init(&a->mu, NULL) != 0) {
+        free(a);
+        return NULL;
+    }
+    if (pthread_cond_init(&a->cv, NULL) != 0) {
+        pthread_mutex_destroy(&a->mu);
+        free(a);
+        return NULL;
+    }
+
+    /* The dummy: a random password nobody knows, hashed with our parameters. */
+    uint8_t secret[32];
+    randombytes_buf(secret, sizeof secret);
+    int rc = make_hash(a->dummy, secret, sizeof secret, o->opslimit, o->memlimit);
+    sodium_memzero(secret, sizeof secret);
+    if (rc != IMP_ERR_NONE)
+        goto fail;
+
+    if (o->threads > 0) {
+        a->threads = calloc((size_t)o->threads, sizeof *a->threads);
+        if (!a->threads)
+            goto fail;
+        for (int i = 0; i < o->threads; i++) {
+            if (pthread_create(&a->threads[i], NULL, worker, a) != 0)
+                goto fail;
+            a->n_threads++;
+        }
+    }
+    return a;
+
+fail:
+    ims_auth_free(a);
+    return NULL;
+}
+
+void ims_auth_free(ims_auth *a)
+{
+    if (!a)
+        return;
+    stop_workers(a);
+    free_list(a->q_head);
+    free_list(a->done_head);
+    free(a->threads);
+    pthread_cond_destroy(&a->cv);
+    pthread_mutex_destroy(&a->mu);
+    sodium_memzero(a, sizeof *a);
+    free(a);
+}
+
+int ims_auth_submit(ims_auth *a, ims_auth_kind kind, uint64_t cookie, int64_t user_id,
+                    const uint8_t *password, size_t password_len, const char *hash)
+{
+    if (!a || (kind != IMS_AUTH_HASH && kind != IMS_AUTH_VERIFY) ||
+        (!password && password_len > 0) || password_len > IMS_AUTH_PASSWORD_MAX)
+        return IMP_ERR_INVAL;
+    size_t hash_len = 0;
+    if (kind == IMS_AUTH_VERIFY && hash) {
+        hash_len = strnlen(hash, IMS_HASH_MAX);
+        if (hash_len >= IMS_HASH_MAX)
+            return IMP_ERR_INVAL;
+    }
+
+    /* Refuse before allocating: BUSY must be cheap. Re-checked under the lock below. */
+    pthread_mutex_lock(&a->mu);
+    int full = a->pending >= a->opt.queue_max;
+    pthread_mutex_unlock(&a->mu);
+    if (full)
+        return IMP_ERR_BUSY;
+
+    ims_auth_job *job = calloc(1, sizeof *job + password_len);
+    if (!job)
+        return IMP_ERR_NOMEM;
+    job->res.cookie = cookie;
+    job->res.kind = kind;
+    job->res.user_id = user_id;
+    if (hash_len)
+        memcpy(job->stored, hash, hash_len);
+    job->pw_len = password_len;
+    if (password_len)
+        memcpy(job->pw, password, password_len);
+
+    pthread_mutex_lock(&a->mu);
+    if (a->pending >= a->opt.queue_max) {
+        pthread_mutex_unlock(&a->mu);
+        free_job(job);
+        return IMP_ERR_BUSY;
+    }
+    a->pending++;
+    if (a->n_threads > 0) {
+        if (a->q_tail)
+            a->q_tail->next = job;
+        else
+            a->q_head = job;
+        a->q_tail = job;
+        pthread_cond_signal(&a->cv);
+    }
+    pthread_mutex_unlock(&a->mu);
+
+    if (a->n_threads == 0) {
+        run_job(a, job);
+        complete(a, job);
+    }
+    return IMP_ERR_NONE;
+}
+
+int ims_auth_poll(ims_auth *a, void (*cb)(void *ud, const ims_auth_result *r), void *ud)
+{
+    if (!a)
+        return IMP_ERR_INVAL;
+    pthread_mutex_lock(&a->mu);
+    ims_auth_job *list = a->done_head;
+    a->done_head = a->done_tail = NULL;
+    pthread_mutex_unlock(&a->mu);
+
+    int n = 0;
+    while (list) {
+        ims_auth_job *next = list->next;
+        if (cb)
+            cb(ud, &list->res);
+        free_job(list);
+        list = next;
+        n++;
+    }
+    return n;
+}
+
+int ims_auth_pending(const ims_auth *a)
+{
+    if (!a)
+        return 0;
+    /* The mutex is not part of the pool's logical state. */
+    pthread_mutex_t *mu = (pthread_mutex_t *)&a->mu;
+    pthread_mutex_lock(mu);
+    int n = a->pending;
+    pthread_mutex_unlock(mu);
+    return n;
+}
+
+int ims_auth_hash_now(const ims_auth_options *o, const uint8_t *pw, size_t len,
+                      char out[IMS_HASH_MAX])
+{
+    ims_auth_options def;
+    if (!o) {
+        ims_auth_options_default(&def);
+        o = &def;
+    }
+    if (!out || (!pw && len > 0) || len > IMS_AUTH_PASSWORD_MAX ||
+        !params_ok(o->opslimit, o->memlimit))
+        return IMP_ERR_INVAL;
+    if (sodium_init() < 0)
+        return IMP_ERR_INTERNAL;
+    return make_hash(out, pw, len, o->opslimit, o->memlimit);
+}

@@ -1,0 +1,113 @@
+/* imd — password hashing off the event loop, and login throttling.
+ *
+ * Hashing (Argon2id through libsodium's crypto_pwhash_str, OWASP minimum t=2, m=19 MiB by
+ * default) runs on worker threads fed by a bounded queue. A job that does not fit is refused at
+ * once (IMP_ERR_BUSY, the server answers ERROR BUSY with RETRY_AFTER). Results come back on the
+ * event-loop thread: the pool holds a completion queue that ims_auth_poll() drains, and calls
+ * the `wake` hook (from a worker thread) whenever it adds to an empty completion queue — the
+ * network layer makes that an event_active() on the loop. No libevent here, so the core can be
+ * unit-tested and fuzzed with a synchronous pool (threads = 0: jobs run inside submit and their
+ * results wait for the next poll).
+ *
+ * Unknown users are verified against a dummy hash made at start with the same parameters, so
+ * that "no such user" and "wrong password" take the same time and give the same error
+ * (AUTH_FAILED).
+ */
+#ifndef IMS_AUTH_H
+#define IMS_AUTH_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define IMS_HASH_MAX 128 /* >= crypto_pwhash_STRBYTES */
+/* Longest password the pool takes (the wire limit of PASSWORD, SPEC.md); longer is INVAL. */
+#define IMS_AUTH_PASSWORD_MAX 1024
+
+typedef struct ims_auth ims_auth;
+
+typedef struct ims_auth_options {
+    int threads;            /* worker threads; 0 = run jobs synchronously inside submit */
+    int queue_max;          /* jobs waiting or running at most; more are refused with BUSY */
+    uint64_t opslimit;      /* Argon2id t (default 2) */
+    size_t memlimit;        /* Argon2id m in bytes (default 19 MiB) */
+    void (*wake)(void *ud); /* called from a worker when results are ready; may be NULL */
+    void *wake_ud;
+} ims_auth_options;
+
+void ims_auth_options_default(ims_auth_options *o);
+
+/* NULL on failure (sodium_init, threads, bad options: threads outside 0..256, queue_max < 1,
+ * opslimit/memlimit outside libsodium's Argon2id range); o NULL means the defaults. */
+ims_auth *ims_auth_new(const ims_auth_options *o);
+/* Stops the workers; pending jobs are dropped without callback. */
+void ims_auth_free(ims_auth *a);
+
+typedef enum ims_auth_kind {
+    IMS_AUTH_HASH = 1, /* hash password -> hash */
+    IMS_AUTH_VERIFY    /* verify password against hash (dummy hash when hash is "") */
+} ims_auth_kind;
+
+typedef struct ims_auth_result {
+    uint64_t cookie; /* the submitter's cookie, e.g. a connection id */
+    ims_auth_kind kind;
+    int ok;                  /* VERIFY: 1 password matches; HASH: 1 hashed */
+    int needs_rehash;        /* VERIFY with ok: the hash's parameters differ from ours */
+    char hash[IMS_HASH_MAX]; /* HASH: the new hash; VERIFY with needs_rehash: a new hash of
+                                the same password with our parameters */
+    int64_t user_id;         /* passed through */
+    double seconds;          /* time the job took on its worker */
+} ims_auth_result;
+
+/* Queues a job. password is copied (and wiped after use). hash may be NULL or "" for VERIFY
+ * (then the dummy hash is used and ok is 0). Returns 0, or IMP_ERR_BUSY when the queue is full,
+ * IMP_ERR_INVAL for a bad argument. */
+int ims_auth_submit(ims_auth *a, ims_auth_kind kind, uint64_t cookie, int64_t user_id,
+                    const uint8_t *password, size_t password_len, const char *hash);
+
+/* Takes finished jobs on the calling (loop) thread: calls cb for each, returns how many. */
+int ims_auth_poll(ims_auth *a, void (*cb)(void *ud, const ims_auth_result *r), void *ud);
+
+/* Jobs queued or running now; the configured maximum. (Metrics.) */
+int ims_auth_pending(const ims_auth *a);
+
+/* Synchronous helpers for `imd user add|passwd` (not for the event loop). */
+int ims_auth_hash_now(const ims_auth_options *o, const uint8_t *pw, size_t len,
+                      char out[IMS_HASH_MAX]);
+
+/* ---- throttling (per address: temporary ban; per account: backoff) ------------------------ */
+
+typedef struct ims_throttle ims_throttle;
+
+typedef struct ims_throttle_options {
+    int addr_max_failures; /* failures from one address within addr_window_ms -> ban */
+    uint32_t addr_window_ms;
+    uint32_t addr_ban_ms;
+    int user_free_failures;       /* failures of one account before backoff starts */
+    uint32_t user_backoff_ms;     /* first backoff, doubled per further failure */
+    uint32_t user_backoff_max_ms; /* cap */
+    size_t max_entries;           /* memory bound: oldest entries evicted */
+} ims_throttle_options;
+
+/* Defaults: 10 failures in 60 s -> 300 s ban; 3 free failures, then 1 s doubling to 60 s;
+ * 100000 entries. The address window is sliding (exact: the last addr_max_failures failure
+ * times are kept, so memory is about max_entries * (8 * addr_max_failures + 100) bytes at
+ * worst); a ban uses up the failures that caused it; a success does not clear an address.
+ * addr_max_failures 0 turns bans off, user_backoff_ms 0 turns backoff off. */
+void ims_throttle_options_default(ims_throttle_options *o);
+/* NULL for bad options (max_entries 0, addr_max_failures outside 0..1000, addr_window_ms 0
+ * with bans on, user_free_failures < 0) or no memory; o NULL means the defaults. */
+ims_throttle *ims_throttle_new(const ims_throttle_options *o);
+void ims_throttle_free(ims_throttle *t);
+
+/* Before a login attempt: 0 allowed; IMP_ERR_BANNED (address banned) or IMP_ERR_AUTH_BACKOFF
+ * (account backing off), with *retry_after_ms set. addr is a printable address key; user the
+ * folded name (may be NULL for REGISTER). */
+int ims_throttle_check(ims_throttle *t, const char *addr, const char *user, uint64_t now_ms,
+                       uint32_t *retry_after_ms);
+/* After an attempt: ok = 1 success (clears the account's failures), 0 failure. */
+void ims_throttle_record(ims_throttle *t, const char *addr, const char *user, int ok,
+                         uint64_t now_ms);
+/* Addresses and accounts tracked now (at most max_entries). (Metrics, tests.) */
+size_t ims_throttle_entries(const ims_throttle *t);
+
+#endif

@@ -1,0 +1,234 @@
+/* imd — internal structures of the server core (server.c, session.c, deliver.c, rooms.c,
+ * presence.c). Not a public interface: the network layer uses server.h only.
+ */
+#ifndef IMS_CORE_H
+#define IMS_CORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <imp/imp.h>
+
+#include "auth.h"
+#include "bus.h"
+#include "config.h"
+#include "server.h"
+#include "store.h"
+
+#define IMS_WINDOW 1000   /* unacknowledged DELIVERs in flight per session at most */
+#define IMS_READ_PAGE 64  /* queue entries read from the store at a time */
+#define IMS_SUBS_MAX 1000 /* presence subscriptions per session */
+#define IMS_CLIENT_BUCKETS 1024
+#define IMS_USER_BUCKETS 1024
+#define IMS_TRANSIENT_ID_BIT (UINT64_C(1) << 63) /* MSG_IDs of transient messages */
+
+/* Counters and gauges (ims_server_stats names in ims_stat_names, same order). */
+enum ims_stat {
+    ST_CONNECTIONS = 0, /* gauge */
+    ST_CONNECTIONS_TOTAL,
+    ST_SESSIONS,     /* gauge */
+    ST_USERS_ONLINE, /* gauge */
+    ST_LOGINS_OK,
+    ST_LOGINS_FAILED,
+    ST_REGISTRATIONS,
+    ST_MSGS_IN,
+    ST_MSGS_STORED,
+    ST_MSGS_DELIVERED,
+    ST_MSGS_REFUSED,
+    ST_MSGS_DUPLICATE,
+    ST_TRANSIENT_IN,
+    ST_TRANSIENT_DELIVERED,
+    ST_TRANSIENT_DROPPED,
+    ST_BYTES_IN,
+    ST_BYTES_OUT,
+    ST_HASH_PENDING, /* gauge */
+    ST_HASH_BUSY,
+    ST_STORE_COMMITS,
+    ST_STORE_COMMIT_FAILURES,
+    ST_STORE_COMMIT_MS_TOTAL,
+    ST_STORE_COMMIT_MS_MAX,
+    ST_ACCEPT_ERRORS,
+    ST_MONITOR_DROPPED,
+    ST_CLOSE_PEER,
+    ST_CLOSE_LOGOUT,
+    ST_CLOSE_PROTOCOL,
+    ST_CLOSE_AUTH_TIMEOUT,
+    ST_CLOSE_PING_TIMEOUT,
+    ST_CLOSE_SLOW_CONSUMER,
+    ST_CLOSE_SERVER_FULL,
+    ST_CLOSE_BANNED,
+    ST_CLOSE_SHUTDOWN,
+    ST_CLOSE_KICKED,
+    ST_CLOSE_OTHER,
+    ST_COUNT
+};
+
+typedef struct ims_ouser ims_ouser;
+
+/* Where a client is in authentication (beyond what its imp_conn says). */
+enum { CL_PREAUTH = 0, CL_HASHING, CL_READY };
+
+struct ims_client {
+    ims_server *srv;
+    uint64_t id; /* unique, never reused: the hash pool's cookie */
+    char peer[128];
+    char addr[128]; /* peer without the port: the per-address limit and throttle key */
+    void *io;
+    imp_conn *conn;
+    int phase;               /* CL_* */
+    int reason;              /* close reason counted (wire code), 0 while open */
+    int ended;               /* session ended (presence, delivery) */
+    ims_client *next, *prev; /* all clients */
+    ims_client *hnext;       /* id hash chain */
+    /* authentication in progress */
+    uint32_t auth_req;
+    int auth_register;
+    char auth_user[33];
+    int auth_has_last_seq;
+    uint64_t auth_last_seq;
+    /* session */
+    ims_ouser *u;
+    ims_client *unext; /* the user's other sessions */
+    uint64_t session_id;
+    uint64_t sent; /* highest SEQ sent on this session (delivery cursor - 1) */
+    int monitor;
+    char (*subs)[33]; /* presence subscriptions (folded names) */
+    int nsubs;
+    unsigned mark; /* recipient de-duplication during fan-out */
+    /* flow control */
+    uint64_t soft_since; /* mono ms since the output is over output_soft, 0 = under */
+    double tokens;       /* rate limit bucket */
+    uint64_t tokens_ms;
+};
+
+/* A user with at least one session on this server. */
+struct ims_ouser {
+    int64_t id;
+    char name[33];
+    int admin;
+    uint64_t last_seq, acked; /* mirrors of the store (IMP-DELIV-002/003) */
+    ims_client *sessions;
+    int nsessions;
+    int status; /* IMP_STATUS_* */
+    char status_text[257];
+    int dirty; /* delivery to do at the end of the turn */
+    ims_ouser *dnext;
+    ims_ouser *hnext;
+};
+
+/* An ACK held until the turn's commit (IMP-DELIV-001), or waiting for DELIVERED (ACK_MODE 2). */
+typedef struct ims_held {
+    uint64_t client; /* client id of the sender */
+    uint32_t req;
+    char cmid[65];
+    int64_t msg_id;
+    int code;      /* > 0: refused with this code; 0: accepted */
+    int duplicate; /* answer with DUPLICATE 1 */
+    int mode;      /* ACK_MODE */
+    int lost;      /* ACK_MODE 2: a recipient went offline before acknowledging */
+    /* ACK_MODE 2: recipients online at send time, with the seq each must acknowledge */
+    int nwait;
+    int64_t *wait_user;
+    uint64_t *wait_seq;
+    struct ims_held *next;
+} ims_held;
+
+struct ims_server {
+    ims_cfg cfg;
+    ims_store *store;
+    ims_auth *auth;
+    ims_throttle *throttle;
+    ims_bus *bus;
+    ims_io_ops io;
+    ims_clock clock;
+    char version[65];
+    uint8_t caps[64];
+    size_t caps_len;
+    ims_client *clients;
+    ims_client *cbucket[IMS_CLIENT_BUCKETS];
+    ims_ouser *ubucket[IMS_USER_BUCKETS];
+    ims_ouser *dirty;
+    ims_held *held, **held_tail; /* ACKs of this turn, in order */
+    ims_held *waiting;           /* ACK_MODE 2 */
+    struct ims_note {
+        int64_t user_id;
+        uint64_t seq;
+    } * notes; /* queues grown in this turn, published on the bus after the commit */
+    size_t nnotes, capnotes;
+    ims_client *cur; /* the client whose input is being handled */
+    uint64_t next_client_id;
+    uint64_t next_session_id;
+    uint64_t next_transient_id;
+    unsigned mark;
+    int monitors;    /* sessions with MONITOR on (monitor events cost nothing without) */
+    int subscribers; /* sessions with presence subscriptions */
+    int shutting_down;
+    int (*commit)(void *ud, ims_store *s);
+    void *commit_ud;
+    uint64_t last_expire_ms;
+    uint64_t st[ST_COUNT];
+};
+
+extern const char *const ims_stat_names[ST_COUNT];
+
+/* ---- server.c ---------------------------------------------------------------------------- */
+uint64_t ims_now_mono(ims_server *srv);
+int64_t ims_now_wall(ims_server *srv);
+ims_client *ims_client_by_id(ims_server *srv, uint64_t id);
+ims_ouser *ims_ouser_find(ims_server *srv, int64_t id);
+ims_ouser *ims_ouser_get(ims_server *srv, const ims_user *u); /* finds or creates */
+void ims_ouser_release(ims_server *srv, ims_ouser *u);        /* frees when no session */
+void ims_ouser_dirty(ims_server *srv, ims_ouser *u);
+/* Queues a frame for c; handles an output cap overrun (slow consumer). 0 or < 0. */
+int ims_client_send(ims_client *c, const imp_msg *m);
+int ims_client_error(ims_client *c, uint32_t req, int code, const char *text,
+                     uint32_t retry_after_ms);
+int ims_client_ok(ims_client *c, uint32_t req, int has_count, uint32_t count, int more);
+/* Decides to close c: ERROR code (when fatal and sendable), counted, session ended. */
+void ims_client_close(ims_client *c, int code, const char *text);
+size_t ims_client_pending(const ims_client *c);
+void ims_client_wake(ims_client *c);
+int ims_client_ready(const ims_client *c);
+void ims_monitor(ims_server *srv, const char *event, const char *user, const char *text);
+/* Copies a name field folded into out[33]; 0 or IMP_ERR_BAD_NAME. */
+int ims_fold(imp_bytes b, char out[33]);
+
+/* ---- session.c --------------------------------------------------------------------------- */
+void ims_session_register(ims_client *c, const imp_msg *m);
+void ims_session_login(ims_client *c, const imp_msg *m);
+void ims_session_auth_result(void *ud, const ims_auth_result *r);
+/* The session of c ends (close, logout): presence, ACK waits. Idempotent. */
+void ims_session_end(ims_client *c);
+
+/* ---- deliver.c --------------------------------------------------------------------------- */
+void ims_deliver_send(ims_client *c, const imp_msg *m);
+void ims_deliver_delivered(ims_client *c, const imp_msg *m);
+/* Sends queued messages to c within the window and the output soft cap (never inside an
+ * uncommitted batch: IMP-DELIV-001). */
+void ims_deliver_pump(ims_client *c);
+/* After the commit: held ACKs out (or turned into STORAGE refusals when ok == 0), then the
+ * dirty users' deliveries. */
+void ims_deliver_flush(ims_server *srv, int commit_ok);
+void ims_deliver_forget_client(ims_server *srv, ims_client *c);
+void ims_deliver_user_offline(ims_server *srv, ims_ouser *u);
+void ims_deliver_acked(ims_server *srv, ims_ouser *u);
+void ims_deliver_bus_event(void *ud, ims_bus_event *ev);
+void ims_deliver_free(ims_server *srv);
+
+/* ---- rooms.c ----------------------------------------------------------------------------- */
+void ims_rooms_join(ims_client *c, const imp_msg *m);
+void ims_rooms_leave(ims_client *c, const imp_msg *m);
+void ims_rooms_members(ims_client *c, const imp_msg *m);
+void ims_rooms_list(ims_client *c, const imp_msg *m);
+void ims_rooms_history(ims_client *c, const imp_msg *m);
+/* LIMIT of a paged request: absent or 0 = page_size, capped at page_max and at cap. */
+int ims_page_limit(ims_server *srv, const imp_msg *m, int cap);
+
+/* ---- presence.c -------------------------------------------------------------------------- */
+void ims_presence_set(ims_client *c, const imp_msg *m);
+void ims_presence_subscribe(ims_client *c, const imp_msg *m);
+void ims_presence_who(ims_client *c, const imp_msg *m);
+/* Tells subscribers and room peers of u its status (offline when u has no session). */
+void ims_presence_announce(ims_server *srv, ims_ouser *u);
+
+#endif

@@ -1,0 +1,637 @@
+/* imd — the network layer (see net.h). */
+#include "net.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/http.h>
+
+#include "log.h"
+
+#define READ_CHUNK 65536
+#define ACCEPT_BATCH 64
+#define TICK_MS 100
+#define EMFILE_PAUSE_MS 100
+
+typedef struct netconn netconn;
+
+struct netconn {
+    ims_net *net;
+    evutil_socket_t fd;
+    struct event *rev, *wev;
+    ims_client *cl;
+    int dirty;            /* on the dirty list */
+    netconn *dirty_next;  /* dirty list */
+    netconn *prev, *next; /* all connections */
+    char peer[64];
+};
+
+typedef struct listener {
+    ims_net *net;
+    evutil_socket_t fd;
+    struct event *ev;
+    char name[160];
+    char unix_path[108];
+} listener;
+
+struct ims_net {
+    struct event_base *base;
+    ims_server *srv;
+    listener ls[IMS_MAX_LISTEN];
+    int nls;
+    struct evhttp *http;
+    struct event *turn_ev, *tick_ev, *wake_ev, *grace_ev, *resume_ev;
+    int wake_pipe[2];
+    int reserve_fd; /* closed and reopened to shed a connection on EMFILE */
+    netconn *conns;
+    int nconns;
+    netconn *dirty;
+    int shutting_down;
+    int in_turn;
+};
+
+/* ---- helpers -------------------------------------------------------------------------------- */
+
+static void format_peer(const struct sockaddr *sa, socklen_t len, char *out, size_t cap)
+{
+    char host[INET6_ADDRSTRLEN] = "?";
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)(const void *)sa;
+        inet_ntop(AF_INET, &in->sin_addr, host, sizeof host);
+        snprintf(out, cap, "%s:%u", host, ntohs(in->sin_port));
+    } else if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)(const void *)sa;
+        inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof host);
+        snprintf(out, cap, "[%s]:%u", host, ntohs(in6->sin6_port));
+    } else {
+        (void)len;
+        snprintf(out, cap, "unix");
+    }
+}
+
+static void schedule_turn(ims_net *n)
+{
+    if (!n->in_turn)
+        event_active(n->turn_ev, EV_WRITE, 0);
+}
+
+static void mark_dirty(netconn *c)
+{
+    if (c->dirty)
+        return;
+    c->dirty = 1;
+    c->dirty_next = c->net->dirty;
+    c->net->dirty = c;
+    schedule_turn(c->net);
+}
+
+static void conn_free(netconn *c, int reason)
+{
+    ims_net *n = c->net;
+    if (c->dirty) { /* unlink from the dirty list */
+        for (netconn **pp = &n->dirty; *pp; pp = &(*pp)->dirty_next)
+            if (*pp == c) {
+                *pp = c->dirty_next;
+                break;
+            }
+    }
+    if (c->cl)
+        ims_client_closed(c->cl, reason);
+    event_free(c->rev);
+    event_free(c->wev);
+    evutil_closesocket(c->fd);
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        n->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    n->nconns--;
+    free(c);
+    if (n->shutting_down && n->nconns == 0)
+        event_base_loopexit(n->base, NULL);
+}
+
+/* Writes what the core has queued. Returns -1 when the connection was closed (freed). */
+static int conn_flush(netconn *c)
+{
+    for (;;) {
+        const uint8_t *p;
+        size_t len = ims_client_output(c->cl, &p);
+        if (len == 0)
+            break;
+        ssize_t w = send(c->fd, p, len, MSG_NOSIGNAL);
+        if (w < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                event_add(c->wev, NULL);
+                return 0;
+            }
+            if (errno == EINTR)
+                continue;
+            conn_free(c, 733); /* CONNECTION_LOST */
+            return -1;
+        }
+        ims_server_count_bytes(c->net->srv, 0, (uint64_t)w);
+        ims_client_consumed(c->cl, (size_t)w); /* may queue more (flow control) */
+        if ((size_t)w < len) {
+            event_add(c->wev, NULL);
+            return 0;
+        }
+    }
+    event_del(c->wev);
+    if (ims_client_done(c->cl)) {
+        /* Everything written: a clean close. The core already knows the reason. */
+        shutdown(c->fd, SHUT_WR);
+        conn_free(c, 0);
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- connection callbacks ------------------------------------------------------------------ */
+
+static void on_read(evutil_socket_t fd, short what, void *arg)
+{
+    (void)what;
+    netconn *c = arg;
+    static uint8_t buf[READ_CHUNK];
+    ssize_t r = recv(fd, buf, sizeof buf, 0);
+    if (r == 0) {
+        conn_free(c, 733);
+        return;
+    }
+    if (r < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+            return;
+        conn_free(c, 733);
+        return;
+    }
+    ims_server_count_bytes(c->net->srv, (uint64_t)r, 0);
+    ims_client_input(c->cl, buf, (size_t)r);
+    if (ims_client_done(c->cl))
+        event_del(c->rev); /* nothing more is read from a closing connection */
+    mark_dirty(c);
+}
+
+static void on_write(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    netconn *c = arg;
+    if (conn_flush(c) == 0)
+        schedule_turn(c->net); /* output drained: the core may have queued more deliveries */
+}
+
+static void io_want_write(void *io_ctx)
+{
+    mark_dirty(io_ctx);
+}
+
+ims_io_ops ims_net_io_ops(void)
+{
+    ims_io_ops ops = {io_want_write};
+    return ops;
+}
+
+/* ---- the turn: group commit, then output ------------------------------------------------ */
+
+static void on_turn(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    ims_net *n = arg;
+    n->in_turn = 1;
+    ims_server_turn_end(n->srv);
+    /* Flushing may make the core queue more (deliveries continue as output drains) and even
+     * commit again; bounded so that one turn cannot starve the sockets. */
+    for (int round = 0; round < 8 && n->dirty; round++) {
+        netconn *list = n->dirty;
+        n->dirty = NULL;
+        while (list) {
+            netconn *c = list;
+            list = c->dirty_next;
+            c->dirty = 0;
+            c->dirty_next = NULL;
+            conn_flush(c);
+        }
+        ims_server_turn_end(n->srv);
+    }
+    n->in_turn = 0;
+    if (n->dirty)
+        event_active(n->turn_ev, EV_WRITE, 0);
+}
+
+static void on_tick(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    ims_net *n = arg;
+    ims_server_tick(n->srv);
+    schedule_turn(n);
+}
+
+static void on_wake(evutil_socket_t fd, short what, void *arg)
+{
+    (void)what;
+    ims_net *n = arg;
+    char buf[256];
+    while (read(fd, buf, sizeof buf) > 0)
+        ;
+    ims_server_auth_ready(n->srv);
+    schedule_turn(n);
+}
+
+void ims_net_auth_wake(void *net)
+{
+    ims_net *n = net;
+    char b = 1;
+    ssize_t r = write(n->wake_pipe[1], &b, 1); /* a full pipe already wakes the loop */
+    (void)r;
+}
+
+/* ---- accepting ------------------------------------------------------------------------------ */
+
+static void on_resume_accept(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    ims_net *n = arg;
+    if (n->shutting_down)
+        return;
+    for (int i = 0; i < n->nls; i++)
+        event_add(n->ls[i].ev, NULL);
+}
+
+static void on_accept(evutil_socket_t lfd, short what, void *arg)
+{
+    (void)what;
+    listener *l = arg;
+    ims_net *n = l->net;
+    for (int i = 0; i < ACCEPT_BATCH; i++) {
+        struct sockaddr_storage ss;
+        socklen_t sl = sizeof ss;
+        int fd = accept4(lfd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                return;
+            if (errno == EINTR || errno == ECONNABORTED)
+                continue;
+            ims_server_count_accept_error(n->srv);
+            if (errno == EMFILE || errno == ENFILE) {
+                /* Out of descriptors: shed the waiting connection with the reserve descriptor
+                 * so the listener does not spin, then pause accepting briefly. (The reserve-fd
+                 * idea is libev's and nginx's; REFERENCE.md: evconnlistener spins on EMFILE.) */
+                if (n->reserve_fd >= 0) {
+                    close(n->reserve_fd);
+                    int s = accept(lfd, NULL, NULL);
+                    if (s >= 0)
+                        close(s);
+                    n->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+                }
+                ims_log(IMS_LOG_WARN, "accept_paused", "reason=%s", strerror(errno));
+                for (int k = 0; k < n->nls; k++)
+                    event_del(n->ls[k].ev);
+                struct timeval tv = {0, EMFILE_PAUSE_MS * 1000};
+                event_add(n->resume_ev, &tv);
+                return;
+            }
+            ims_log(IMS_LOG_WARN, "accept_error", "reason=%s", strerror(errno));
+            return;
+        }
+        netconn *c = calloc(1, sizeof *c);
+        if (!c) {
+            close(fd);
+            ims_server_count_accept_error(n->srv);
+            return;
+        }
+        if (ss.ss_family != AF_UNIX) {
+            int one = 1;
+            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        }
+        c->net = n;
+        c->fd = fd;
+        format_peer((struct sockaddr *)&ss, sl, c->peer, sizeof c->peer);
+        c->rev = event_new(n->base, fd, EV_READ | EV_PERSIST, on_read, c);
+        c->wev = event_new(n->base, fd, EV_WRITE, on_write, c);
+        if (!c->rev || !c->wev) {
+            if (c->rev)
+                event_free(c->rev);
+            if (c->wev)
+                event_free(c->wev);
+            close(fd);
+            free(c);
+            ims_server_count_accept_error(n->srv);
+            return;
+        }
+        event_priority_set(c->rev, 0);
+        event_priority_set(c->wev, 0);
+        c->next = n->conns;
+        if (n->conns)
+            n->conns->prev = c;
+        n->conns = c;
+        n->nconns++;
+        c->cl = ims_server_accept(n->srv, c->peer, c);
+        if (!c->cl) {
+            conn_free(c, 201);
+            continue;
+        }
+        event_add(c->rev, NULL);
+        mark_dirty(c); /* a connection over a limit is born closing with output */
+    }
+}
+
+static int listen_tcp(ims_net *n, const ims_addr_spec *a, FILE *out, char *err, size_t errlen)
+{
+    char port[16];
+    snprintf(port, sizeof port, "%d", a->port);
+    struct addrinfo hints, *res = NULL;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+    int gr = getaddrinfo(a->host[0] ? a->host : NULL, port, &hints, &res);
+    if (gr != 0) {
+        snprintf(err, errlen, "%s: %s", a->host, gai_strerror(gr));
+        return -1;
+    }
+    int rc = -1;
+    for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
+        if (n->nls >= IMS_MAX_LISTEN) {
+            snprintf(err, errlen, "too many listeners");
+            break;
+        }
+        int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+            continue;
+        int one = 1;
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        if (ai->ai_family == AF_INET6)
+            setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+        if (bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(fd, 1024) < 0) {
+            snprintf(err, errlen, "%s:%d: %s", a->host, a->port, strerror(errno));
+            close(fd);
+            continue;
+        }
+        struct sockaddr_storage ss;
+        socklen_t sl = sizeof ss;
+        getsockname(fd, (struct sockaddr *)&ss, &sl);
+        listener *l = &n->ls[n->nls++];
+        l->net = n;
+        l->fd = fd;
+        format_peer((struct sockaddr *)&ss, sl, l->name, sizeof l->name);
+        l->ev = event_new(n->base, fd, EV_READ | EV_PERSIST, on_accept, l);
+        event_priority_set(l->ev, 0);
+        event_add(l->ev, NULL);
+        fprintf(out, "imd: listening on %s\n", l->name);
+        ims_log(IMS_LOG_INFO, "listening", "addr=%s", l->name);
+        rc = 0;
+        if (a->host[0] == 0)
+            continue; /* wildcard: every family */
+        break;
+    }
+    freeaddrinfo(res);
+    return rc;
+}
+
+static int listen_unix(ims_net *n, const ims_addr_spec *a, FILE *out, char *err, size_t errlen)
+{
+    if (n->nls >= IMS_MAX_LISTEN) {
+        snprintf(err, errlen, "too many listeners");
+        return -1;
+    }
+    struct sockaddr_un sun;
+    memset(&sun, 0, sizeof sun);
+    sun.sun_family = AF_UNIX;
+    if (strlen(a->path) >= sizeof sun.sun_path) {
+        snprintf(err, errlen, "unix:%s: path too long", a->path);
+        return -1;
+    }
+    strcpy(sun.sun_path, a->path);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        snprintf(err, errlen, "unix socket: %s", strerror(errno));
+        return -1;
+    }
+    /* A stale socket file from an earlier run is replaced; any other file is not. */
+    struct stat st;
+    if (lstat(a->path, &st) == 0 && S_ISSOCK(st.st_mode))
+        unlink(a->path);
+    if (bind(fd, (struct sockaddr *)&sun, sizeof sun) < 0 || listen(fd, 1024) < 0) {
+        snprintf(err, errlen, "unix:%s: %s", a->path, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    listener *l = &n->ls[n->nls++];
+    l->net = n;
+    l->fd = fd;
+    snprintf(l->name, sizeof l->name, "unix:%s", a->path);
+    snprintf(l->unix_path, sizeof l->unix_path, "%s", a->path);
+    l->ev = event_new(n->base, fd, EV_READ | EV_PERSIST, on_accept, l);
+    event_priority_set(l->ev, 0);
+    event_add(l->ev, NULL);
+    fprintf(out, "imd: listening on %s\n", l->name);
+    ims_log(IMS_LOG_INFO, "listening", "addr=%s", l->name);
+    return 0;
+}
+
+/* ---- /metrics (Prometheus text format 0.0.4) ----------------------------------------------- */
+
+typedef struct metrics_out {
+    struct evbuffer *b;
+} metrics_out;
+
+static void metric_line(void *ud, const char *name, uint64_t v)
+{
+    metrics_out *m = ud;
+    char clean[96];
+    size_t i = 0;
+    if (strncmp(name, "close.", 6) == 0) {
+        evbuffer_add_printf(m->b, "imd_closes_total{reason=\"%s\"} %llu\n", name + 6,
+                            (unsigned long long)v);
+        return;
+    }
+    for (; name[i] && i + 1 < sizeof clean; i++)
+        clean[i] = (name[i] == '.' || name[i] == '-') ? '_' : name[i];
+    clean[i] = 0;
+    evbuffer_add_printf(m->b, "imd_%s %llu\n", clean, (unsigned long long)v);
+}
+
+static void on_metrics(struct evhttp_request *req, void *arg)
+{
+    ims_net *n = arg;
+    if (evhttp_request_get_command(req) != EVHTTP_REQ_GET) {
+        evhttp_send_error(req, 405, "Method Not Allowed");
+        return;
+    }
+    metrics_out m = {evbuffer_new()};
+    if (!m.b) {
+        evhttp_send_error(req, 500, "Internal Server Error");
+        return;
+    }
+    ims_server_stats(n->srv, metric_line, &m);
+    evbuffer_add_printf(m.b, "imd_net_connections %d\n", n->nconns);
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
+                      "text/plain; version=0.0.4");
+    evhttp_send_reply(req, 200, "OK", m.b);
+    evbuffer_free(m.b);
+}
+
+static int listen_metrics(ims_net *n, const char *spec, FILE *out, char *err, size_t errlen)
+{
+    ims_addr_spec a;
+    if (ims_cfg_parse_addr(spec, &a) != 0 || a.is_unix) {
+        snprintf(err, errlen, "metrics_listen: not HOST:PORT: %s", spec);
+        return -1;
+    }
+    n->http = evhttp_new(n->base);
+    if (!n->http) {
+        snprintf(err, errlen, "evhttp_new failed");
+        return -1;
+    }
+    evhttp_set_cb(n->http, "/metrics", on_metrics, n);
+    evhttp_set_allowed_methods(n->http, EVHTTP_REQ_GET);
+    struct evhttp_bound_socket *bs =
+        evhttp_bind_socket_with_handle(n->http, a.host, (ev_uint16_t)a.port);
+    if (!bs) {
+        snprintf(err, errlen, "metrics %s: cannot listen", spec);
+        return -1;
+    }
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    char name[160];
+    getsockname(evhttp_bound_socket_get_fd(bs), (struct sockaddr *)&ss, &sl);
+    format_peer((struct sockaddr *)&ss, sl, name, sizeof name);
+    fprintf(out, "imd: metrics on %s\n", name);
+    ims_log(IMS_LOG_INFO, "metrics_listening", "addr=%s", name);
+    return 0;
+}
+
+/* ---- lifecycle ---------------------------------------------------------------------------- */
+
+ims_net *ims_net_new(struct event_base *base)
+{
+    ims_net *n = calloc(1, sizeof *n);
+    if (!n)
+        return NULL;
+    n->base = base;
+    n->wake_pipe[0] = n->wake_pipe[1] = -1;
+    if (event_base_priority_init(base, 2) != 0 || pipe2(n->wake_pipe, O_NONBLOCK | O_CLOEXEC) != 0)
+        goto fail;
+    n->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    n->turn_ev = event_new(base, -1, 0, on_turn, n);
+    n->tick_ev = event_new(base, -1, EV_PERSIST, on_tick, n);
+    n->wake_ev = event_new(base, n->wake_pipe[0], EV_READ | EV_PERSIST, on_wake, n);
+    n->resume_ev = event_new(base, -1, 0, on_resume_accept, n);
+    if (!n->turn_ev || !n->tick_ev || !n->wake_ev || !n->resume_ev)
+        goto fail;
+    event_priority_set(n->turn_ev, 1);
+    event_priority_set(n->tick_ev, 0);
+    event_priority_set(n->wake_ev, 0);
+    struct timeval tv = {0, TICK_MS * 1000};
+    event_add(n->tick_ev, &tv);
+    event_add(n->wake_ev, NULL);
+    return n;
+fail:
+    ims_net_free(n);
+    return NULL;
+}
+
+void ims_net_set_server(ims_net *n, ims_server *srv)
+{
+    n->srv = srv;
+}
+
+int ims_net_listen(ims_net *n, const ims_cfg *cfg, FILE *out, char *err, size_t errlen)
+{
+    for (int i = 0; i < cfg->n_listen; i++) {
+        ims_addr_spec a;
+        if (ims_cfg_parse_addr(cfg->listen[i], &a) != 0) {
+            snprintf(err, errlen, "listen: bad address: %s", cfg->listen[i]);
+            return -1;
+        }
+        int r =
+            a.is_unix ? listen_unix(n, &a, out, err, errlen) : listen_tcp(n, &a, out, err, errlen);
+        if (r != 0)
+            return -1;
+    }
+    if (cfg->metrics_listen[0] && listen_metrics(n, cfg->metrics_listen, out, err, errlen) != 0)
+        return -1;
+    fflush(out);
+    return 0;
+}
+
+static void on_grace(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    ims_net *n = arg;
+    ims_log(IMS_LOG_WARN, "shutdown_grace_expired", "connections=%d", n->nconns);
+    event_base_loopexit(n->base, NULL);
+}
+
+void ims_net_shutdown(ims_net *n, unsigned grace_ms)
+{
+    if (n->shutting_down)
+        return;
+    n->shutting_down = 1;
+    for (int i = 0; i < n->nls; i++)
+        event_del(n->ls[i].ev);
+    event_del(n->resume_ev);
+    ims_server_shutdown(n->srv);
+    for (netconn *c = n->conns; c; c = c->next)
+        mark_dirty(c);
+    if (n->nconns == 0) {
+        /* still run one turn: the final group commit */
+        ims_server_turn_end(n->srv);
+        event_base_loopexit(n->base, NULL);
+        return;
+    }
+    n->grace_ev = event_new(n->base, -1, 0, on_grace, n);
+    struct timeval tv = {grace_ms / 1000, (grace_ms % 1000) * 1000};
+    if (n->grace_ev)
+        event_add(n->grace_ev, &tv);
+}
+
+void ims_net_free(ims_net *n)
+{
+    if (!n)
+        return;
+    while (n->conns)
+        conn_free(n->conns, 730);
+    for (int i = 0; i < n->nls; i++) {
+        event_free(n->ls[i].ev);
+        close(n->ls[i].fd);
+        if (n->ls[i].unix_path[0])
+            unlink(n->ls[i].unix_path);
+    }
+    if (n->http)
+        evhttp_free(n->http);
+    struct event *evs[] = {n->turn_ev, n->tick_ev, n->wake_ev, n->grace_ev, n->resume_ev};
+    for (size_t i = 0; i < sizeof evs / sizeof evs[0]; i++)
+        if (evs[i])
+            event_free(evs[i]);
+    if (n->wake_pipe[0] >= 0)
+        close(n->wake_pipe[0]);
+    if (n->wake_pipe[1] >= 0)
+        close(n->wake_pipe[1]);
+    if (n->reserve_fd >= 0)
+        close(n->reserve_fd);
+    free(n);
+}
+
+int ims_net_connections(const ims_net *n)
+{
+    return n->nconns;
+}

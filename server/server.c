@@ -1,0 +1,869 @@
+/* imd — the server object: clients, frame dispatch, closes and their reasons, the turn (group
+ * commit), timers, counters, monitor events, shutdown and reload. Accounts are in session.c,
+ * messages in deliver.c, rooms in rooms.c, presence in presence.c.
+ */
+#include "server.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <imp/imp.h>
+#include <imp/text.h>
+
+#include "core.h"
+#include "log.h"
+
+const char *const ims_stat_names[ST_COUNT] = {
+    "connections",
+    "connections_total",
+    "sessions",
+    "users_online",
+    "logins_ok",
+    "logins_failed",
+    "registrations",
+    "msgs_in",
+    "msgs_stored",
+    "msgs_delivered",
+    "msgs_refused",
+    "msgs_duplicate",
+    "transient_in",
+    "transient_delivered",
+    "transient_dropped",
+    "bytes_in",
+    "bytes_out",
+    "hash_pending",
+    "hash_busy",
+    "store_commits",
+    "store_commit_failures",
+    "store_commit_ms_total",
+    "store_commit_ms_max",
+    "accept_errors",
+    "monitor_dropped",
+    "close.peer",
+    "close.logout",
+    "close.protocol",
+    "close.auth_timeout",
+    "close.ping_timeout",
+    "close.slow_consumer",
+    "close.server_full",
+    "close.banned",
+    "close.shutdown",
+    "close.kicked",
+    "close.other",
+};
+
+/* ---- clock -------------------------------------------------------------------------------- */
+
+static uint64_t sys_mono(void *ud)
+{
+    (void)ud;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static int64_t sys_wall(void *ud)
+{
+    (void)ud;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+uint64_t ims_now_mono(ims_server *srv)
+{
+    return srv->clock.mono_ms(srv->clock.ud);
+}
+
+int64_t ims_now_wall(ims_server *srv)
+{
+    return srv->clock.wall_ms(srv->clock.ud);
+}
+
+static int default_commit(void *ud, ims_store *s)
+{
+    (void)ud;
+    return ims_store_commit(s);
+}
+
+/* ---- lookup tables ------------------------------------------------------------------------ */
+
+ims_client *ims_client_by_id(ims_server *srv, uint64_t id)
+{
+    for (ims_client *c = srv->cbucket[id % IMS_CLIENT_BUCKETS]; c; c = c->hnext)
+        if (c->id == id)
+            return c;
+    return NULL;
+}
+
+ims_ouser *ims_ouser_find(ims_server *srv, int64_t id)
+{
+    for (ims_ouser *u = srv->ubucket[(uint64_t)id % IMS_USER_BUCKETS]; u; u = u->hnext)
+        if (u->id == id)
+            return u;
+    return NULL;
+}
+
+ims_ouser *ims_ouser_get(ims_server *srv, const ims_user *su)
+{
+    ims_ouser *u = ims_ouser_find(srv, su->id);
+    if (u)
+        return u;
+    u = calloc(1, sizeof *u);
+    if (!u)
+        return NULL;
+    u->id = su->id;
+    memcpy(u->name, su->name, sizeof u->name);
+    u->admin = su->admin;
+    u->last_seq = su->last_seq;
+    u->acked = su->acked_seq;
+    u->status = IMP_STATUS_ONLINE;
+    ims_ouser **b = &srv->ubucket[(uint64_t)su->id % IMS_USER_BUCKETS];
+    u->hnext = *b;
+    *b = u;
+    return u;
+}
+
+void ims_ouser_release(ims_server *srv, ims_ouser *u)
+{
+    if (u->nsessions > 0 || u->dirty)
+        return;
+    ims_ouser **pp = &srv->ubucket[(uint64_t)u->id % IMS_USER_BUCKETS];
+    while (*pp && *pp != u)
+        pp = &(*pp)->hnext;
+    if (*pp)
+        *pp = u->hnext;
+    free(u);
+}
+
+void ims_ouser_dirty(ims_server *srv, ims_ouser *u)
+{
+    if (u->dirty)
+        return;
+    u->dirty = 1;
+    u->dnext = srv->dirty;
+    srv->dirty = u;
+}
+
+int ims_fold(imp_bytes b, char out[33])
+{
+    if (b.len < 1 || b.len > 32 || !imp_name_valid(b.p, b.len))
+        return IMP_ERR_BAD_NAME;
+    imp_name_fold(b.p, b.len, (uint8_t *)out);
+    out[b.len] = '\0';
+    return 0;
+}
+
+/* ---- output ------------------------------------------------------------------------------- */
+
+size_t ims_client_pending(const ims_client *c)
+{
+    const uint8_t *p;
+    return imp_conn_pending_output(c->conn, &p);
+}
+
+void ims_client_wake(ims_client *c)
+{
+    if (c->srv->cur != c && c->srv->io.want_write)
+        c->srv->io.want_write(c->io);
+}
+
+int ims_client_ready(const ims_client *c)
+{
+    return c->phase == CL_READY && !c->reason && imp_conn_state(c->conn) == IMP_S_READY;
+}
+
+static void flow_check(ims_client *c)
+{
+    if (ims_client_pending(c) > c->srv->cfg.output_soft) {
+        if (!c->soft_since)
+            c->soft_since = ims_now_mono(c->srv) | 1u; /* 0 means "under" */
+    } else {
+        c->soft_since = 0;
+    }
+}
+
+int ims_client_send(ims_client *c, const imp_msg *m)
+{
+    if (c->reason)
+        return IMP_ERR_CLOSED;
+    int r = imp_conn_send(c->conn, m);
+    if (r == IMP_ERR_OUTPUT_FULL) {
+        /* IMP-DELIV-007: over the hard cap, the consumer is too slow; what it has not
+         * acknowledged stays queued. */
+        ims_client_close(c, -IMP_ERR_SLOW_CONSUMER, "output over the hard limit");
+        return r;
+    }
+    if (r == 0) {
+        flow_check(c);
+        ims_client_wake(c);
+    } else if (imp_conn_state(c->conn) == IMP_S_CLOSING && !c->reason) {
+        ims_client_close(c, -IMP_ERR_INTERNAL, NULL);
+    }
+    return r;
+}
+
+int ims_client_error(ims_client *c, uint32_t req, int code, const char *text,
+                     uint32_t retry_after_ms)
+{
+    int wire = code < 0 ? -code : code;
+    imp_msg m;
+    imp_msg_init(&m, IMP_ERROR, req);
+    imp_msg_set_u(&m, IMP_T_CODE, (uint64_t)wire);
+    if (text)
+        imp_msg_set_s(&m, IMP_T_TEXT, text);
+    if (retry_after_ms)
+        imp_msg_set_u(&m, IMP_T_RETRY_AFTER, retry_after_ms);
+    if (imp_is_fatal(wire)) {
+        /* a fatal answer closes: sent through ims_client_close so the reason is counted */
+        if (!c->reason) {
+            int r = imp_conn_send(c->conn, &m);
+            (void)r;
+            ims_client_close(c, wire, text);
+        }
+        return 0;
+    }
+    return ims_client_send(c, &m);
+}
+
+int ims_client_ok(ims_client *c, uint32_t req, int has_count, uint32_t count, int more)
+{
+    imp_msg m;
+    imp_msg_init(&m, IMP_OK, req);
+    if (has_count)
+        imp_msg_set_u(&m, IMP_T_COUNT, count);
+    if (more)
+        imp_msg_set_u(&m, IMP_T_MORE, 1);
+    return ims_client_send(c, &m);
+}
+
+/* ---- closes ------------------------------------------------------------------------------- */
+
+static int reason_stat(int code)
+{
+    switch (code) {
+    case 733:
+        return ST_CLOSE_PEER;
+    case 0:
+        return ST_CLOSE_LOGOUT;
+    case 600:
+        return ST_CLOSE_AUTH_TIMEOUT;
+    case 601:
+        return ST_CLOSE_PING_TIMEOUT;
+    case 731:
+        return ST_CLOSE_SLOW_CONSUMER;
+    case 301:
+        return ST_CLOSE_SERVER_FULL;
+    case 302:
+        return ST_CLOSE_BANNED;
+    case 730:
+        return ST_CLOSE_SHUTDOWN;
+    case 732:
+        return ST_CLOSE_KICKED;
+    default:
+        return code >= 700 && code < 800 ? ST_CLOSE_PROTOCOL : ST_CLOSE_OTHER;
+    }
+}
+
+static const char *reason_name(int code)
+{
+    return ims_stat_names[reason_stat(code)] + 6; /* after "close." */
+}
+
+/* Records why c closes (once) and ends its session. code: wire code, 0 = logout. */
+static void mark_closed(ims_client *c, int code)
+{
+    if (c->reason)
+        return;
+    c->reason = code ? code : -1; /* -1: logout */
+    c->srv->st[reason_stat(code)]++;
+    if (c->phase == CL_READY)
+        ims_monitor(c->srv, "close", c->u ? c->u->name : NULL, reason_name(code));
+    if (ims_log_enabled(IMS_LOG_DEBUG))
+        ims_log(IMS_LOG_DEBUG, "close", "peer=%s reason=%s", c->peer, reason_name(code));
+    ims_session_end(c);
+}
+
+void ims_client_close(ims_client *c, int code, const char *text)
+{
+    if (c->reason)
+        return;
+    int wire = code < 0 ? -code : code;
+    imp_conn_close(c->conn, wire, text);
+    mark_closed(c, wire);
+    ims_client_wake(c);
+}
+
+/* ---- monitor ------------------------------------------------------------------------------ */
+
+void ims_monitor(ims_server *srv, const char *event, const char *user, const char *text)
+{
+    if (srv->monitors <= 0)
+        return;
+    int64_t now = ims_now_wall(srv);
+    for (ims_client *c = srv->clients; c; c = c->next) {
+        if (!c->monitor || !ims_client_ready(c))
+            continue;
+        if (ims_client_pending(c) > srv->cfg.output_soft) {
+            srv->st[ST_MONITOR_DROPPED]++; /* a monitor never makes itself a slow consumer */
+            continue;
+        }
+        imp_msg m;
+        imp_msg_init(&m, IMP_MONITOR_EVENT, 0);
+        if (user && *user)
+            imp_msg_set_s(&m, IMP_T_USER, user);
+        if (text)
+            imp_msg_set_b(&m, IMP_T_TEXT, text, strnlen(text, 512));
+        imp_msg_set_u(&m, IMP_T_TIMESTAMP, (uint64_t)(now < 0 ? 0 : now));
+        imp_msg_set_s(&m, IMP_T_EVENT, event);
+        ims_client_send(c, &m);
+    }
+}
+
+/* ---- server ------------------------------------------------------------------------------- */
+
+static void make_caps(ims_server *srv)
+{
+    static const char *const caps[] = {"history", "presence", "monitor"};
+    imp_builder b;
+    imp_builder_init(&b, srv->caps, sizeof srv->caps);
+    for (size_t i = 0; i < sizeof caps / sizeof caps[0]; i++)
+        imp_names_add(&b, caps[i], strlen(caps[i]));
+    srv->caps_len = b.err ? 0 : b.len;
+}
+
+static ims_throttle *make_throttle(const ims_cfg *cfg)
+{
+    ims_throttle_options o;
+    ims_throttle_options_default(&o);
+    o.addr_max_failures = cfg->addr_max_failures;
+    o.addr_window_ms = cfg->addr_window_ms;
+    o.addr_ban_ms = cfg->addr_ban_ms;
+    o.user_free_failures = cfg->user_free_failures;
+    o.user_backoff_ms = cfg->user_backoff_ms;
+    o.user_backoff_max_ms = cfg->user_backoff_max_ms;
+    return ims_throttle_new(&o);
+}
+
+ims_server *ims_server_new(const ims_server_options *o)
+{
+    if (!o || !o->cfg || !o->store || !o->auth)
+        return NULL;
+    ims_server *srv = calloc(1, sizeof *srv);
+    if (!srv)
+        return NULL;
+    srv->cfg = *o->cfg;
+    srv->store = o->store;
+    srv->auth = o->auth;
+    srv->io = o->io;
+    srv->clock = o->clock;
+    if (!srv->clock.mono_ms)
+        srv->clock.mono_ms = sys_mono;
+    if (!srv->clock.wall_ms)
+        srv->clock.wall_ms = sys_wall;
+    snprintf(srv->version, sizeof srv->version, "%s", o->version ? o->version : "imd/0.1.0");
+    srv->commit = o->commit ? o->commit : default_commit;
+    srv->commit_ud = o->commit_ud;
+    srv->held_tail = &srv->held;
+    make_caps(srv);
+    srv->throttle = make_throttle(&srv->cfg);
+    srv->bus = ims_bus_local_new();
+    if (!srv->throttle || !srv->bus ||
+        ims_bus_subscribe(srv->bus, ims_deliver_bus_event, srv) != 0) {
+        ims_throttle_free(srv->throttle);
+        ims_bus_free(srv->bus);
+        free(srv);
+        return NULL;
+    }
+    int64_t wall = ims_now_wall(srv);
+    srv->next_client_id = 1;
+    /* session ids: unique across restarts (wall-clock based) and within the process */
+    srv->next_session_id = ((uint64_t)(wall < 0 ? 0 : wall) << 16) + 1;
+    srv->next_transient_id = 1;
+    srv->last_expire_ms = ims_now_mono(srv);
+    return srv;
+}
+
+static void client_free(ims_client *c)
+{
+    ims_server *srv = c->srv;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        srv->clients = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    ims_client **pp = &srv->cbucket[c->id % IMS_CLIENT_BUCKETS];
+    while (*pp && *pp != c)
+        pp = &(*pp)->hnext;
+    if (*pp)
+        *pp = c->hnext;
+    ims_deliver_forget_client(srv, c);
+    if (c->nsubs > 0)
+        srv->subscribers--;
+    if (c->monitor)
+        srv->monitors--;
+    if (srv->cur == c)
+        srv->cur = NULL;
+    imp_conn_free(c->conn);
+    free(c->subs);
+    free(c);
+}
+
+void ims_server_free(ims_server *srv)
+{
+    if (!srv)
+        return;
+    while (srv->clients) {
+        ims_client *c = srv->clients;
+        mark_closed(c, 730);
+        client_free(c);
+    }
+    ims_deliver_free(srv);
+    for (size_t i = 0; i < IMS_USER_BUCKETS; i++) {
+        while (srv->ubucket[i]) {
+            ims_ouser *u = srv->ubucket[i];
+            srv->ubucket[i] = u->hnext;
+            free(u);
+        }
+    }
+    ims_throttle_free(srv->throttle);
+    ims_bus_free(srv->bus);
+    free(srv);
+}
+
+/* "1.2.3.4:5" -> "1.2.3.4", "[::1]:5" -> "::1", "unix:/p" -> "unix" */
+static void peer_addr(const char *peer, char *out, size_t cap)
+{
+    if (strncmp(peer, "unix", 4) == 0) {
+        snprintf(out, cap, "unix");
+        return;
+    }
+    const char *start = peer, *end = strrchr(peer, ':');
+    if (*peer == '[') {
+        start = peer + 1;
+        end = strchr(peer, ']');
+    }
+    size_t n = end && end > start ? (size_t)(end - start) : strlen(start);
+    if (n >= cap)
+        n = cap - 1;
+    memcpy(out, start, n);
+    out[n] = '\0';
+}
+
+ims_client *ims_server_accept(ims_server *srv, const char *peer, void *io_ctx)
+{
+    ims_client *c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    c->srv = srv;
+    c->io = io_ctx;
+    snprintf(c->peer, sizeof c->peer, "%s", peer ? peer : "?");
+    peer_addr(c->peer, c->addr, sizeof c->addr);
+    imp_config ic;
+    imp_config_default(&ic, IMP_ROLE_SERVER);
+    ic.max_frame = srv->cfg.max_frame;
+    ic.max_frame_preauth = srv->cfg.max_frame_preauth;
+    ic.ping_interval_ms = srv->cfg.ping_interval_ms;
+    ic.ping_max_missed = srv->cfg.ping_max_missed;
+    ic.auth_timeout_ms = srv->cfg.auth_timeout_ms;
+    ic.max_output = srv->cfg.output_hard;
+    ic.agent = srv->version;
+    ic.caps.p = srv->caps;
+    ic.caps.len = srv->caps_len;
+    c->conn = imp_conn_new(IMP_ROLE_SERVER, &ic, ims_now_mono(srv));
+    if (!c->conn) {
+        free(c);
+        return NULL;
+    }
+    /* count the clients open now, in total and from this address */
+    int total = 0, same = 0;
+    for (ims_client *o = srv->clients; o; o = o->next) {
+        if (o->reason)
+            continue;
+        total++;
+        if (strcmp(o->addr, c->addr) == 0)
+            same++;
+    }
+    c->id = srv->next_client_id++;
+    c->tokens = srv->cfg.msg_burst;
+    c->tokens_ms = ims_now_mono(srv);
+    c->next = srv->clients;
+    if (srv->clients)
+        srv->clients->prev = c;
+    srv->clients = c;
+    ims_client **b = &srv->cbucket[c->id % IMS_CLIENT_BUCKETS];
+    c->hnext = *b;
+    *b = c;
+    srv->st[ST_CONNECTIONS_TOTAL]++;
+    srv->cur = c; /* the network layer looks at a new client's output itself */
+    if (srv->shutting_down)
+        ims_client_close(c, -IMP_ERR_SHUTDOWN, "server shutting down");
+    else if (total >= srv->cfg.max_connections)
+        ims_client_close(c, -IMP_ERR_SERVER_FULL, "too many connections");
+    else if (same >= srv->cfg.max_connections_per_addr)
+        ims_client_close(c, -IMP_ERR_SERVER_FULL, "too many connections from this address");
+    else
+        ims_monitor(srv, "connect", NULL, c->peer);
+    srv->cur = NULL;
+    return c;
+}
+
+/* ---- input -------------------------------------------------------------------------------- */
+
+static void stats_reply(ims_client *c, const imp_msg *m);
+
+static void monitor_req(ims_client *c, const imp_msg *m)
+{
+    if (!c->u->admin) {
+        ims_client_error(c, m->request_id, IMP_ERR_FORBIDDEN, "administrators only", 0);
+        return;
+    }
+    int on = (int)imp_msg_u(m, IMP_T_ENABLE, 0);
+    c->srv->monitors += on - c->monitor;
+    c->monitor = on;
+    ims_client_ok(c, m->request_id, 0, 0, 0);
+}
+
+static void handle(ims_client *c, const imp_msg *m)
+{
+    switch (m->type) {
+    case IMP_REGISTER:
+        ims_session_register(c, m);
+        return;
+    case IMP_LOGIN:
+        ims_session_login(c, m);
+        return;
+    default:
+        break;
+    }
+    /* IMP-SEC-001, IMP-SESS-004: libimp refuses application frames before AUTH_OK; the core
+     * never acts on one for a client that is not authenticated either. */
+    if (c->phase != CL_READY || c->reason)
+        return;
+    switch (m->type) {
+    case IMP_SEND:
+        ims_deliver_send(c, m);
+        break;
+    case IMP_DELIVERED:
+        ims_deliver_delivered(c, m);
+        break;
+    case IMP_JOIN:
+        ims_rooms_join(c, m);
+        break;
+    case IMP_LEAVE:
+        ims_rooms_leave(c, m);
+        break;
+    case IMP_MEMBERS:
+        ims_rooms_members(c, m);
+        break;
+    case IMP_HISTORY:
+        ims_rooms_history(c, m);
+        break;
+    case IMP_ROOMS:
+        ims_rooms_list(c, m);
+        break;
+    case IMP_PRESENCE:
+        ims_presence_set(c, m);
+        break;
+    case IMP_SUBSCRIBE:
+        ims_presence_subscribe(c, m);
+        break;
+    case IMP_WHO:
+        ims_presence_who(c, m);
+        break;
+    case IMP_STATS:
+        stats_reply(c, m);
+        break;
+    case IMP_MONITOR:
+        monitor_req(c, m);
+        break;
+    default:
+        break; /* HELLO, PING, PONG, LOGOUT, ERROR: libimp did what there is to do */
+    }
+}
+
+/* The imp_conn closed by itself: a protocol error (sticky), LOGOUT or an ERROR from the peer. */
+static void conn_closed(ims_client *c, int err, int last_type)
+{
+    if (c->reason)
+        return;
+    if (err < 0)
+        mark_closed(c, -err);
+    else if (last_type == IMP_LOGOUT)
+        mark_closed(c, 0);
+    else
+        mark_closed(c, 733); /* the peer sent a fatal ERROR: the peer closed */
+}
+
+void ims_client_input(ims_client *c, const uint8_t *p, size_t n)
+{
+    ims_server *srv = c->srv;
+    if (c->reason)
+        return; /* closing: input is ignored (IMP-SESS-003) */
+    srv->cur = c;
+    int last_type = 0;
+    for (;;) {
+        imp_ssize k = imp_conn_feed(c->conn, p, n);
+        if (k < 0) {
+            conn_closed(c, (int)k, 0);
+            break;
+        }
+        p += k;
+        n -= (size_t)k;
+        imp_msg m;
+        int r = 0, events = 0;
+        while (!c->reason && (r = imp_conn_next_event(c->conn, &m)) > 0) {
+            last_type = m.type;
+            events++;
+            handle(c, &m);
+        }
+        if (c->reason)
+            break;
+        if (r < 0) {
+            conn_closed(c, r, last_type);
+            break;
+        }
+        if (imp_conn_want_close(c->conn)) {
+            conn_closed(c, 0, last_type);
+            break;
+        }
+        if (n == 0 || (k == 0 && events == 0))
+            break;
+    }
+    flow_check(c);
+    srv->cur = NULL;
+}
+
+size_t ims_client_output(ims_client *c, const uint8_t **p)
+{
+    return imp_conn_pending_output(c->conn, p);
+}
+
+void ims_client_consumed(ims_client *c, size_t n)
+{
+    imp_conn_consume_output(c->conn, n);
+    flow_check(c);
+    /* output drained: continue filling the window (outside a batch only, IMP-DELIV-001) */
+    if (c->u && ims_client_ready(c) && ims_client_pending(c) < c->srv->cfg.output_soft) {
+        ims_server *srv = c->srv;
+        ims_client *cur = srv->cur;
+        srv->cur = c;
+        ims_deliver_pump(c);
+        srv->cur = cur;
+    }
+}
+
+int ims_client_done(const ims_client *c)
+{
+    return c->reason != 0 || imp_conn_want_close(c->conn);
+}
+
+void ims_client_closed(ims_client *c, int reason)
+{
+    if (!c->reason)
+        mark_closed(c, reason ? (reason < 0 ? -reason : reason) : 733);
+    client_free(c);
+}
+
+void *ims_client_io(const ims_client *c)
+{
+    return c->io;
+}
+
+/* ---- turn, timers, hash results ----------------------------------------------------------- */
+
+/* After a failed commit the store rolled back: reload what the core mirrors. */
+static void reload_users(ims_server *srv)
+{
+    for (size_t i = 0; i < IMS_USER_BUCKETS; i++) {
+        for (ims_ouser *u = srv->ubucket[i]; u; u = u->hnext) {
+            ims_user su;
+            if (ims_store_user_get_id(srv->store, u->id, &su) == 0) {
+                u->last_seq = su.last_seq;
+                u->acked = su.acked_seq;
+            }
+        }
+    }
+}
+
+void ims_server_turn_end(ims_server *srv)
+{
+    int ok = 1;
+    if (ims_store_in_batch(srv->store)) {
+        /* IMP-DELIV-001: one commit (fsync) for every write of the turn, then its ACKs */
+        uint64_t t0 = ims_now_mono(srv);
+        int r = srv->commit(srv->commit_ud, srv->store);
+        uint64_t dt = ims_now_mono(srv) - t0;
+        srv->st[ST_STORE_COMMITS]++;
+        srv->st[ST_STORE_COMMIT_MS_TOTAL] += dt;
+        if (dt > srv->st[ST_STORE_COMMIT_MS_MAX])
+            srv->st[ST_STORE_COMMIT_MS_MAX] = dt;
+        if (r != 0) {
+            ok = 0;
+            srv->st[ST_STORE_COMMIT_FAILURES]++;
+            ims_log(IMS_LOG_ERROR, "commit_failed", "code=%d", -r);
+            reload_users(srv);
+        }
+    }
+    ims_deliver_flush(srv, ok);
+}
+
+void ims_server_tick(ims_server *srv)
+{
+    uint64_t now = ims_now_mono(srv);
+    for (ims_client *c = srv->clients; c; c = c->next) {
+        if (c->reason)
+            continue;
+        size_t before = ims_client_pending(c);
+        int r = imp_conn_tick(c->conn, now); /* IMP-TIME-001, IMP-TIME-002 */
+        if (r < 0) {
+            mark_closed(c, -r);
+            ims_client_wake(c);
+            continue;
+        }
+        if (ims_client_pending(c) != before)
+            ims_client_wake(c);
+        flow_check(c);
+        /* IMP-DELIV-007: over the soft cap for too long is a slow consumer too */
+        if (c->soft_since && now - c->soft_since >= srv->cfg.output_soft_ms)
+            ims_client_close(c, -IMP_ERR_SLOW_CONSUMER, "output over the soft limit too long");
+    }
+    if (now - srv->last_expire_ms >= 60000) {
+        srv->last_expire_ms = now;
+        if (ims_store_begin(srv->store) == 0)
+            (void)ims_store_token_expire(srv->store, ims_now_wall(srv));
+    }
+}
+
+void ims_server_auth_ready(ims_server *srv)
+{
+    ims_auth_poll(srv->auth, ims_session_auth_result, srv);
+}
+
+/* ---- shutdown, reload --------------------------------------------------------------------- */
+
+void ims_server_shutdown(ims_server *srv)
+{
+    srv->shutting_down = 1;
+    ims_server_turn_end(srv); /* the turn's messages are committed and ACKed first */
+    for (ims_client *c = srv->clients; c; c = c->next)
+        ims_client_close(c, -IMP_ERR_SHUTDOWN, "server shutting down");
+}
+
+typedef void (*changed_fn)(void *ud, const char *key, const char *from, const char *to);
+
+static void reload_u64(const char *key, uint64_t *cur, uint64_t v, changed_fn changed, void *ud)
+{
+    if (*cur == v)
+        return;
+    char a[32], b[32];
+    snprintf(a, sizeof a, "%llu", (unsigned long long)*cur);
+    snprintf(b, sizeof b, "%llu", (unsigned long long)v);
+    *cur = v;
+    if (changed)
+        changed(ud, key, a, b);
+}
+
+#define RELOAD_NUM(field)                                             \
+    do {                                                              \
+        uint64_t cur_ = (uint64_t)srv->cfg.field;                     \
+        reload_u64(#field, &cur_, (uint64_t)cfg->field, changed, ud); \
+        srv->cfg.field = cfg->field;                                  \
+    } while (0)
+
+void ims_server_reload(ims_server *srv, const ims_cfg *cfg,
+                       void (*changed)(void *ud, const char *key, const char *from, const char *to),
+                       void *ud)
+{
+    /* Limits and timers apply to new connections (timers) or at once (the rest); listen
+     * addresses, data_dir and the hash pool need a restart. */
+    RELOAD_NUM(registration);
+    RELOAD_NUM(token_ttl_ms);
+    RELOAD_NUM(max_sessions_per_user);
+    RELOAD_NUM(max_frame);
+    RELOAD_NUM(max_frame_preauth);
+    RELOAD_NUM(auth_timeout_ms);
+    RELOAD_NUM(ping_interval_ms);
+    RELOAD_NUM(ping_max_missed);
+    RELOAD_NUM(output_soft);
+    RELOAD_NUM(output_soft_ms);
+    RELOAD_NUM(output_hard);
+    RELOAD_NUM(msg_rate);
+    RELOAD_NUM(msg_burst);
+    RELOAD_NUM(max_connections);
+    RELOAD_NUM(max_connections_per_addr);
+    RELOAD_NUM(offline_quota);
+    RELOAD_NUM(room_history);
+    RELOAD_NUM(page_size);
+    RELOAD_NUM(page_max);
+    if (strcmp(srv->cfg.log_level, cfg->log_level) != 0) {
+        if (ims_log_setup(cfg->log_level, cfg->log_format) == 0) {
+            if (changed)
+                changed(ud, "log_level", srv->cfg.log_level, cfg->log_level);
+            memcpy(srv->cfg.log_level, cfg->log_level, sizeof srv->cfg.log_level);
+        }
+    }
+}
+
+/* ---- counters ----------------------------------------------------------------------------- */
+
+static void update_gauges(ims_server *srv)
+{
+    uint64_t conns = 0, sessions = 0, users = 0;
+    for (ims_client *c = srv->clients; c; c = c->next) {
+        conns++;
+        if (c->phase == CL_READY && !c->ended)
+            sessions++;
+    }
+    for (size_t i = 0; i < IMS_USER_BUCKETS; i++)
+        for (ims_ouser *u = srv->ubucket[i]; u; u = u->hnext)
+            if (u->nsessions > 0)
+                users++;
+    srv->st[ST_CONNECTIONS] = conns;
+    srv->st[ST_SESSIONS] = sessions;
+    srv->st[ST_USERS_ONLINE] = users;
+    int pending = ims_auth_pending(srv->auth);
+    srv->st[ST_HASH_PENDING] = pending > 0 ? (uint64_t)pending : 0;
+}
+
+void ims_server_stats(ims_server *srv, void (*cb)(void *ud, const char *name, uint64_t v), void *ud)
+{
+    update_gauges(srv);
+    for (int i = 0; i < ST_COUNT; i++)
+        cb(ud, ims_stat_names[i], srv->st[i]);
+}
+
+void ims_server_count_bytes(ims_server *srv, uint64_t in, uint64_t out)
+{
+    srv->st[ST_BYTES_IN] += in;
+    srv->st[ST_BYTES_OUT] += out;
+}
+
+void ims_server_count_accept_error(ims_server *srv)
+{
+    srv->st[ST_ACCEPT_ERRORS]++;
+}
+
+static void stats_reply(ims_client *c, const imp_msg *m)
+{
+    ims_server *srv = c->srv;
+    if (!c->u->admin) {
+        ims_client_error(c, m->request_id, IMP_ERR_FORBIDDEN, "administrators only", 0);
+        return;
+    }
+    update_gauges(srv);
+    uint8_t buf[ST_COUNT * (1 + IMP_STAT_NAME_MAX + 8)];
+    imp_builder b;
+    imp_builder_init(&b, buf, sizeof buf);
+    for (int i = 0; i < ST_COUNT; i++)
+        imp_stats_add(&b, ims_stat_names[i], strlen(ims_stat_names[i]), srv->st[i]);
+    imp_msg r;
+    imp_msg_init(&r, IMP_STATS_REPLY, m->request_id);
+    int64_t now = ims_now_wall(srv);
+    imp_msg_set_u(&r, IMP_T_SERVER_TIME, (uint64_t)(now < 0 ? 0 : now));
+    imp_msg_set_b(&r, IMP_T_STATS, buf, b.len);
+    ims_client_send(c, &r);
+}

@@ -1,0 +1,198 @@
+/* imd — the store: one narrow interface to durable state (SPEC.md section 9), so that a
+ * PostgreSQL backend can follow the SQLite one (store_sqlite.c).
+ *
+ * Threading: one thread (the event loop) uses a store. Nothing here does network I/O.
+ *
+ * Group commit (IMP-DELIV-001): writes are made inside a batch. ims_store_begin() opens one
+ * (a no-op when one is open); the server calls ims_store_commit() once per event-loop turn and
+ * only then sends the ACKs and DELIVERs of that turn. With synchronous=FULL the commit is the
+ * fsync. Reads see the batch's own uncommitted writes.
+ *
+ * Names: callers pass user and room names already folded (imp_name_fold) — the store compares
+ * bytes. Display names are the folded names (IMP-TEXT-002 folding is ASCII lower case).
+ *
+ * Errors: functions return 0 (IMP_ERR_NONE) or a negative imp_err: IMP_ERR_STORAGE for any
+ * database failure (the message is logged through the log hook), IMP_ERR_USER_EXISTS,
+ * IMP_ERR_NO_SUCH_USER, IMP_ERR_NO_SUCH_ROOM as documented per function. A function that
+ * fails leaves the batch usable: the failed statement's partial effects are undone
+ * (SAVEPOINT per operation).
+ *
+ * Outside a batch, every writing function runs as its own transaction (BEGIN IMMEDIATE ...
+ * COMMIT, one fsync each with sync_full): all of its statements or none. Reads run in
+ * autocommit mode.
+ *
+ * Callbacks may call the store again (reads and writes): a statement in use by an outer call is
+ * not reused (a fresh one is prepared for the nested call).
+ *
+ * limit arguments: < 0 is IMP_ERR_INVAL, 0 passes nothing.
+ */
+#ifndef IMS_STORE_H
+#define IMS_STORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <imp/imp.h>
+
+typedef struct ims_store ims_store;
+
+typedef struct ims_store_options {
+    const char *path; /* database file; ":memory:" for tests and the fuzz target */
+    int sync_full;    /* 1: journal_mode=WAL, synchronous=FULL (default); 0: synchronous=OFF
+                         (tests and fuzzing only) */
+    void (*log)(void *ud, const char *msg); /* error details; NULL: silent */
+    void *log_ud;
+} ims_store_options;
+
+/* Opens (creating the schema on first use) and runs PRAGMA quick_check; NULL on failure with a
+ * message in err (always NUL-terminated). */
+ims_store *ims_store_open(const ims_store_options *opt, char *err, size_t errlen);
+/* Commits an open batch, then closes. */
+void ims_store_close(ims_store *s);
+
+/* BEGIN IMMEDIATE (takes the write lock: IMP_ERR_STORAGE when another process holds it longer
+ * than the busy timeout). */
+int ims_store_begin(ims_store *s);
+/* No-op (0) when no batch is open. On failure the batch is rolled back (its writes are lost),
+ * no batch is open any more and IMP_ERR_STORAGE is returned. */
+int ims_store_commit(ims_store *s);
+int ims_store_in_batch(const ims_store *s);
+/* PRAGMA integrity_check: 0 when "ok", IMP_ERR_STORAGE otherwise. Also checks foreign keys and
+ * the queue invariant (each user's queue holds exactly the seqs acked_seq+1..last_seq). */
+int ims_store_integrity_check(ims_store *s, char *err, size_t errlen);
+/* How long a statement waits for another process's lock (default 5000 ms). */
+int ims_store_set_busy_timeout(ims_store *s, int ms);
+
+/* ---- users -------------------------------------------------------------------------------- */
+
+typedef struct ims_user {
+    int64_t id;
+    char name[33];  /* folded, NUL-terminated */
+    char hash[128]; /* crypto_pwhash_str output, NUL-terminated */
+    int admin;
+    uint64_t last_seq;  /* highest sequence number assigned (IMP-DELIV-002) */
+    uint64_t acked_seq; /* highest acknowledged (IMP-DELIV-003) */
+    int64_t created_ms;
+} ims_user;
+
+/* IMP_ERR_USER_EXISTS when the name is taken. *id_out may be NULL. */
+int ims_store_user_create(ims_store *s, const char *name, const char *hash, int admin,
+                          int64_t now_ms, int64_t *id_out);
+/* IMP_ERR_NO_SUCH_USER when absent (here and in set_hash, set_admin, delete, token_add,
+ * queue_count, queue_ack, room_join). IMP_ERR_INVAL for NULL arguments, a name that is empty or
+ * longer than 32 bytes on create, a hash of 128 bytes or more. */
+int ims_store_user_get(ims_store *s, const char *name, ims_user *u);
+int ims_store_user_get_id(ims_store *s, int64_t id, ims_user *u);
+int ims_store_user_set_hash(ims_store *s, int64_t id, const char *hash);
+int ims_store_user_set_admin(ims_store *s, int64_t id, int admin);
+/* Deletes the user, their queue, tokens, memberships and dedupe entries. */
+int ims_store_user_delete(ims_store *s, int64_t id);
+/* Users in name order with name > after ("" = from the start), at most limit; the callback
+ * returns non-zero to stop early. Returns the number of users passed, or < 0. */
+int ims_store_user_list(ims_store *s, const char *after, int limit,
+                        int (*cb)(void *ud, const ims_user *u), void *ud);
+int ims_store_user_count(ims_store *s, int64_t *count);
+
+/* ---- resume tokens (only a hash of the token is stored) ------------------------------------ */
+
+/* token_hash: 32 bytes (crypto_generichash of the token). */
+int ims_store_token_add(ims_store *s, int64_t user_id, const uint8_t token_hash[32],
+                        int64_t expires_ms);
+/* IMP_ERR_TOKEN_INVALID when unknown or expired at now_ms. */
+int ims_store_token_check(ims_store *s, const uint8_t token_hash[32], int64_t now_ms,
+                          int64_t *user_id);
+int ims_store_token_delete(ims_store *s, const uint8_t token_hash[32]);
+/* Removes expired tokens; returns the number removed or < 0. */
+int ims_store_token_expire(ims_store *s, int64_t now_ms);
+
+/* ---- messages and per-user queues (IMP-DELIV-001..008) ------------------------------------ */
+
+typedef struct ims_message {
+    int64_t msg_id; /* server message id: global, ascending (IMP-DELIV-006 room order) */
+    int64_t sender_id;
+    char sender[33];        /* sender name (folded) */
+    int target_kind;        /* 1 user, 2 room, 3 broadcast (TARGET_KIND) */
+    char target[33];        /* user or room name, "" for broadcast */
+    int64_t ts_ms;          /* server timestamp */
+    const uint8_t *headers; /* HEADERS field value (the list encoding), may be NULL */
+    size_t headers_len;
+    const uint8_t *body;
+    size_t body_len;
+    uint64_t seq; /* per-recipient sequence (queue reads only) */
+} ims_message;
+
+/* Dedupe (IMP-DELIV-005): the message a sender already stored under client_msg_id.
+ * Returns 1 and fills *msg_id (and, when not NULL, *digest: the 32-byte crypto_generichash of
+ * target_kind|target|headers|body computed at put time, to detect ID_CONFLICT), 0 if none. */
+int ims_store_dedupe_get(ims_store *s, int64_t sender_id, const char *client_msg_id,
+                         int64_t *msg_id, uint8_t digest[32]);
+
+/* Stores m once (m->msg_id, m->seq ignored) and queues it for every recipient id (duplicates in
+ * the list are queued once), each under that user's next sequence number (IMP-DELIV-002,
+ * IMP-DELIV-008: the fan-out is part of the same batch). client_msg_id NULL or "" = no dedupe
+ * entry; digest as in ims_store_dedupe_get (may be NULL with no client_msg_id). Room messages
+ * are also kept as room history. On success *msg_id_out is the new id and, when seqs is not
+ * NULL, seqs[i] the sequence number given to recipients[i]. */
+/* IMP_ERR_NO_SUCH_USER when a recipient does not exist, IMP_ERR_ID_CONFLICT when client_msg_id
+ * is already stored for this sender (check ims_store_dedupe_get first), IMP_ERR_INVAL when
+ * client_msg_id is given without a digest; nothing is stored then. */
+int ims_store_message_put(ims_store *s, const ims_message *m, const char *client_msg_id,
+                          const uint8_t digest[32], const int64_t *recipients, size_t n,
+                          int64_t *msg_id_out, uint64_t *seqs);
+
+/* Queued messages of a user with seq > after_seq, in seq order, at most limit; views in the
+ * callback's message are valid during the call only. Returns the number passed, or < 0. */
+int ims_store_queue_read(ims_store *s, int64_t user_id, uint64_t after_seq, int limit,
+                         int (*cb)(void *ud, const ims_message *m), void *ud);
+/* Unacknowledged queued messages of a user (the offline quota counts these): last_seq -
+ * acked_seq, which equals the number of queue rows (O(1)). IMP_ERR_NO_SUCH_USER when absent. */
+int ims_store_queue_count(ims_store *s, int64_t user_id, int64_t *count);
+/* DELIVERED(upto) (IMP-DELIV-003): acked = max(acked, upto), deletes queue entries <= it.
+ * IMP_ERR_BAD_REQUEST when upto > the user's last_seq. *acked_out (may be NULL) is the new
+ * acked mark. */
+int ims_store_queue_ack(ims_store *s, int64_t user_id, uint64_t upto, uint64_t *acked_out);
+
+/* ---- rooms -------------------------------------------------------------------------------- */
+
+/* Creates the room if needed (*created = 1 then) and adds the member (idempotent). */
+int ims_store_room_join(ims_store *s, const char *room, int64_t user_id, int64_t now_ms,
+                        int *created);
+/* IMP_ERR_NO_SUCH_ROOM, IMP_ERR_NOT_MEMBER when not a member. */
+int ims_store_room_leave(ims_store *s, const char *room, int64_t user_id);
+/* 1 member, 0 not (IMP_ERR_NO_SUCH_ROOM when the room does not exist). */
+int ims_store_room_is_member(ims_store *s, const char *room, int64_t user_id);
+/* Member ids of a room (for fan-out): *ids is malloc'd by the store, freed by the caller. */
+int ims_store_room_member_ids(ims_store *s, const char *room, int64_t **ids, size_t *n);
+/* Member names in name order after `after`, at most limit. Returns the number passed or < 0. */
+int ims_store_room_members(ims_store *s, const char *room, const char *after, int limit,
+                           int (*cb)(void *ud, const char *name), void *ud);
+/* Room names in order after `after`, at most limit. */
+int ims_store_room_list(ims_store *s, const char *after, int limit,
+                        int (*cb)(void *ud, const char *name), void *ud);
+/* Rooms a user belongs to. */
+int ims_store_user_rooms(ims_store *s, int64_t user_id, int (*cb)(void *ud, const char *name),
+                         void *ud);
+/* Room history, newest first, msg_id < before_id (0 = no bound), at most limit; *more = 1 when
+ * older ones exist. Keeps at most history_max messages per room: older ones are pruned by
+ * ims_store_room_prune. */
+int ims_store_room_history(ims_store *s, const char *room, int64_t before_id, int limit,
+                           int (*cb)(void *ud, const ims_message *m), void *ud, int *more);
+/* Returns 0 (IMP_ERR_NO_SUCH_ROOM when absent). Pruned messages still queued for someone stay
+ * readable through their queues. */
+int ims_store_room_prune(ims_store *s, const char *room, int history_max);
+
+/* All user ids (broadcast fan-out), ascending. *ids malloc'd (NULL when *n is 0), freed by the
+ * caller. */
+int ims_store_all_user_ids(ims_store *s, int64_t **ids, size_t *n);
+
+/* ---- additions: maintenance and metrics ----------------------------------------------------- */
+
+/* Stored messages (still queued for someone or kept as room history). A message is deleted once
+ * no queue holds it and it is not in its room's kept history (on ack, prune, user delete). */
+int ims_store_message_count(ims_store *s, int64_t *count);
+/* Removes dedupe entries of messages with ts_ms < before_ms (a full scan: call rarely); returns
+ * the number removed or < 0. After that, a retried SEND with such a CLIENT_MSG_ID is stored
+ * again (IMP-DELIV-005 holds for retries within the kept window). */
+int ims_store_dedupe_expire(ims_store *s, int64_t before_ms);
+
+#endif

@@ -1,0 +1,1649 @@
+/* imd — the store on SQLite (store.h): users, resume tokens, messages and per-user queues
+ * (SPEC.md section 9, IMP-DELIV-001..008), rooms and their history.
+ *
+ * One connection, used by one thread. Every statement is prepared once at open and kept in
+ * s->st[] (reset and rebound per call); a statement still in use by an outer call (a callback
+ * calling the store again) is not reused: a fresh one is prepared for the nested call and
+ * finalized after it.
+ *
+ * Transactions: ims_store_begin() is BEGIN IMMEDIATE, ims_store_commit() COMMIT (with
+ * synchronous=FULL the commit is the fsync, IMP-DELIV-001). Every writing operation runs inside
+ * a SAVEPOINT when a batch is open, so that a failing operation is undone alone and the batch
+ * stays usable; outside a batch it runs in its own BEGIN IMMEDIATE ... COMMIT.
+ *
+ * Schema (PRAGMA user_version 1, application_id 'imd1'):
+ *   users(id AUTOINCREMENT, name UNIQUE, hash, admin, last_seq, acked_seq, created_ms)
+ *   tokens(hash BLOB(32) PK, user_id, expires_ms)
+ *   messages(msg_id AUTOINCREMENT: global, ascending, never reused; sender_id, sender,
+ *            target_kind, target, ts_ms, headers, body, hist: 1 while in its room's kept history)
+ *   queue(user_id, seq, msg_id) PK(user_id, seq) WITHOUT ROWID: the unacknowledged entries, so
+ *            that each user's rows are exactly the seqs acked_seq+1..last_seq
+ *   dedupe(sender_id, client_msg_id, msg_id, digest, ts_ms) PK(sender_id, client_msg_id)
+ *   rooms(name PK, created_ms), members(room, user_id) PK(room, user_id)
+ * A message row is deleted as soon as no queue row refers to it and hist = 0.
+ */
+#include "store.h"
+
+#include <limits.h>
+#include <sqlite3.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define IMS_SCHEMA_VERSION 1
+#define IMS_APPLICATION_ID 0x696d6431 /* "imd1" */
+#define IMS_NAME_MAX 32
+#define IMS_HASH_LEN_MAX 127
+#define IMS_BUSY_DEFAULT_MS 5000
+
+/* ---- statements ----------------------------------------------------------------------------- */
+
+enum {
+    ST_BEGIN,
+    ST_COMMIT,
+    ST_ROLLBACK,
+    ST_SAVEPOINT,
+    ST_RELEASE,
+    ST_ROLLBACK_TO,
+    ST_USER_INSERT,
+    ST_USER_BY_NAME,
+    ST_USER_BY_ID,
+    ST_USER_SET_HASH,
+    ST_USER_SET_ADMIN,
+    ST_USER_DELETE,
+    ST_USER_LIST,
+    ST_USER_COUNT,
+    ST_USER_IDS,
+    ST_USER_MARKS,
+    ST_USER_SET_ACKED,
+    ST_USER_NEXT_SEQ,
+    ST_TOKEN_INSERT,
+    ST_TOKEN_CHECK,
+    ST_TOKEN_DELETE,
+    ST_TOKEN_EXPIRE,
+    ST_DEDUPE_GET,
+    ST_DEDUPE_INSERT,
+    ST_DEDUPE_EXPIRE,
+    ST_MSG_INSERT,
+    ST_MSG_DELETE_UNUSED,
+    ST_MSG_COUNT,
+    ST_QUEUE_INSERT,
+    ST_QUEUE_READ,
+    ST_QUEUE_DELETE_UPTO,
+    ST_QUEUE_DELETE_USER,
+    ST_ROOM_INSERT,
+    ST_ROOM_EXISTS,
+    ST_ROOM_LIST,
+    ST_MEMBER_INSERT,
+    ST_MEMBER_DELETE,
+    ST_MEMBER_CHECK,
+    ST_MEMBER_IDS,
+    ST_MEMBER_NAMES,
+    ST_USER_ROOMS,
+    ST_HISTORY,
+    ST_HISTORY_EXCESS,
+    ST_HISTORY_DROP,
+    ST_COUNT
+};
+
+#define MSG_COLS \
+    "m.msg_id, m.sender_id, m.sender, m.target_kind, m.target, m.ts_ms, m.headers, m.body"
+
+static const char *const st_sql[ST_COUNT] = {
+    [ST_BEGIN] = "BEGIN IMMEDIATE",
+    [ST_COMMIT] = "COMMIT",
+    [ST_ROLLBACK] = "ROLLBACK",
+    [ST_SAVEPOINT] = "SAVEPOINT ims_op",
+    [ST_RELEASE] = "RELEASE ims_op",
+    [ST_ROLLBACK_TO] = "ROLLBACK TO ims_op",
+    [ST_USER_INSERT] = "INSERT INTO users(name, hash, admin, created_ms) VALUES (?1, ?2, ?3, ?4)",
+    [ST_USER_BY_NAME] = "SELECT id, name, hash, admin, last_seq, acked_seq, created_ms FROM users "
+                        "WHERE name = ?1",
+    [ST_USER_BY_ID] = "SELECT id, name, hash, admin, last_seq, acked_seq, created_ms FROM users "
+                      "WHERE id = ?1",
+    [ST_USER_SET_HASH] = "UPDATE users SET hash = ?2 WHERE id = ?1",
+    [ST_USER_SET_ADMIN] = "UPDATE users SET admin = ?2 WHERE id = ?1",
+    [ST_USER_DELETE] = "DELETE FROM users WHERE id = ?1",
+    [ST_USER_LIST] = "SELECT id, name, hash, admin, last_seq, acked_seq, created_ms FROM users "
+                     "WHERE name > ?1 ORDER BY name LIMIT ?2",
+    [ST_USER_COUNT] = "SELECT count(*) FROM users",
+    [ST_USER_IDS] = "SELECT id FROM users ORDER BY id",
+    [ST_USER_MARKS] = "SELECT last_seq, acked_seq FROM users WHERE id = ?1",
+    [ST_USER_SET_ACKED] = "UPDATE users SET acked_seq = ?2 WHERE id = ?1",
+    /* IMP-DELIV-002: the user's next sequence number, assigned when the message is stored. */
+    [ST_USER_NEXT_SEQ] = "UPDATE users SET last_seq = last_seq + 1 WHERE id = ?1 "
+                         "RETURNING last_seq",
+    [ST_TOKEN_INSERT] = "INSERT INTO tokens(hash, user_id, expires_ms) VALUES (?1, ?2, ?3)",
+    [ST_TOKEN_CHECK] = "SELECT user_id FROM tokens WHERE hash = ?1 AND expires_ms > ?2",
+    [ST_TOKEN_DELETE] = "DELETE FROM tokens WHERE hash = ?1",
+    [ST_TOKEN_EXPIRE] = "DELETE FROM tokens WHERE expires_ms <= ?1",
+    [ST_DEDUPE_GET] = "SELECT msg_id, digest FROM dedupe WHERE sender_id = ?1 AND "
+                      "client_msg_id = ?2",
+    [ST_DEDUPE_INSERT] = "INSERT INTO dedupe(sender_id, client_msg_id, msg_id, digest, ts_ms) "
+                         "VALUES (?1, ?2, ?3, ?4, ?5)",
+    [ST_DEDUPE_EXPIRE] = "DELETE FROM dedupe WHERE ts_ms < ?1",
+    [ST_MSG_INSERT] = "INSERT INTO messages(sender_id, sender, target_kind, target, ts_ms, "
+                      "headers, body, hist) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    [ST_MSG_DELETE_UNUSED] = "DELETE FROM messages WHERE msg_id = ?1 AND hist = 0 AND "
+                             "NOT EXISTS (SELECT 1 FROM queue WHERE msg_id = ?1)",
+    [ST_MSG_COUNT] = "SELECT count(*) FROM messages",
+    [ST_QUEUE_INSERT] = "INSERT INTO queue(user_id, seq, msg_id) VALUES (?1, ?2, ?3)",
+    [ST_QUEUE_READ] = "SELECT " MSG_COLS ", q.seq FROM queue q CROSS JOIN messages m "
+                      "ON m.msg_id = q.msg_id WHERE q.user_id = ?1 AND q.seq > ?2 "
+                      "ORDER BY q.seq LIMIT ?3",
+    [ST_QUEUE_DELETE_UPTO] = "DELETE FROM queue WHERE user_id = ?1 AND seq <= ?2 RETURNING msg_id",
+    [ST_QUEUE_DELETE_USER] = "DELETE FROM queue WHERE user_id = ?1 RETURNING msg_id",
+    [ST_ROOM_INSERT] = "INSERT OR IGNORE INTO rooms(name, created_ms) VALUES (?1, ?2)",
+    [ST_ROOM_EXISTS] = "SELECT 1 FROM rooms WHERE name = ?1",
+    [ST_ROOM_LIST] = "SELECT name FROM rooms WHERE name > ?1 ORDER BY name LIMIT ?2",
+    [ST_MEMBER_INSERT] = "INSERT OR IGNORE INTO members(room, user_id) VALUES (?1, ?2)",
+    [ST_MEMBER_DELETE] = "DELETE FROM members WHERE room = ?1 AND user_id = ?2",
+    [ST_MEMBER_CHECK] = "SELECT (SELECT 1 FROM rooms WHERE name = ?1), "
+                        "(SELECT 1 FROM members WHERE room = ?1 AND user_id = ?2)",
+    [ST_MEMBER_IDS] = "SELECT user_id FROM members WHERE room = ?1 ORDER BY user_id",
+    [ST_MEMBER_NAMES] = "SELECT u.name FROM members mb JOIN users u ON u.id = mb.user_id "
+                        "WHERE mb.room = ?1 AND u.name > ?2 ORDER BY u.name LIMIT ?3",
+    [ST_USER_ROOMS] = "SELECT room FROM members WHERE user_id = ?1 ORDER BY room",
+    [ST_HISTORY] = "SELECT " MSG_COLS " FROM messages m WHERE m.hist = 1 AND m.target = ?1 AND "
+                   "m.msg_id < ?2 ORDER BY m.msg_id DESC LIMIT ?3",
+    [ST_HISTORY_EXCESS] = "SELECT msg_id FROM messages WHERE hist = 1 AND target = ?1 "
+                          "ORDER BY msg_id DESC LIMIT -1 OFFSET ?2",
+    [ST_HISTORY_DROP] = "UPDATE messages SET hist = 0 WHERE msg_id = ?1",
+};
+
+static const char schema_sql[] =
+    "CREATE TABLE users("
+    " id INTEGER PRIMARY KEY AUTOINCREMENT,"
+    " name TEXT NOT NULL UNIQUE,"
+    " hash TEXT NOT NULL,"
+    " admin INTEGER NOT NULL DEFAULT 0,"
+    " last_seq INTEGER NOT NULL DEFAULT 0,"
+    " acked_seq INTEGER NOT NULL DEFAULT 0,"
+    " created_ms INTEGER NOT NULL);"
+    "CREATE TABLE tokens("
+    " hash BLOB PRIMARY KEY NOT NULL CHECK (length(hash) = 32),"
+    " user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,"
+    " expires_ms INTEGER NOT NULL);"
+    "CREATE INDEX tokens_user ON tokens(user_id);"
+    "CREATE TABLE messages("
+    " msg_id INTEGER PRIMARY KEY AUTOINCREMENT,"
+    " sender_id INTEGER NOT NULL,"
+    " sender TEXT NOT NULL,"
+    " target_kind INTEGER NOT NULL,"
+    " target TEXT NOT NULL,"
+    " ts_ms INTEGER NOT NULL,"
+    " headers BLOB,"
+    " body BLOB NOT NULL,"
+    " hist INTEGER NOT NULL DEFAULT 0);"
+    "CREATE INDEX messages_hist ON messages(target, msg_id) WHERE hist = 1;"
+    "CREATE TABLE queue("
+    " user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,"
+    " seq INTEGER NOT NULL,"
+    " msg_id INTEGER NOT NULL REFERENCES messages(msg_id),"
+    " PRIMARY KEY(user_id, seq)) WITHOUT ROWID;"
+    "CREATE INDEX queue_msg ON queue(msg_id);"
+    "CREATE TABLE dedupe("
+    " sender_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,"
+    " client_msg_id TEXT NOT NULL,"
+    " msg_id INTEGER NOT NULL,"
+    " digest BLOB,"
+    " ts_ms INTEGER NOT NULL,"
+    " PRIMARY KEY(sender_id, client_msg_id)) WITHOUT ROWID;"
+    "CREATE TABLE rooms("
+    " name TEXT PRIMARY KEY NOT NULL,"
+    " created_ms INTEGER NOT NULL) WITHOUT ROWID;"
+    "CREATE TABLE members("
+    " room TEXT NOT NULL REFERENCES rooms(name) ON DELETE CASCADE,"
+    " user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,"
+    " PRIMARY KEY(room, user_id)) WITHOUT ROWID;"
+    "CREATE INDEX members_user ON members(user_id, room);";
+
+struct ims_store {
+    sqlite3 *db;
+    sqlite3_stmt *st[ST_COUNT];
+    int in_batch;
+    void (*log)(void *ud, const char *msg);
+    void *log_ud;
+    /* Scratch list of message ids whose queue rows were deleted (candidates for deletion). */
+    int64_t *ids;
+    size_t ids_n, ids_cap;
+};
+
+/* ---- errors --------------------------------------------------------------------------------- */
+
+#if defined(__GNUC__)
+#define IMS_PRINTF(f, a) __attribute__((format(printf, f, a)))
+#else
+#define IMS_PRINTF(f, a)
+#endif
+
+IMS_PRINTF(2, 3) static void logf_(ims_store *s, const char *fmt, ...)
+{
+    if (s->log == NULL)
+        return;
+    char buf[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    s->log(s->log_ud, buf);
+}
+
+/* A database failure: logs what failed with SQLite's message, returns IMP_ERR_STORAGE. */
+static int db_fail(ims_store *s, const char *what)
+{
+    logf_(s, "store: %s: %s (%d)", what, sqlite3_errmsg(s->db), sqlite3_extended_errcode(s->db));
+    return IMP_ERR_STORAGE;
+}
+
+IMS_PRINTF(3, 4) static void set_err(char *err, size_t errlen, const char *fmt, ...)
+{
+    if (err == NULL || errlen == 0)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+/* ---- statement cache ------------------------------------------------------------------------ */
+
+/* The cached statement, or a fresh one when the cached one is in use by an outer call. */
+static sqlite3_stmt *st_get(ims_store *s, int id)
+{
+    sqlite3_stmt *q = s->st[id];
+    if (q != NULL && !sqlite3_stmt_busy(q))
+        return q;
+    q = NULL;
+    if (sqlite3_prepare_v3(s->db, st_sql[id], -1, 0, &q, NULL) != SQLITE_OK) {
+        db_fail(s, "prepare");
+        sqlite3_finalize(q);
+        return NULL;
+    }
+    return q;
+}
+
+static void st_put(ims_store *s, int id, sqlite3_stmt *q)
+{
+    if (q == NULL)
+        return;
+    if (q != s->st[id]) {
+        sqlite3_finalize(q);
+        return;
+    }
+    sqlite3_reset(q);
+    sqlite3_clear_bindings(q);
+}
+
+/* Runs a statement without result rows (or ignoring them). 0 or IMP_ERR_STORAGE. */
+static int st_run(ims_store *s, int id)
+{
+    sqlite3_stmt *q = st_get(s, id);
+    if (q == NULL)
+        return IMP_ERR_STORAGE;
+    int rc = sqlite3_step(q);
+    int r = (rc == SQLITE_DONE || rc == SQLITE_ROW) ? 0 : db_fail(s, st_sql[id]);
+    st_put(s, id, q);
+    return r;
+}
+
+/* ---- argument checks ------------------------------------------------------------------------ */
+
+/* A name the store can hold: 1..32 bytes (callers pass folded names, IMP-TEXT-002). */
+static int name_ok(const char *name)
+{
+    if (name == NULL)
+        return 0;
+    size_t n = strnlen(name, IMS_NAME_MAX + 1);
+    return n >= 1 && n <= IMS_NAME_MAX;
+}
+
+static int64_t u64_to_i64(uint64_t v)
+{
+    return v > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)v;
+}
+
+static void copy_col_text(char *dst, size_t cap, sqlite3_stmt *q, int col)
+{
+    const unsigned char *t = sqlite3_column_text(q, col);
+    size_t n = t ? (size_t)sqlite3_column_bytes(q, col) : 0;
+    if (n >= cap)
+        n = cap - 1;
+    if (n)
+        memcpy(dst, t, n);
+    dst[n] = '\0';
+}
+
+/* ---- transactions --------------------------------------------------------------------------- */
+
+/* Starts one writing operation: a SAVEPOINT inside a batch, its own transaction outside. */
+static int op_begin(ims_store *s)
+{
+    if (s->in_batch) {
+        if (sqlite3_get_autocommit(s->db)) {
+            /* SQLite rolled the batch back by itself (e.g. after SQLITE_FULL or an I/O error):
+             * nothing more can join it. ims_store_commit() reports it. */
+            logf_(s, "store: the batch was rolled back by SQLite; operation refused");
+            return IMP_ERR_STORAGE;
+        }
+        return st_run(s, ST_SAVEPOINT);
+    }
+    return st_run(s, ST_BEGIN);
+}
+
+/* Ends the operation: keeps its effects when rc == 0, undoes them otherwise. Returns rc, or
+ * IMP_ERR_STORAGE when keeping them failed. */
+static int op_end(ims_store *s, int rc)
+{
+    if (s->in_batch) {
+        if (rc == 0) {
+            int r = st_run(s, ST_RELEASE);
+            if (r == 0)
+                return 0;
+            rc = r;
+        }
+        if (!sqlite3_get_autocommit(s->db)) {
+            st_run(s, ST_ROLLBACK_TO);
+            st_run(s, ST_RELEASE);
+        }
+        return rc;
+    }
+    if (rc == 0) {
+        int r = st_run(s, ST_COMMIT);
+        if (r == 0)
+            return 0;
+        rc = r;
+    }
+    if (!sqlite3_get_autocommit(s->db))
+        st_run(s, ST_ROLLBACK);
+    return rc;
+}
+
+int ims_store_begin(ims_store *s)
+{
+    if (s == NULL)
+        return IMP_ERR_INVAL;
+    if (s->in_batch)
+        return 0;
+    int r = st_run(s, ST_BEGIN);
+    if (r == 0)
+        s->in_batch = 1;
+    return r;
+}
+
+int ims_store_commit(ims_store *s)
+{
+    if (s == NULL)
+        return IMP_ERR_INVAL;
+    if (!s->in_batch)
+        return 0;
+    s->in_batch = 0;
+    if (sqlite3_get_autocommit(s->db)) {
+        logf_(s, "store: commit: the batch was rolled back by SQLite");
+        return IMP_ERR_STORAGE;
+    }
+    int r = st_run(s, ST_COMMIT); /* IMP-DELIV-001: the fsync with synchronous=FULL */
+    if (r != 0 && !sqlite3_get_autocommit(s->db))
+        st_run(s, ST_ROLLBACK);
+    return r;
+}
+
+int ims_store_in_batch(const ims_store *s)
+{
+    return s != NULL && s->in_batch;
+}
+
+int ims_store_set_busy_timeout(ims_store *s, int ms)
+{
+    if (s == NULL || ms < 0)
+        return IMP_ERR_INVAL;
+    return sqlite3_busy_timeout(s->db, ms) == SQLITE_OK ? 0 : db_fail(s, "busy_timeout");
+}
+
+/* ---- open and close ------------------------------------------------------------------------- */
+
+/* The first column of the first row of sql as an integer (*out), or -1 with err set. */
+static int pragma_int(sqlite3 *db, const char *sql, int64_t *out, char *err, size_t errlen)
+{
+    sqlite3_stmt *q = NULL;
+    int rc = sqlite3_prepare_v2(db, sql, -1, &q, NULL);
+    if (rc == SQLITE_OK) {
+        rc = sqlite3_step(q);
+        if (rc == SQLITE_ROW) {
+            *out = sqlite3_column_int64(q, 0);
+            sqlite3_finalize(q);
+            return 0;
+        }
+    }
+    set_err(err, errlen, "%s: %s", sql, sqlite3_errmsg(db));
+    sqlite3_finalize(q);
+    return -1;
+}
+
+static int exec_sql(sqlite3 *db, const char *sql, char *err, size_t errlen)
+{
+    char *msg = NULL;
+    if (sqlite3_exec(db, sql, NULL, NULL, &msg) == SQLITE_OK)
+        return 0;
+    set_err(err, errlen, "%.60s: %s", sql, msg ? msg : sqlite3_errmsg(db));
+    sqlite3_free(msg);
+    return -1;
+}
+
+/* PRAGMA quick_check (on open) or integrity_check: 0 when the single row is "ok". */
+static int run_check(sqlite3 *db, const char *sql, char *err, size_t errlen)
+{
+    sqlite3_stmt *q = NULL;
+    int rc = sqlite3_prepare_v2(db, sql, -1, &q, NULL);
+    if (rc != SQLITE_OK) {
+        set_err(err, errlen, "%s: %s", sql, sqlite3_errmsg(db));
+        sqlite3_finalize(q);
+        return -1;
+    }
+    rc = sqlite3_step(q);
+    if (rc != SQLITE_ROW) {
+        set_err(err, errlen, "%s: %s", sql, sqlite3_errmsg(db));
+        sqlite3_finalize(q);
+        return -1;
+    }
+    const char *t = (const char *)sqlite3_column_text(q, 0);
+    if (t != NULL && strcmp(t, "ok") == 0) {
+        sqlite3_finalize(q);
+        return 0;
+    }
+    set_err(err, errlen, "%s: %s", sql, t ? t : "(no result)");
+    sqlite3_finalize(q);
+    return -1;
+}
+
+/* Creates the schema in a new database, checks the version of an existing one. */
+static int schema_setup(sqlite3 *db, char *err, size_t errlen)
+{
+    if (exec_sql(db, "BEGIN IMMEDIATE", err, errlen) != 0)
+        return -1;
+    int64_t version = 0, app = 0, tables = 0;
+    if (pragma_int(db, "PRAGMA user_version", &version, err, errlen) != 0 ||
+        pragma_int(db, "PRAGMA application_id", &app, err, errlen) != 0 ||
+        pragma_int(db, "SELECT count(*) FROM sqlite_schema", &tables, err, errlen) != 0)
+        goto fail;
+    if (version == 0) {
+        if (tables != 0 || app != 0) {
+            set_err(err, errlen, "not an imd database (it has other tables)");
+            goto fail;
+        }
+        char sql[64];
+        snprintf(sql, sizeof sql, "PRAGMA application_id = %d; PRAGMA user_version = %d",
+                 IMS_APPLICATION_ID, IMS_SCHEMA_VERSION);
+        if (exec_sql(db, schema_sql, err, errlen) != 0 || exec_sql(db, sql, err, errlen) != 0)
+            goto fail;
+    } else if (app != IMS_APPLICATION_ID) {
+        set_err(err, errlen, "not an imd database (application_id %lld)", (long long)app);
+        goto fail;
+    } else if (version != IMS_SCHEMA_VERSION) {
+        set_err(err, errlen, "database schema version %lld, this imd knows version %d",
+                (long long)version, IMS_SCHEMA_VERSION);
+        goto fail;
+    }
+    if (exec_sql(db, "COMMIT", err, errlen) != 0)
+        goto fail;
+    return 0;
+fail:
+    if (!sqlite3_get_autocommit(db))
+        sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+    return -1;
+}
+
+ims_store *ims_store_open(const ims_store_options *opt, char *err, size_t errlen)
+{
+    set_err(err, errlen, "%s", "");
+    if (opt == NULL || opt->path == NULL || opt->path[0] == '\0') {
+        set_err(err, errlen, "no database path");
+        return NULL;
+    }
+    /* RETURNING (3.35) and sqlite_schema (3.33) are used. */
+    if (sqlite3_libversion_number() < 3035000) {
+        set_err(err, errlen, "SQLite %s is too old (3.35 or later needed)", sqlite3_libversion());
+        return NULL;
+    }
+    /* SQLite's memory statistics cost a global mutex per allocation (about a sixth of a put).
+     * This only works before SQLite is initialized (SQLITE_MISUSE afterwards, harmless). */
+    static int configured;
+    if (!configured) {
+        configured = 1;
+        (void)sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
+    }
+    ims_store *s = calloc(1, sizeof *s);
+    if (s == NULL) {
+        set_err(err, errlen, "out of memory");
+        return NULL;
+    }
+    s->log = opt->log;
+    s->log_ud = opt->log_ud;
+    /* One thread uses the connection (store.h): no per-call connection mutex. */
+    int rc = sqlite3_open_v2(
+        opt->path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
+    if (rc != SQLITE_OK) {
+        set_err(err, errlen, "%s: %s", opt->path,
+                s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(rc));
+        goto fail;
+    }
+    sqlite3_extended_result_codes(s->db, 1);
+    sqlite3_busy_timeout(s->db, IMS_BUSY_DEFAULT_MS);
+    if (exec_sql(s->db, "PRAGMA foreign_keys = ON", err, errlen) != 0)
+        goto fail;
+    /* journal_mode answers the mode in effect: "wal", or "memory" for ":memory:". */
+    sqlite3_stmt *q = NULL;
+    if (sqlite3_prepare_v2(s->db, "PRAGMA journal_mode = WAL", -1, &q, NULL) != SQLITE_OK ||
+        sqlite3_step(q) != SQLITE_ROW) {
+        set_err(err, errlen, "%s: journal_mode: %s", opt->path, sqlite3_errmsg(s->db));
+        sqlite3_finalize(q);
+        goto fail;
+    }
+    const char *mode = (const char *)sqlite3_column_text(q, 0);
+    if (mode == NULL || (strcmp(mode, "wal") != 0 && strcmp(mode, "memory") != 0)) {
+        set_err(err, errlen, "%s: cannot use WAL (journal_mode %s)", opt->path, mode ? mode : "?");
+        sqlite3_finalize(q);
+        goto fail;
+    }
+    sqlite3_finalize(q);
+    if (exec_sql(s->db, opt->sync_full ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = OFF",
+                 err, errlen) != 0 ||
+        exec_sql(s->db, "PRAGMA temp_store = MEMORY; PRAGMA cache_size = -16384", err, errlen) != 0)
+        goto fail;
+    char cerr[200] = "";
+    if (run_check(s->db, "PRAGMA quick_check", cerr, sizeof cerr) != 0) {
+        set_err(err, errlen, "%s: damaged database: %s", opt->path, cerr);
+        goto fail;
+    }
+    if (schema_setup(s->db, cerr, sizeof cerr) != 0) {
+        set_err(err, errlen, "%s: %s", opt->path, cerr);
+        goto fail;
+    }
+    for (int i = 0; i < ST_COUNT; i++) {
+        if (sqlite3_prepare_v3(s->db, st_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &s->st[i], NULL) !=
+            SQLITE_OK) {
+            set_err(err, errlen, "%s: prepare: %s", opt->path, sqlite3_errmsg(s->db));
+            goto fail;
+        }
+    }
+    return s;
+fail:
+    if (err != NULL && errlen > 0 && err[0] == '\0')
+        set_err(err, errlen, "%s: cannot open", opt->path);
+    for (int i = 0; i < ST_COUNT; i++)
+        sqlite3_finalize(s->st[i]);
+    sqlite3_close(s->db);
+    free(s);
+    return NULL;
+}
+
+void ims_store_close(ims_store *s)
+{
+    if (s == NULL)
+        return;
+    if (s->in_batch && ims_store_commit(s) != 0)
+        logf_(s, "store: close: the open batch could not be committed");
+    for (int i = 0; i < ST_COUNT; i++)
+        sqlite3_finalize(s->st[i]);
+    if (sqlite3_close(s->db) != SQLITE_OK)
+        db_fail(s, "close");
+    free(s->ids);
+    free(s);
+}
+
+int ims_store_integrity_check(ims_store *s, char *err, size_t errlen)
+{
+    set_err(err, errlen, "%s", "");
+    if (s == NULL)
+        return IMP_ERR_INVAL;
+    char buf[256] = "";
+    if (run_check(s->db, "PRAGMA integrity_check", buf, sizeof buf) != 0) {
+        set_err(err, errlen, "%s", buf);
+        return IMP_ERR_STORAGE;
+    }
+    /* Foreign keys, then the queue invariant (IMP-DELIV-002/003): each user's queue holds
+     * exactly the seqs acked_seq+1 .. last_seq. */
+    static const char *const checks[] = {
+        "SELECT 'foreign key violation in ' || \"table\" FROM pragma_foreign_key_check LIMIT 1",
+        ("SELECT 'user ' || u.id || ': queue does not match last_seq/acked_seq' FROM users u "
+         "WHERE u.acked_seq > u.last_seq OR u.last_seq - u.acked_seq <> "
+         "(SELECT count(*) FROM queue q WHERE q.user_id = u.id) OR EXISTS (SELECT 1 FROM queue q "
+         "WHERE q.user_id = u.id AND (q.seq <= u.acked_seq OR q.seq > u.last_seq)) LIMIT 1"),
+        ("SELECT 'message ' || m.msg_id || ' is kept for nothing' FROM messages m WHERE m.hist = 0 "
+         "AND NOT EXISTS (SELECT 1 FROM queue q WHERE q.msg_id = m.msg_id) LIMIT 1"),
+    };
+    for (size_t i = 0; i < sizeof checks / sizeof checks[0]; i++) {
+        sqlite3_stmt *q = NULL;
+        int rc = sqlite3_prepare_v2(s->db, checks[i], -1, &q, NULL);
+        if (rc == SQLITE_OK)
+            rc = sqlite3_step(q);
+        if (rc == SQLITE_ROW) {
+            set_err(err, errlen, "%s", (const char *)sqlite3_column_text(q, 0));
+            sqlite3_finalize(q);
+            return IMP_ERR_STORAGE;
+        }
+        if (rc != SQLITE_DONE) {
+            set_err(err, errlen, "integrity check: %s", sqlite3_errmsg(s->db));
+            sqlite3_finalize(q);
+            return IMP_ERR_STORAGE;
+        }
+        sqlite3_finalize(q);
+    }
+    set_err(err, errlen, "ok");
+    return 0;
+}
+
+/* ---- users ---------------------------------------------------------------------------------- */
+
+static void row_to_user(sqlite3_stmt *q, ims_user *u)
+{
+    memset(u, 0, sizeof *u);
+    u->id = sqlite3_column_int64(q, 0);
+    copy_col_text(u->name, sizeof u->name, q, 1);
+    copy_col_text(u->hash, sizeof u->hash, q, 2);
+    u->admin = sqlite3_column_int(q, 3);
+    u->last_seq = (uint64_t)sqlite3_column_int64(q, 4);
+    u->acked_seq = (uint64_t)sqlite3_column_int64(q, 5);
+    u->created_ms = sqlite3_column_int64(q, 6);
+}
+
+static int hash_ok(const char *hash)
+{
+    return hash != NULL && strnlen(hash, IMS_HASH_LEN_MAX + 1) <= IMS_HASH_LEN_MAX;
+}
+
+int ims_store_user_create(ims_store *s, const char *name, const char *hash, int admin,
+                          int64_t now_ms, int64_t *id_out)
+{
+    if (s == NULL || !name_ok(name) || !hash_ok(hash))
+        return IMP_ERR_INVAL;
+    int r = op_begin(s);
+    if (r != 0)
+        return r;
+    sqlite3_stmt *q = st_get(s, ST_USER_INSERT);
+    if (q == NULL)
+        return op_end(s, IMP_ERR_STORAGE);
+    sqlite3_bind_text(q, 1, name, -1, SQLITE_STATIC);
+    sqlite3_bind_text(q, 2, hash, -1, SQLITE_STATIC);
+    sqlite3_bind_int(q, 3, admin ? 1 : 0);
+    sqlite3_bind_int64(q, 4, now_ms);
+    int rc = sqlite3_step(q);
+    if (rc == SQLITE_DONE) {
+        if (id_out != NULL)
+            *id_out = sqlite3_last_insert_rowid(s->db);
+    } else if (rc == SQLITE_CONSTRAINT_UNIQUE || rc == SQLITE_CONSTRAINT_PRIMARYKEY) {
+        r = IMP_ERR_USER_EXISTS;
+    } else {
+        r = db_fail(s, "user create");
+    }
+    st_put(s, ST_USER_INSERT, q);
+    return op_end(s, r);
+}
+
+/* A single-row user lookup by text (name) or id. */
+static int user_lookup(ims_store *s, int id, const char *name, int64_t uid, ims_user *u)
+{
+    sqlite3_stmt *q = st_get(s, id);
+    if (q == NULL)
+        return IMP_ERR_STORAGE;
+    if (name != NULL)
+        sqlite3_bind_text(q, 1, name, -1, SQLITE_STATIC);
+    else
+        sqlite3_bind_int64(q, 1, uid);
+    int rc = sqlite3_step(q);
+    int r = 0;
+    if (rc == SQLITE_ROW)
+        row_to_user(q, u);
+    else if (rc == SQLITE_DONE)
+        r = IMP_ERR_NO_SUCH_USER;
+    else
+        r = db_fail(s, "user get");
+    st_put(s, id, q);
+    return r;
+}
+
+int ims_store_user_get(ims_store *s, const char *name, ims_user *u)
+{
+    if (s == NULL || name == NULL || u == NULL)
+        return IMP_ERR_INVAL;
+    if (!name_ok(name))
+        return IMP_ERR_NO_SUCH_USER;
+    return user_lookup(s, ST_USER_BY_NAME, name, 0, u);
+}
+
+int ims_store_user_get_id(ims_store *s, int64_t id, ims_user *u)
+{
+    if (s == NULL || u == NULL)
+        return IMP_ERR_INVAL;
+    return user_lookup(s, ST_USER_BY_ID, NULL, id, u);
+}
+
+/* UPDATE users SET <col> = ?2 WHERE id = ?1 with a text or an int value. */
+static int user_update(ims_store *s, int id, int64_t uid, const char *text, int value)
+{
+    int r = op_begin(s);
+    if (r != 0)
+        return r;
+    sqlite3_stmt *q = st_get(s, id);
+    if (q == NULL)
+        return op_end(s, IMP_ERR_STORAGE);
+    sqlite3_bind_int64(q, 1, uid);
+    if (text != NULL)
+        sqlite3_bind_text(q, 2, text, -1, SQLITE_STATIC);
+    else
+        sqlite3_bind_int(q, 2, value);
+    int rc = sqlite3_step(q);
+    if (rc != SQLITE_DONE)
+        r = db_fail(s, "user update");
+    else if (sqlite3_changes(s->db) == 0)
+        r = IMP_ERR_NO_SUCH_USER;
+    st_put(s, id, q);
+    return op_end(s, r);
+}
+
+int ims_store_user_set_hash(ims_store *s, int64_t id, const char *hash)
+{
+    if (s == NULL || !hash_ok(hash))
+        return IMP_ERR_INVAL;
+    return user_update(s, ST_USER_SET_HASH, id, hash, 0);
+}
+
+int ims_store_user_set_admin(ims_store *s, int64_t id, int admin)
+{
+    if (s == NULL)
+        return IMP_ERR_INVAL;
+    return user_update(s, ST_USER_SET_ADMIN, id, NULL, admin ? 1 : 0);
+}
+
+/* ---- message garbage collection ------------------------------------------------------------- */
+
+static int ids_push(ims_store *s, int64_t id)
+{
+    if (s->ids_n == s->ids_cap) {
+        size_t cap = s->ids_cap ? s->ids_cap * 2 : 256;
+        int64_t *p = realloc(s->ids, cap * sizeof *p);
+        if (p == NULL) {
+            logf_(s, "store: out of memory");
+            return IMP_ERR_STORAGE;
+        }
+        s->ids = p;
+        s->ids_cap = cap;
+    }
+    s->ids[s->ids_n++] = id;
+    return 0;
+}
+
+/* Runs a "DELETE FROM queue ... RETURNING msg_id" statement (?1 user_id, ?2 upto when
+ * non-negative), then deletes the messages that no queue holds any
+ * more and that are not room history. */
+static int queue_delete(ims_store *s, int id, int64_t user_id, int64_t upto)
+{
+    sqlite3_stmt *q = st_get(s, id);
+    if (q == NULL)
+        return IMP_ERR_STORAGE;
+    sqlite3_bind_int64(q, 1, user_id);
+    if (upto >= 0)
+        sqlite3_bind_int64(q, 2, upto);
+    /* The ids are collected first: the message deletes are separate statements. A nested call
+     * (callbacks do not run here) cannot interleave, so s->ids is ours. */
+    size_t base = s->ids_n;
+    int rc, r = 0;
+    while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
+        if (r == 0)
+            r = ids_push(s, sqlite3_column_int64(q, 0));
+    }
+    if (rc != SQLITE_DONE && r == 0)
+        r = db_fail(s, "queue delete");
+    st_put(s, id, q);
+    for (size_t i = base; r == 0 && i < s->ids_n; i++) {
+        sqlite3_stmt *d = st_get(s, ST_MSG_DELETE_UNUSED);
+        if (d == NULL) {
+            r = IMP_ERR_STORAGE;
+            break;
+        }
+        sqlite3_bind_int64(d, 1, s->ids[i]);
+        if (sqlite3_step(d) != SQLITE_DONE)
+            r = db_fail(s, "message delete");
+        st_put(s, ST_MSG_DELETE_UNUSED, d);
+    }
+    s->ids_n = base;
+    return r;
+}
+
+static int delete_if_unused(ims_store *s, int64_t msg_id)
+{
+    sqlite3_stmt *d = st_get(s, ST_MSG_DELETE_UNUSED);
+    if (d == NULL)
+        return IMP_ERR_STORAGE;
+    sqlite3_bind_int64(d, 1, msg_id);
+    int r = sqlite3_step(d) == SQLITE_DONE ? 0 : db_fail(s, "message delete");
+    st_put(s, ST_MSG_DELETE_UNUSED, d);
+    return r;
+}
+
+int ims_store_user_delete(ims_store *s, int64_t id)
+{
+    if (s == NULL)
+        return IMP_ERR_INVAL;
+    int r = op_begin(s);
+    if (r != 0)
+        return r;
+    /* The queue first (its messages may become unused), then the user: tokens, memberships and
+     * dedupe entries go with it (ON DELETE CASCADE). All in this one operation. */
+    r = queue_delete(s, ST_QUEUE_DELETE_USER, id, -1);
+    if (r == 0) {
+        sqlite3_stmt *q = st_get(s, ST_USER_DELETE);
+        if (q == NULL)
+            return op_end(s, IMP_ERR_STORAGE);
+        sqlite3_bind_int64(q, 1, id);
+        if (sqlite3_step(q) != SQLITE_DONE)
+            r = db_fail(s, "user delete");
+        else if (sqlite3_changes(s->db) == 0)
+            r = IMP_ERR_NO_SUCH_USER;
+        st_put(s, ST_USER_DELETE, q);
+    }
+    return op_end(s, r);
+}
+
+int ims_store_user_list(ims_store *s, const char *after, int limit,
+                        int (*cb)(void *ud, const ims_user *u), void *ud)
+{
+    if (s == NULL || cb == NULL || limit < 0)
+        return IMP_ERR_INVAL;
+    if (limit == 0)
+        return 0;
+    sqlite3_stmt *q = st_get(s, ST_USER_LIST);
+    if (q == NULL)
+        return IMP_ERR_STORAGE;
+    sqlite3_bind_text(q, 1, after ? after : "", -1, SQLITE_STATIC);
+    sqlite3_bind_int(q, 2, limit);
+    int n = 0, rc;
+    ims_user u;
+    while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
+        row_to_user(q, &u);
+        n++;
+        if (cb(ud, &u) != 0) {
+            rc = SQLITE_DONE;
+            break;
+        }
+    }
+    if (rc != SQLITE_DONE)
+        n = db_fail(s, "user list");
+    st_put(s, ST_USER_LIST, q);
+    return n;
+}
+
+/* A single-value "SELECT count(*)" or similar. */
+static int count_query(ims_store *s, int id, int64_t *out)
+{
+    if (s == NULL || out == NULL)
+        return IMP_ERR_INVAL;
+    sqlite3_stmt *q = st_get(s, id);
+    if (q == NULL)
+        return IMP_ERR_STORAGE;
+    int r = 0;
+    if (sqlite3_step(q) == SQLITE_ROW)
+        *out = sqlite3_column_int64(q, 0);
+    else
+        r = db_fail(s, "count");
+    st_put(s, id, q);
+    return r;
+}
+
+int ims_store_user_count(ims_store *s, int64_t *count)
+{
+    return count_query(s, ST_USER_COUNT, count);
+}
+
+int ims_store_message_count(ims_store *s, int64_t *count)
+{
+    return count_query(s, ST_MSG_COUNT, count);
+}
+
+/* Collects the first column (an integer) of every row into a malloc'd array. */
+static int collect_ids(ims_store *s, int id, const char *text, int64_t **ids, size_t *n)
+{
+    sqlite3_stmt *q = st_get(s, id);
+    if (q == NULL)
+        return IMP_ERR_STORAGE;
+    if (text != NULL)
+        sqlite3_bind_text(q, 1, text, -1, SQLITE_STATIC);
+    int64_t *v = NULL;
+    size_t len = 0, cap = 0;
+    int rc, r = 0;
+    while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
+        if (len == cap) {
+            cap = cap ? cap * 2 : 64;
+            int64_t *p = realloc(v, cap * sizeof *p);
+            if (p == NULL) {
+                logf_(s, "store: out of memory");
+                r = IMP_ERR_STORAGE;
+                break;
+            }
+            v = p;
+        }
+        v[len++] = sqlite3_column_int64(q, 0);
+    }
+    if (r == 0 && rc != SQLITE_DONE)
+        r = db_fail(s, "id list");
+    st_put(s, id, q);
+    if (r != 0) {
+        free(v);
+        return r;
+    }
+    *ids = v;
+    *n = len;
+    return 0;
+}
+
+int ims_store_all_user_ids(ims_store *s, int64_t **ids, size_t *n)
+{
+    if (s == NULL || ids == NULL || n == NULL)
+        return IMP_ERR_INVAL;
+    *ids = NULL;
+    *n = 0;
+    return collect_ids(s, ST_USER_IDS, NULL, ids, n);
+}
+
+/* ---- tokens --------------------------------------------------------------------------------- */
+
+int ims_store_token_add(ims_store *s, int64_t user_id, const uint8_t token_hash[32],
+                        int64_t expires_ms)
+{
+    if (s == NULL || token_hash == NULL)
+        return IMP_ERR_INVAL;
+    int r = op_begin(s);
+    if (r != 0)
+        return r;
+    sqlite3_stmt *q = st_get(s, ST_TOKEN_INSERT);
+    if (q == NULL)
+        return op_end(s, IMP_ERR_STORAGE);
+    sqlite3_bind_blob(q, 1, token_hash, 32, SQLITE_STATIC);
+    sqlite3_bind_int64(q, 2, user_id);
+    sqlite3_bind_int64(q, 3, expires_ms);
+    int rc = sqlite3_step(q);
+    if (rc == SQLITE_CONSTRAINT_FOREIGNKEY)
+        r = IMP_ERR_NO_SUCH_USER;
+    else if (rc != SQLITE_DONE)
+        r = db_fail(s, "token add");
+    st_put(s, ST_TOKEN_INSERT, q);
+    return op_end(s, r);
+}
+
+int ims_store_token_check(ims_store *s, const uint8_t token_hash[32], int64_t now_ms,
+                          int64_t *user_id)
+{
+    if (s == NULL || token_hash == NULL || user_id == NULL)
+        return IMP_ERR_INVAL;
+    sqlite3_stmt *q = st_get(s, ST_TOKEN_CHECK);
+    if (q == NULL)
+        return IMP_ERR_STORAGE;
+    sqlite3_bind_blob(q, 1, token_hash, 32, SQLITE_STATIC);
+    sqlite3_bind_int64(q, 2, now_ms);
+    int rc = sqlite3_step(q), r = 0;
+    if (rc == SQLITE_ROW)
+        *user_id = sqlite3_column_int64(q, 0);
+    else if (rc == SQLITE_DONE)
+        r = IMP_ERR_TOKEN_INVALID;
+    else
+        r = db_fail(s, "token check");
+    st_put(s, ST_TOKEN_CHECK, q);
+    return r;
+}
+
+/* A one-statement write with one blob or integer parameter; returns the changes or < 0. */
+static int simple_delete(ims_store *s, int id, const uint8_t *blob, int64_t value)
+{
+    int r = op_begin(s);
+    if (r != 0)
+        return r;
+    sqlite3_stmt *q = st_get(s, id);
+    if (q == NULL)
+        return op_end(s, IMP_ERR_STORAGE);
+    if (blob != NULL)
+        sqlite3_bind_blob(q, 1, blob, 32, SQLITE_STATIC);
+    else
+        sqlite3_bind_int64(q, 1, value);
+    int changes = 0;
+    if (sqlite3_step(q) == SQLITE_DONE)
+        changes = sqlite3_changes(s->db);
+    else
+        r = db_fail(s, st_sql[id]);
+    st_put(s, id, q);
+    r = op_end(s, r);
+    return r != 0 ? r : changes;
+}
+
+int ims_store_token_delete(ims_store *s, const uint8_t token_hash[32])
+{
+    if (s == NULL || token_hash == NULL)
+        return IMP_ERR_INVAL;
+    int r = simple_delete(s, ST_TOKEN_DELETE, token_hash, 0);
+    return r < 0 ? r : 0;
+}
+
+int ims_store_token_expire(ims_store *s, int64_t now_ms)
+{
+    if (s == NULL)
+        return IMP_ERR_INVAL;
+    return simple_delete(s, ST_TOKEN_EXPIRE, NULL, now_ms);
+}
+
+int ims_store_dedupe_expire(ims_store *s, int64_t before_ms)
+{
+    if (s == NULL)
+        return IMP_ERR_INVAL;
+    return simple_delete(s, ST_DEDUPE_EXPIRE, NULL, before_ms);
+}
+
+/* ---- messages and queues -------------------------------------------------------------------- */
+
+/* IMP-DELIV-005: the first message stored under (sender, client_msg_id). */
+int ims_store_dedupe_get(ims_store *s, int64_t sender_id, const char *client_msg_id,
+                         int64_t *msg_id, uint8_t digest[32])
+{
+    if (s == NULL || client_msg_id == NULL || msg_id == NULL)
+        return IMP_ERR_INVAL;
+    sqlite3_stmt *q = st_get(s, ST_DEDUPE_GET);
+    if (q == NULL)
+        return IMP_ERR_STORAGE;
+    sqlite3_bind_int64(q, 1, sender_id);
+    sqlite3_bind_text(q, 2, client_msg_id, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(q), r = 0;
+    if (rc == SQLITE_ROW) {
+        *msg_id = sqlite3_column_int64(q, 0);
+        if (digest != NULL) {
+            const void *d = sqlite3_column_blob(q, 1);
+            memset(digest, 0, 32);
+            if (d != NULL && sqlite3_column_bytes(q, 1) == 32)
+                memcpy(digest, d, 32);
+        }
+        r = 1;
+    } else if (rc != SQLITE_DONE) {
+        r = db_fail(s, "dedupe get");
+    }
+    st_put(s, ST_DEDUPE_GET, q);
+    return r;
+}
+
+static int message_ok(const ims_message *m)
+{
+    if (m->target_kind < 1 || m->target_kind > 3)
+        return 0;
+    if (memchr(m->sender, '\0', sizeof m->sender) == NULL ||
+        memchr(m->target, '\0', sizeof m->target) == NULL)
+        return 0;
+    if ((m->body == NULL && m->body_len != 0) || (m->headers == NULL && m->headers_len != 0))
+        return 0;
+    if (m->body_len > (size_t)INT_MAX || m->headers_len > (size_t)INT_MAX)
+        return 0;
+    return 1;
+}
+
+typedef struct rcpt_ref {
+    int64_t id;
+    size_t idx;
+} rcpt_ref;
+
+static int rcpt_cmp(const void *a, const void *b)
+{
+    const rcpt_ref *x = a, *y = b;
+    if (x->id != y->id)
+        return x->id < y->id ? -1 : 1;
+    return x->idx < y->idx ? -1 : x->idx > y->idx;
+}
+
+/* first[i] = the smallest j with recipients[j] == recipients[i]. */
+static int first_occurrences(const int64_t *r, size_t n, size_t *first)
+{
+    if (n <= 16) {
+        for (size_t i = 0; i < n; i++) {
+            first[i] = i;
+            for (size_t j = 0; j < i; j++) {
+                if (r[j] == r[i]) {
+                    first[i] = j;
+                    break;
+                }
+            }
+        }
+        return 0;
+    }
+    rcpt_ref *v = malloc(n * sizeof *v);
+    if (v == NULL)
+        return -1;
+    for (size_t i = 0; i < n; i++)
+        v[i] = (rcpt_ref){r[i], i};
+    qsort(v, n, sizeof *v, rcpt_cmp);
+    for (size_t i = 0; i < n; i++)
+        first[v[i].idx] = (i > 0 && v[i - 1].id == v[i].id) ? first[v[i - 1].idx] : v[i].idx;
+    free(v);
+    return 0;
+}
+
+/* Queues msg_id for user_id under the user's next seq (IMP-DELIV-002). */
+static int enqueue(ims_store *s, int64_t user_id, int64_t msg_id, uint64_t *seq_out)
+{
+    sqlite3_stmt *q = st_get(s, ST_USER_NEXT_SEQ);
+    if (q == NULL)
+        return IMP_ERR_STORAGE;
+    sqlite3_bind_int64(q, 1, user_id);
+    int rc = sqlite3_step(q), r = 0;
+    int64_t seq = 0;
+    if (rc == SQLITE_ROW)
+        seq = sqlite3_column_int64(q, 0);
+    else if (rc == SQLITE_DONE)
+        r = IMP_ERR_NO_SUCH_USER;
+    else
+        r = db_fail(s, "next seq");
+    st_put(s, ST_USER_NEXT_SEQ, q);
+    if (r != 0)
+        return r;
+    q = st_get(s, ST_QUEUE_INSERT);
+    if (q == NULL)
+        return IMP_ERR_STORAGE;
+    sqlite3_bind_int64(q, 1, user_id);
+    sqlite3_bind_int64(q, 2, seq);
+    sqlite3_bind_int64(q, 3, msg_id);
+    if (sqlite3_step(q) != SQLITE_DONE)
+        r = db_fail(s, "queue insert");
+    st_put(s, ST_QUEUE_INSERT, q);
+    *seq_out = (uint64_t)seq;
+    return r;
+}
+
+/* IMP-DELIV-006: msg_id is AUTOINCREMENT, so ids ascend in store order and are never reused,
+ * even after the newest message was deleted and the server restarted. */
+static int put_message_row(ims_store *s, const ims_message *m, int64_t *msg_id)
+{
+    sqlite3_stmt *q = st_get(s, ST_MSG_INSERT);
+    if (q == NULL)
+        return IMP_ERR_STORAGE;
+    sqlite3_bind_int64(q, 1, m->sender_id);
+    sqlite3_bind_text(q, 2, m->sender, -1, SQLITE_STATIC);
+    sqlite3_bind_int(q, 3, m->target_kind);
+    sqlite3_bind_text(q, 4, m->target, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(q, 5, m->ts_ms);
+    if (m->headers != NULL)
+        sqlite3_bind_blob(q, 6, m->headers, (int)m->headers_len, SQLITE_STATIC);
+    if (m->body_len > 0)
+        sqlite3_bind_blob(q, 7, m->body, (int)m->body_len, SQLITE_STATIC);
+    else
+        sqlite3_bind_zeroblob(q, 7, 0);
+    /* Room messages are also the room's history (IMP-DELIV-008). */
+    sqlite3_bind_int(q, 8, m->target_kind == 2 ? 1 : 0);
+    int r = 0;
+    if (sqlite3_step(q) == SQLITE_DONE)
+        *msg_id = sqlite3_last_insert_rowid(s->db);
+    else
+        r = db_fail(s, "message insert");
+    st_put(s, ST_MSG_INSERT, q);
+    return r;
+}
+
+static int put_dedupe_row(ims_store *s, const ims_message *m, const char *cmid,
+                          const uint8_t digest[32], int64_t msg_id)
+{
+    sqlite3_stmt *q = st_get(s, ST_DEDUPE_INSERT);
+    if (q == NULL)
+        return IMP_ERR_STORAGE;
+    sqlite3_bind_int64(q, 1, m->sender_id);
+    sqlite3_bind_text(q, 2, cmid, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(q, 3, msg_id);
+    sqlite3_bind_blob(q, 4, digest, 32, SQLITE_STATIC);
+    sqlite3_bind_int64(q, 5, m->ts_ms);
+    int rc = sqlite3_step(q), r = 0;
+    if (rc == SQLITE_CONSTRAINT_PRIMARYKEY || rc == SQLITE_CONSTRAINT_UNIQUE)
+        r = IMP_ERR_ID_CONFLICT;
+    else if (rc == SQLITE_CONSTRAINT_FOREIGNKEY)
+        r = IMP_ERR_NO_SUCH_USER; /* the sender does not exist */
+    else if (rc != SQLITE_DONE)
+        r = db_fail(s, "dedupe insert");
+    st_put(s, ST_DEDUPE_INSERT, q);
+    return r;
+}
+
+int ims_store_message_put(ims_store *s, const ims_message *m, const char *client_msg_id,
+                          const uint8_t digest[32], const int64_t *recipients, size_t n,
+                          int64_t *msg_id_out, uint64_t *seqs)
+{
+    if (s == NULL || m == NULL || msg_id_out == NULL || (n > 0 && recipients == NULL) ||
+        !message_ok(m))
+        return IMP_ERR_INVAL;
+    int dedupe = client_msg_id != NULL && client_msg_id[0] != '\0';
+    if (dedupe && digest == NULL)
+        return IMP_ERR_INVAL;
+    size_t first_small[16];
+    size_t *first = first_small;
+    if (n > 16) {
+        first = malloc(n * sizeof *first);
+        if (first == NULL)
+            return IMP_ERR_NOMEM;
+    }
+    if (first_occurrences(recipients, n, first) != 0) {
+        if (first != first_small)
+            free(first);
+        return IMP_ERR_NOMEM;
+    }
+    int r = op_begin(s);
+    if (r != 0) {
+        if (first != first_small)
+            free(first);
+        return r;
+    }
+    int64_t msg_id = 0;
+    r = put_message_row(s, m, &msg_id);
+    if (r == 0 && dedupe)
+        r = put_dedupe_row(s, m, client_msg_id, digest, msg_id);
+    /* IMP-DELIV-008: the whole fan-out is part of this operation (and of the batch). */
+    for (size_t i = 0; r == 0 && i < n; i++) {
+        uint64_t seq = 0;
+        if (first[i] != i) {
+            if (seqs != NULL)
+                seqs[i] = seqs[first[i]];
+            continue;
+        }
+        r = enqueue(s, recipients[i], msg_id, &seq);
+        if (seqs != NULL)
+            seqs[i] = seq;
+    }
+    /* A non-room message without recipients is kept for nobody: its id stays used. */
+    if (r == 0 && n == 0 && m->target_kind != 2)
+        r = delete_if_unused(s, msg_id);
+    if (first != first_small)
+        free(first);
+    r = op_end(s, r);
+    if (r == 0)
+        *msg_id_out = msg_id;
+    return r;
+}
+
+static void row_to_msg(sqlite3_stmt *q, ims_message *m)
+{
+    memset(m, 0, sizeof *m);
+    m->msg_id = sqlite3_column_int64(q, 0);
+    m->sender_id = sqlite3_column_int64(q, 1);
+    copy_col_text(m->sender, sizeof m->sender, q, 2);
+    m->target_kind = sqlite3_column_int(q, 3);
+    copy_col_text(m->target, sizeof m->target, q, 4);
+    m->ts_ms = sqlite3_column_int64(q, 5);
+    m->headers = sqlite3_column_blob(q, 6);
+    m->headers_len = m->headers ? (size_t)sqlite3_column_bytes(q, 6) : 0;
+    m->body = sqlite3_column_blob(q, 7);
+    m->body_len = m->body ? (size_t)sqlite3_column_bytes(q, 7) : 0;
+}
+
+/* IMP-DELIV-004: what a session (re)delivers, in seq order (IMP-DELIV-002): every queued
+ * message above the position it asks for; acknowledged ones are no longer queued. */
+int ims_store_queue_read(ims_store *s, int64_t user_id, uint64_t after_seq, int limit,
+                         int (*cb)(void *ud, const ims_message *m), void *ud)
+{
+    if (s == NULL || cb == NULL || limit < 0)
+        return IMP_ERR_INVAL;
+    if (limit == 0 || after_seq >= (uint64_t)INT64_MAX)
+        return 0;
+    sqlite3_stmt *q = st_get(s, ST_QUEUE_READ);
+    if (q == NULL)
+        return IMP_ERR_STORAGE;
+    sqlite3_bind_int64(q, 1, user_id);
+    sqlite3_bind_int64(q, 2, (int64_t)after_seq);
+    sqlite3_bind_int(q, 3, limit);
+    int n = 0, rc;
+    ims_message m;
+    while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
+        row_to_msg(q, &m);
+        m.seq = (uint64_t)sqlite3_column_int64(q, 8);
+        n++;
+        if (cb(ud, &m) != 0) {
+            rc = SQLITE_DONE;
+            break;
+        }
+    }
+    if (rc != SQLITE_DONE)
+        n = db_fail(s, "queue read");
+    st_put(s, ST_QUEUE_READ, q);
+    return n;
+}
+
+static int user_marks(ims_store *s, int64_t user_id, uint64_t *last, uint64_t *acked)
+{
+    sqlite3_stmt *q = st_get(s, ST_USER_MARKS);
+    if (q == NULL)
+        return IMP_ERR_STORAGE;
+    sqlite3_bind_int64(q, 1, user_id);
+    int rc = sqlite3_step(q), r = 0;
+    if (rc == SQLITE_ROW) {
+        *last = (uint64_t)sqlite3_column_int64(q, 0);
+        *acked = (uint64_t)sqlite3_column_int64(q, 1);
+    } else if (rc == SQLITE_DONE) {
+        r = IMP_ERR_NO_SUCH_USER;
+    } else {
+        r = db_fail(s, "user marks");
+    }
+    st_put(s, ST_USER_MARKS, q);
+    return r;
+}
+
+int ims_store_queue_count(ims_store *s, int64_t user_id, int64_t *count)
+{
+    if (s == NULL || count == NULL)
+        return IMP_ERR_INVAL;
+    uint64_t last = 0, acked = 0;
+    int r = user_marks(s, user_id, &last, &acked);
+    if (r != 0)
+        return r;
+    /* IMP-DELIV-007: the offline quota counts these. The queue holds exactly acked+1..last
+     * (checked by ims_store_integrity_check). */
+    *count = last > acked ? (int64_t)(last - acked) : 0;
+    return 0;
+}
+
+/* IMP-DELIV-003: acked = max(acked, upto); entries <= acked are deleted; BAD_REQUEST above the
+ * highest seq ever assigned. */
+int ims_store_queue_ack(ims_store *s, int64_t user_id, uint64_t upto, uint64_t *acked_out)
+{
+    if (s == NULL)
+        return IMP_ERR_INVAL;
+    int r = op_begin(s);
+    if (r != 0)
+        return r;
+    uint64_t last = 0, acked = 0;
+    r = user_marks(s, user_id, &last, &acked);
+    if (r == 0 && upto > last)
+        r = IMP_ERR_BAD_REQUEST;
+    if (r == 0 && upto > acked) {
+        sqlite3_stmt *q = st_get(s, ST_USER_SET_ACKED);
+        if (q == NULL) {
+            r = IMP_ERR_STORAGE;
+        } else {
+            sqlite3_bind_int64(q, 1, user_id);
+            sqlite3_bind_int64(q, 2, u64_to_i64(upto));
+            if (sqlite3_step(q) != SQLITE_DONE)
+                r = db_fail(s, "ack");
+            st_put(s, ST_USER_SET_ACKED, q);
+        }
+        if (r == 0)
+            r = queue_delete(s, ST_QUEUE_DELETE_UPTO, user_id, u64_to_i64(upto));
+        if (r == 0)
+            acked = upto;
+    }
+    r = op_end(s, r);
+    if (r == 0 && acked_out != NULL)
+        *acked_out = acked;
+    return r;
+}
+
+/* ---- rooms ---------------------------------------------------------------------------------- */
+
+/* 1 when the room exists, 0 when not, < 0 on failure. */
+static int room_exists(ims_store *s, const char *room)
+{
+    sqlite3_stmt *q = st_get(s, ST_ROOM_EXISTS);
+    if (q == NULL)
+        return IMP_ERR_STORAGE;
+    sqlite3_bind_text(q, 1, room, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(q);
+    int r = rc == SQLITE_ROW ? 1 : rc == SQLITE_DONE ? 0 : db_fail(s, "room lookup");
+    st_put(s, ST_ROOM_EXISTS, q);
+    return r;
+}
+
+int ims_store_room_join(ims_store *s, const char *room, int64_t user_id, int64_t now_ms,
+                        int *created)
+{
+    if (s == NULL || !name_ok(room))
+        return IMP_ERR_INVAL;
+    int r = op_begin(s);
+    if (r != 0)
+        return r;
+    int made = 0;
+    sqlite3_stmt *q = st_get(s, ST_ROOM_INSERT);
+    if (q == NULL)
+        return op_end(s, IMP_ERR_STORAGE);
+    sqlite3_bind_text(q, 1, room, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(q, 2, now_ms);
+    if (sqlite3_step(q) == SQLITE_DONE)
+        made = sqlite3_changes(s->db) > 0;
+    else
+        r = db_fail(s, "room insert");
+    st_put(s, ST_ROOM_INSERT, q);
+    if (r == 0) {
+        q = st_get(s, ST_MEMBER_INSERT);
+        if (q == NULL)
+            return op_end(s, IMP_ERR_STORAGE);
+        sqlite3_bind_text(q, 1, room, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(q, 2, user_id);
+        int rc = sqlite3_step(q);
+        if (rc == SQLITE_CONSTRAINT_FOREIGNKEY)
+            r = IMP_ERR_NO_SUCH_USER; /* the room insert is undone with it */
+        else if (rc != SQLITE_DONE)
+            r = db_fail(s, "member insert");
+        st_put(s, ST_MEMBER_INSERT, q);
+    }
+    r = op_end(s, r);
+    if (r == 0 && created != NULL)
+        *created = made;
+    return r;
+}
+
+int ims_store_room_leave(ims_store *s, const char *room, int64_t user_id)
+{
+    if (s == NULL || room == NULL)
+        return IMP_ERR_INVAL;
+    if (!name_ok(room))
+        return IMP_ERR_NO_SUCH_ROOM;
+    int r = op_begin(s);
+    if (r != 0)
+        return r;
+    int e = room_exists(s, room);
+    if (e < 0)
+        r = e;
+    else if (e == 0)
+        r = IMP_ERR_NO_SUCH_ROOM;
+    if (r == 0) {
+        sqlite3_stmt *q = st_get(s, ST_MEMBER_DELETE);
+        if (q == NULL)
+            return op_end(s, IMP_ERR_STORAGE);
+        sqlite3_bind_text(q, 1, room, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(q, 2, user_id);
+        if (sqlite3_step(q) != SQLITE_DONE)
+            r = db_fail(s, "member delete");
+        else if (sqlite3_changes(s->db) == 0)
+            r = IMP_ERR_NOT_MEMBER;
+        st_put(s, ST_MEMBER_DELETE, q);
+    }
+    return op_end(s, r);
+}
+
+int ims_store_room_is_member(ims_store *s, const char *room, int64_t user_id)
+{
+    if (s == NULL || room == NULL)
+        return IMP_ERR_INVAL;
+    if (!name_ok(room))
+        return IMP_ERR_NO_SUCH_ROOM;
+    sqlite3_stmt *q = st_get(s, ST_MEMBER_CHECK);
+    if (q == NULL)
+        return IMP_ERR_STORAGE;
+    sqlite3_bind_text(q, 1, room, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(q, 2, user_id);
+    int r;
+    if (sqlite3_step(q) == SQLITE_ROW) {
+        if (sqlite3_column_type(q, 0) == SQLITE_NULL)
+            r = IMP_ERR_NO_SUCH_ROOM;
+        else
+            r = sqlite3_column_type(q, 1) != SQLITE_NULL;
+    } else {
+        r = db_fail(s, "member check");
+    }
+    st_put(s, ST_MEMBER_CHECK, q);
+    return r;
+}
+
+int ims_store_room_member_ids(ims_store *s, const char *room, int64_t **ids, size_t *n)
+{
+    if (s == NULL || room == NULL || ids == NULL || n == NULL)
+        return IMP_ERR_INVAL;
+    *ids = NULL;
+    *n = 0;
+    if (!name_ok(room))
+        return IMP_ERR_NO_SUCH_ROOM;
+    int e = room_exists(s, room);
+    if (e <= 0)
+        return e < 0 ? e : IMP_ERR_NO_SUCH_ROOM;
+    return collect_ids(s, ST_MEMBER_IDS, room, ids, n);
+}
+
+/* Walks the text column 0 of a statement whose parameters are bound, through cb. */
+static int walk_names(ims_store *s, int id, sqlite3_stmt *q, int (*cb)(void *ud, const char *name),
+                      void *ud)
+{
+    int n = 0, rc;
+    char name[IMS_NAME_MAX + 1];
+    while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
+        copy_col_text(name, sizeof name, q, 0);
+        n++;
+        if (cb(ud, name) != 0) {
+            rc = SQLITE_DONE;
+            break;
+        }
+    }
+    if (rc != SQLITE_DONE)
+        n = db_fail(s, st_sql[id]);
+    st_put(s, id, q);
+    return n;
+}
+
+int ims_store_room_members(ims_store *s, const char *room, const char *after, int limit,
+                           int (*cb)(void *ud, const char *name), void *ud)
+{
+    if (s == NULL || room == NULL || cb == NULL || limit < 0)
+        return IMP_ERR_INVAL;
+    if (!name_ok(room))
+        return IMP_ERR_NO_SUCH_ROOM;
+    int e = room_exists(s, room);
+    if (e <= 0)
+        return e < 0 ? e : IMP_ERR_NO_SUCH_ROOM;
+    if (limit == 0)
+        return 0;
+    sqlite3_stmt *q = st_get(s, ST_MEMBER_NAMES);
+    if (q == NULL)
+        return IMP_ERR_STORAGE;
+    sqlite3_bind_text(q, 1, room, -1, SQLITE_STATIC);
+    sqlite3_bind_text(q, 2, after ? after : "", -1, SQLITE_STATIC);
+    sqlite3_bind_int(q, 3, limit);
+    return walk_names(s, ST_MEMBER_NAMES, q, cb, ud);
+}
+
+int ims_store_room_list(ims_store *s, const char *after, int limit,
+                        int (*cb)(void *ud, const char *name), void *ud)
+{
+    if (s == NULL || cb == NULL || limit < 0)
+        return IMP_ERR_INVAL;
+    if (limit == 0)
+        return 0;
+    sqlite3_stmt *q = st_get(s, ST_ROOM_LIST);
+    if (q == NULL)
+        return IMP_ERR_STORAGE;
+    sqlite3_bind_text(q, 1, after ? after : "", -1, SQLITE_STATIC);
+    sqlite3_bind_int(q, 2, limit);
+    return walk_names(s, ST_ROOM_LIST, q, cb, ud);
+}
+
+int ims_store_user_rooms(ims_store *s, int64_t user_id, int (*cb)(void *ud, const char *name),
+                         void *ud)
+{
+    if (s == NULL || cb == NULL)
+        return IMP_ERR_INVAL;
+    sqlite3_stmt *q = st_get(s, ST_USER_ROOMS);
+    if (q == NULL)
+        return IMP_ERR_STORAGE;
+    sqlite3_bind_int64(q, 1, user_id);
+    return walk_names(s, ST_USER_ROOMS, q, cb, ud);
+}
+
+int ims_store_room_history(ims_store *s, const char *room, int64_t before_id, int limit,
+                           int (*cb)(void *ud, const ims_message *m), void *ud, int *more)
+{
+    if (s == NULL || room == NULL || cb == NULL || limit < 0 || before_id < 0)
+        return IMP_ERR_INVAL;
+    if (more != NULL)
+        *more = 0;
+    if (!name_ok(room))
+        return IMP_ERR_NO_SUCH_ROOM;
+    int e = room_exists(s, room);
+    if (e <= 0)
+        return e < 0 ? e : IMP_ERR_NO_SUCH_ROOM;
+    sqlite3_stmt *q = st_get(s, ST_HISTORY);
+    if (q == NULL)
+        return IMP_ERR_STORAGE;
+    sqlite3_bind_text(q, 1, room, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(q, 2, before_id == 0 ? INT64_MAX : before_id);
+    sqlite3_bind_int64(q, 3, (int64_t)limit + 1); /* one more: is there an older one? */
+    int n = 0, rc;
+    ims_message m;
+    while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
+        if (n == limit) {
+            if (more != NULL)
+                *more = 1;
+            rc = SQLITE_DONE;
+            break;
+        }
+        row_to_msg(q, &m);
+        n++;
+        if (cb(ud, &m) != 0) {
+            rc = SQLITE_DONE;
+            break;
+        }
+    }
+    if (rc != SQLITE_DONE)
+        n = db_fail(s, "history");
+    st_put(s, ST_HISTORY, q);
+    return n;
+}
+
+int ims_store_room_prune(ims_store *s, const char *room, int history_max)
+{
+    if (s == NULL || room == NULL || history_max < 0)
+        return IMP_ERR_INVAL;
+    if (!name_ok(room))
+        return IMP_ERR_NO_SUCH_ROOM;
+    int r = op_begin(s);
+    if (r != 0)
+        return r;
+    int e = room_exists(s, room);
+    if (e < 0)
+        r = e;
+    else if (e == 0)
+        r = IMP_ERR_NO_SUCH_ROOM;
+    size_t base = s->ids_n;
+    if (r == 0) {
+        /* Everything older than the newest history_max leaves the history. */
+        sqlite3_stmt *q = st_get(s, ST_HISTORY_EXCESS);
+        if (q == NULL)
+            return op_end(s, IMP_ERR_STORAGE);
+        sqlite3_bind_text(q, 1, room, -1, SQLITE_STATIC);
+        sqlite3_bind_int(q, 2, history_max);
+        int rc = SQLITE_DONE;
+        while (r == 0 && (rc = sqlite3_step(q)) == SQLITE_ROW)
+            r = ids_push(s, sqlite3_column_int64(q, 0));
+        if (r == 0 && rc != SQLITE_DONE)
+            r = db_fail(s, "history prune");
+        st_put(s, ST_HISTORY_EXCESS, q);
+    }
+    for (size_t i = base; r == 0 && i < s->ids_n; i++) {
+        sqlite3_stmt *q = st_get(s, ST_HISTORY_DROP);
+        if (q == NULL) {
+            r = IMP_ERR_STORAGE;
+            break;
+        }
+        sqlite3_bind_int64(q, 1, s->ids[i]);
+        if (sqlite3_step(q) != SQLITE_DONE)
+            r = db_fail(s, "history drop");
+        st_put(s, ST_HISTORY_DROP, q);
+        /* Still queued for a member who has not acknowledged it: kept for that queue. */
+        if (r == 0)
+            r = delete_if_unused(s, s->ids[i]);
+    }
+    s->ids_n = base;
+    return op_end(s, r);
+}
