@@ -55,6 +55,7 @@ TEST_CFLAGS   := $(BASE_CFLAGS) -Iprotocol/include -Iprotocol -Itests/support \
 	-DIMP_SRCDIR=\"$(CURDIR)\"
 REPLAY_CFLAGS := $(BASE_CFLAGS) -D_GNU_SOURCE -Iprotocol/include -Iprotocol -Iserver
 SERVER_CFLAGS := $(BASE_CFLAGS) -D_GNU_SOURCE -Iprotocol/include -Iserver
+TOOL_CFLAGS   := $(BASE_CFLAGS) -D_GNU_SOURCE -Iprotocol/include -Itools/common
 ALL_LDFLAGS   := $(MODE_FLAGS) $(LDFLAGS)
 
 BENCH_CFLAGS  := $(WARNINGS) $(CPPFLAGS) -g -O2 $(DEPFLAGS) -Iprotocol/include -Iprotocol
@@ -81,6 +82,14 @@ SERVER_SRC  := $(sort $(wildcard server/*.c))
 SRVLIB_SRC  := $(filter-out server/main.c,$(SERVER_SRC))
 STEST_SRC   := $(sort $(wildcard tests/server/test_*.c))
 ITEST_SRC   := $(sort $(wildcard tests/integration/test_*.c))
+# tools/common/*.c is libimt.a (the client layer shared by the tools); tools/<tool>/*.c is
+# build/<tool>. Only imsend links readline.
+TOOLCOM_SRC := $(sort $(wildcard tools/common/*.c))
+TOOL_NAMES  := $(sort $(filter-out common,$(notdir $(patsubst %/,%,$(wildcard tools/*/)))))
+TOOL_SRC    := $(sort $(foreach t,$(TOOL_NAMES),$(wildcard tools/$(t)/*.c)))
+TTEST_SRC   := $(sort $(wildcard tests/tools/test_*.c))
+TOOL_LIBS   ?= -levent
+TOOL_LIBS_imsend := -lreadline
 ISUP_SRC    := $(sort $(filter-out $(ITEST_SRC),$(wildcard tests/integration/*.c)))
 FORMAT_SRC   = $(sort $(shell find $(wildcard protocol tests fuzz bench server tools examples) \
 	-type f \( -name '*.c' -o -name '*.h' \) 2>/dev/null))
@@ -101,6 +110,11 @@ IMD         := $(if $(SERVER_SRC),$(BUILD)/imd)
 STEST_BIN   := $(patsubst tests/server/%.c,$(BUILD)/tests/server/%,$(STEST_SRC))
 ISUP_OBJ    := $(ISUP_SRC:%.c=$(OBJ)/%.o)
 ITEST_BIN   := $(patsubst tests/integration/%.c,$(BUILD)/tests/integration/%,$(ITEST_SRC))
+TOOLLIB     := $(BUILD)/libimt.a
+TOOLCOM_OBJ := $(TOOLCOM_SRC:%.c=$(OBJ)/%.o)
+TOOL_OBJ    := $(TOOL_SRC:%.c=$(OBJ)/%.o)
+TOOL_BIN    := $(foreach t,$(TOOL_NAMES),$(if $(wildcard tools/$(t)/*.c),$(BUILD)/$(t)))
+TTEST_BIN   := $(patsubst tests/tools/%.c,$(BUILD)/tests/tools/%,$(TTEST_SRC))
 
 BENCH_DIR   := build/bench
 BENCH_LIB   := $(BENCH_DIR)/libimp.a
@@ -146,10 +160,11 @@ export IMP_BUILD_DIR := $(BUILD)
 	spec-check coverage fuzz fuzz-afl format format-check clean clean-san help FORCE
 
 # Benchmarks are built by the plain build only: sanitizers and coverage would falsify them.
-all: lib tests replay $(if $(MODE_FLAGS),,benches) $(IMD) $(STEST_BIN) $(ITEST_BIN)
+all: lib tests replay $(if $(MODE_FLAGS),,benches) $(IMD) $(TOOL_BIN) $(STEST_BIN) $(ITEST_BIN) \
+	$(TTEST_BIN)
 
 lib: $(LIB)
-tests: $(TEST_BIN) $(STEST_BIN) $(ITEST_BIN)
+tests: $(TEST_BIN) $(STEST_BIN) $(ITEST_BIN) $(TTEST_BIN)
 replay: $(REPLAY_BIN)
 benches: $(BENCH_BIN)
 imd: $(IMD)
@@ -176,8 +191,8 @@ check:
 	@echo 'check: all passed ($(BUILD))'
 
 # Each unit test runs from the top directory; stop at the first failure.
-unit-tests: $(TEST_BIN) $(STEST_BIN)
-	@set -e; for t in $(TEST_BIN) $(STEST_BIN); do \
+unit-tests: $(TEST_BIN) $(STEST_BIN) $(TTEST_BIN)
+	@set -e; for t in $(TEST_BIN) $(STEST_BIN) $(TTEST_BIN); do \
 		echo "== $$t"; \
 		$$t || { echo "FAILED: $$t" >&2; exit 1; }; \
 	done
@@ -248,7 +263,7 @@ BENCH_STAMP := $(BENCH_DIR)/.flags
 LF_STAMP   := $(LF_DIR)/.flags
 AFL_STAMP  := $(AFL_DIR)/.flags
 
-$(STAMP): FLAGS = $(CC) $(LIB_CFLAGS) $(TEST_CFLAGS) $(SERVER_CFLAGS) $(ALL_LDFLAGS)
+$(STAMP): FLAGS = $(CC) $(LIB_CFLAGS) $(TEST_CFLAGS) $(SERVER_CFLAGS) $(TOOL_CFLAGS) $(ALL_LDFLAGS)
 $(BENCH_STAMP): FLAGS = $(CC) $(BENCH_CFLAGS) $(LDFLAGS)
 $(LF_STAMP): FLAGS = $(FUZZ_CC) $(LF_CFLAGS)
 $(AFL_STAMP): FLAGS = $(AFL_CC) $(AFL_CFLAGS)
@@ -320,6 +335,35 @@ $(STEST_BIN): $(BUILD)/tests/server/%: $(OBJ)/tests/server/%.o $(SUPPORT_OBJ) $(
 	@mkdir -p $(@D)
 	$(call msg,LD,$@)
 	$(Q)$(CC) $(ALL_LDFLAGS) $^ -lcmocka $(SERVER_LIBS) -o $@
+
+# The tools: libimt.a (tools/common), one binary per tools/<tool>/ directory.
+$(OBJ)/tools/%.o: tools/%.c $(STAMP)
+	@mkdir -p $(@D)
+	$(call msg,CC,$@)
+	$(Q)$(CC) $(TOOL_CFLAGS) -c $< -o $@
+
+$(TOOLLIB): $(TOOLCOM_OBJ)
+	@mkdir -p $(@D)
+	$(call msg,AR,$@)
+	$(Q)rm -f $@ && $(AR) rcs $@ $(TOOLCOM_OBJ)
+
+.SECONDEXPANSION:
+$(TOOL_BIN): $(BUILD)/%: $$(addsuffix .o,$$(addprefix $(OBJ)/,$$(basename $$(wildcard tools/$$*/*.c)))) \
+		$(TOOLLIB) $(LIB)
+	@mkdir -p $(@D)
+	$(call msg,LD,$@)
+	$(Q)$(CC) $(ALL_LDFLAGS) $^ $(TOOL_LIBS) $(TOOL_LIBS_$*) -o $@
+
+# Unit tests of the shared tool code (no server needed).
+$(OBJ)/tests/tools/%.o: tests/tools/%.c $(STAMP)
+	@mkdir -p $(@D)
+	$(call msg,CC,$@)
+	$(Q)$(CC) $(TEST_CFLAGS) -D_GNU_SOURCE -Itools/common -c $< -o $@
+
+$(TTEST_BIN): $(BUILD)/tests/tools/%: $(OBJ)/tests/tools/%.o $(SUPPORT_OBJ) $(TOOLLIB) $(LIB)
+	@mkdir -p $(@D)
+	$(call msg,LD,$@)
+	$(Q)$(CC) $(ALL_LDFLAGS) $^ -lcmocka $(TOOL_LIBS) -o $@
 
 # Integration tests: a real imd driven over loopback by a client on libimp (tests/integration).
 $(OBJ)/tests/integration/%.o: tests/integration/%.c $(STAMP)
@@ -405,7 +449,8 @@ $(FUZZ_SRV_NAMES:%=build/fuzz/afl_%): $(AFL_SOBJ)
 # ---- header dependencies ---------------------------------------------------------------------
 
 DEP := $(LIB_OBJ:.o=.d) $(SUPPORT_OBJ:.o=.d) $(SERVER_OBJ:.o=.d) $(BENCH_LOBJ:.o=.d) \
-	$(patsubst %.c,$(OBJ)/%.d,$(STEST_SRC) $(ITEST_SRC) $(ISUP_SRC)) \
+	$(patsubst %.c,$(OBJ)/%.d,$(STEST_SRC) $(ITEST_SRC) $(ISUP_SRC) $(TTEST_SRC)) \
+	$(TOOLCOM_OBJ:.o=.d) $(TOOL_OBJ:.o=.d) \
 	$(LF_LOBJ:.o=.d) $(AFL_LOBJ:.o=.d) $(LF_SOBJ:.o=.d) $(AFL_SOBJ:.o=.d) \
 	$(patsubst %.c,$(OBJ)/%.d,$(TEST_SRC) $(FUZZ_SRC) $(REPLAY_MAIN)) \
 	$(patsubst %.c,$(BENCH_DIR)/obj/%.d,$(BENCH_SRC)) \
