@@ -450,7 +450,19 @@ static int listen_unix(ims_net *n, const ims_addr_spec *a, FILE *out, char *err,
 
 typedef struct metrics_out {
     struct evbuffer *b;
+    int close_typed;
 } metrics_out;
+
+/* Values that go up and down; every other counter only grows. */
+static int is_gauge(const char *name)
+{
+    static const char *const gauges[] = {"connections", "sessions", "users_online", "hash_pending",
+                                         "store_commit_ms_max"};
+    for (size_t i = 0; i < sizeof gauges / sizeof gauges[0]; i++)
+        if (strcmp(name, gauges[i]) == 0)
+            return 1;
+    return 0;
+}
 
 static void metric_line(void *ud, const char *name, uint64_t v)
 {
@@ -458,6 +470,8 @@ static void metric_line(void *ud, const char *name, uint64_t v)
     char clean[96];
     size_t i = 0;
     if (strncmp(name, "close.", 6) == 0) {
+        if (!m->close_typed++)
+            evbuffer_add_printf(m->b, "# TYPE imd_closes_total counter\n");
         evbuffer_add_printf(m->b, "imd_closes_total{reason=\"%s\"} %llu\n", name + 6,
                             (unsigned long long)v);
         return;
@@ -465,7 +479,8 @@ static void metric_line(void *ud, const char *name, uint64_t v)
     for (; name[i] && i + 1 < sizeof clean; i++)
         clean[i] = (name[i] == '.' || name[i] == '-') ? '_' : name[i];
     clean[i] = 0;
-    evbuffer_add_printf(m->b, "imd_%s %llu\n", clean, (unsigned long long)v);
+    evbuffer_add_printf(m->b, "# TYPE imd_%s %s\nimd_%s %llu\n", clean,
+                        is_gauge(name) ? "gauge" : "counter", clean, (unsigned long long)v);
 }
 
 static void on_metrics(struct evhttp_request *req, void *arg)
@@ -475,13 +490,14 @@ static void on_metrics(struct evhttp_request *req, void *arg)
         evhttp_send_error(req, 405, "Method Not Allowed");
         return;
     }
-    metrics_out m = {evbuffer_new()};
+    metrics_out m = {evbuffer_new(), 0};
     if (!m.b) {
         evhttp_send_error(req, 500, "Internal Server Error");
         return;
     }
     ims_server_stats(n->srv, metric_line, &m);
-    evbuffer_add_printf(m.b, "imd_net_connections %d\n", n->nconns);
+    evbuffer_add_printf(m.b, "# TYPE imd_net_connections gauge\nimd_net_connections %d\n",
+                        n->nconns);
     evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
                       "text/plain; version=0.0.4");
     evhttp_send_reply(req, 200, "OK", m.b);
