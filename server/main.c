@@ -274,6 +274,7 @@ typedef struct run_ctx {
     ims_net *net;
     ims_server *srv;
     ims_cfg cfg;
+    int stopping;
 } run_ctx;
 
 static void print_line(void *ud, const char *s)
@@ -303,6 +304,13 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
         ims_log(IMS_LOG_INFO, "reloaded", "config=%s", g_opts.config ? g_opts.config : "-");
         return;
     }
+    if (r->stopping) {
+        /* a second SIGTERM/SIGINT: stop waiting for clients, still commit and exit 0 */
+        ims_log(IMS_LOG_WARN, "shutdown_now", "signal=%d", (int)sig);
+        event_base_loopexit(r->base, NULL);
+        return;
+    }
+    r->stopping = 1;
     ims_log(IMS_LOG_INFO, "shutdown", "signal=%d", (int)sig);
     ims_net_shutdown(r->net, r->cfg.shutdown_grace_ms);
 }
@@ -373,6 +381,9 @@ static int run_server(const ims_cfg *cfg)
         goto out;
     }
     rc = 0;
+    /* The handlers are about to go: a late signal must not kill the final commit. */
+    signal(SIGTERM, SIG_IGN);
+    signal(SIGINT, SIG_IGN);
     ims_log(IMS_LOG_INFO, "stopped", "connections=%d", ims_net_connections(r.net));
 out:
     for (int i = 0; i < 3; i++)

@@ -383,8 +383,8 @@ tc_frame *tc_wait(tc *c, uint8_t type, uint32_t req, int timeout_ms)
         tc_frame *f = take(c, type, req);
         if (f)
             return f;
-        if (c->eof)
-            return NULL;
+        if (c->eof || c->lib_err)
+            return NULL; /* closed, or the server's input cannot be parsed any further */
         int left = remaining(deadline);
         if (left <= 0)
             return NULL;

@@ -107,8 +107,8 @@ int tc_send_raw(tc *c, const void *p, size_t n, int timeout_ms);
 int tc_pump(tc *c, int timeout_ms);
 
 /* Take the first queued frame of the given type (0: any) and request id (0: any), reading
- * until timeout_ms. NULL on timeout or when the connection closed first. Free with
- * tc_frame_free. */
+ * until timeout_ms. NULL on timeout, when the connection closed first, or when the server's
+ * input failed to parse (lib_err). Free with tc_frame_free. */
 tc_frame *tc_wait(tc *c, uint8_t type, uint32_t req, int timeout_ms);
 /* Take the first frame whose request id is req (the reply: OK, ERROR, ACK, ...). */
 tc_frame *tc_wait_reply(tc *c, uint32_t req, int timeout_ms);

@@ -11,6 +11,7 @@
  *   stays; LOGOUT answered by OK and the close;
  * - login throttling (IMP-SEC-003): account backoff (AUTH_BACKOFF with RETRY_AFTER, not fatal)
  *   and address bans (BANNED, fatal), both lifted after their time;
+ * - WELCOME's defaults; --config FILE with --set over it; an unknown key stops imd at start;
  * - one imd with the server's default Argon2 parameters.
  * Every test ends with a liveness check on the same imd process.
  */
@@ -23,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 
 #include "itest.h"
 
@@ -40,6 +42,16 @@ static void test_register_login(void **state)
     (void)state;
     imd_proc *p = it_start_imd(NULL);
     long pid = (long)p->pid;
+
+    /* WELCOME (section 5.1): version 1 and the server's default limits and timers. */
+    tc *w = tc_connect(p->port, T);
+    IT_CHECK(w != NULL, "connect");
+    IT_EQ(imp_msg_u(&w->welcome, IMP_T_VERSION, 0), 1);
+    IT_EQ(imp_msg_u(&w->welcome, IMP_T_MAX_FRAME, 0), IMP_DEFAULT_MAX_FRAME);
+    IT_EQ(imp_msg_u(&w->welcome, IMP_T_MAX_FRAME_PREAUTH, 0), IMP_DEFAULT_MAX_PREAUTH);
+    IT_EQ(imp_msg_u(&w->welcome, IMP_T_AUTH_TIMEOUT, 0), 10000);
+    IT_EQ(imp_msg_u(&w->welcome, IMP_T_PING_INTERVAL, 0), 30000);
+    tc_close(w);
 
     /* REGISTER creates the account and logs in: AUTH_OK with the canonical name, a session, a
      * token and LAST_SEQ 0 (IMP-TEXT-003). */
@@ -431,6 +443,44 @@ static void test_throttling(void **state)
     it_finish(p);
 }
 
+static void test_config(void **state)
+{
+    (void)state;
+    /* A configuration file, and --set over it (the later source wins). */
+    static const char *const args[] = {"--set", "ping_interval_ms=9s", NULL};
+    imd_proc *p = it_create_imd(args);
+    char path[400];
+    snprintf(path, sizeof path, "%s/imd.conf", p->dir);
+    FILE *f = fopen(path, "w");
+    IT_CHECK(f != NULL, "cannot write %s", path);
+    fputs("# test configuration\n[limits]\nauth_timeout_ms = 4s\nping_interval_ms = 7s\n"
+          "max_frame = 128k\n",
+          f);
+    fclose(f);
+    const char *const cfg[] = {"--config", path, NULL};
+    imd_add_args(p, cfg);
+    it_start(p);
+    long pid = (long)p->pid;
+    tc *c = tc_connect(p->port, T);
+    IT_CHECK(c != NULL, "connect");
+    IT_EQ(imp_msg_u(&c->welcome, IMP_T_AUTH_TIMEOUT, 0), 4000);
+    IT_EQ(imp_msg_u(&c->welcome, IMP_T_PING_INTERVAL, 0), 9000);
+    IT_EQ(imp_msg_u(&c->welcome, IMP_T_MAX_FRAME, 0), 131072);
+    tc_close(c);
+    it_liveness(p, pid, NULL, NULL, NULL, NULL);
+    it_finish(p);
+
+    /* An unknown key: imd refuses to start (non-zero exit, no 'ready'). */
+    static const char *const bad[] = {"--set", "no_such_key=1", NULL};
+    imd_proc *q = imd_create(bad);
+    IT_CHECK(q != NULL, "imd_create");
+    fprintf(stderr, "   [itest] (an imd that must not start:)\n");
+    IT_CHECK(imd_start(q) != 0, "imd started with --set no_such_key=1");
+    IT_CHECK(q->last_status >= 0 && WIFEXITED(q->last_status) && WEXITSTATUS(q->last_status) != 0,
+             "imd with an unknown key: wait status %d", q->last_status);
+    imd_destroy(q);
+}
+
 static void test_default_hash_parameters(void **state)
 {
     (void)state;
@@ -464,6 +514,7 @@ int main(void)
         cmocka_unit_test_teardown(test_auth_timeout, it_teardown),
         cmocka_unit_test_teardown(test_keepalive_and_logout, it_teardown),
         cmocka_unit_test_teardown(test_throttling, it_teardown),
+        cmocka_unit_test_teardown(test_config, it_teardown),
         cmocka_unit_test_teardown(test_default_hash_parameters, it_teardown),
     };
     return cmocka_run_group_tests_name("integration: accounts", tests, NULL, NULL);

@@ -154,6 +154,9 @@ static void test_restart_persistence(void **state)
     tc_close(alice);
     tc_close(bob);
     it_liveness(p, (long)p->pid, NULL, NULL, NULL, NULL);
+    /* SIGINT stops gracefully too: exit 0 within 5 s. */
+    kill(p->pid, SIGINT);
+    IT_EQ(imd_wait_exit(p, 5000), 0);
     it_finish(p);
 }
 

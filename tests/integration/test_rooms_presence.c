@@ -397,6 +397,40 @@ static void test_history(void **state)
     n = history(alice, "hist", 0, 0, ids, bodies, 16, &more, &count);
     IT_EQ(n, 5);
     IT_EQ(more, 0);
+    /* Not a member: no history (NOT_MEMBER: imd's documented choice in server/rooms.c, as
+     * HISTORY carries bodies; SPEC.md 5.4 is silent). */
+    tc *eve = it_register(p->port, "eve", "eve password", NULL);
+    imp_msg m;
+    imp_msg_init(&m, IMP_HISTORY, 0);
+    imp_msg_set_s(&m, IMP_T_ROOM, "hist");
+    uint32_t req = tc_request(eve, &m);
+    tc_frame *f = tc_wait_reply(eve, req, T);
+    IT_CHECK(f != NULL && f->m.type == IMP_ERROR && imp_msg_u(&f->m, IMP_T_CODE, 0) == 503,
+             "HISTORY by a non-member: %s (code %d), want ERROR NOT_MEMBER",
+             f ? imp_type_name(f->m.type) : "nothing",
+             f ? (int)imp_msg_u(&f->m, IMP_T_CODE, 0) : 0);
+    tc_frame_free(f);
+    tc_close(eve);
+    tc_close(alice);
+    it_liveness(p, pid, NULL, NULL, NULL, NULL);
+    it_finish(p);
+
+    /* room_history keeps the newest messages only (section 9, IMP-DELIV-008). */
+    static const char *const args[] = {"--set", "room_history=3", NULL};
+    p = it_start_imd(args);
+    pid = (long)p->pid;
+    alice = it_register(p->port, "alice", "alice password", NULL);
+    room_req(alice, IMP_JOIN, "short", "JOIN short");
+    for (int i = 1; i <= 5; i++) {
+        char body[16];
+        snprintf(body, sizeof body, "h%d", i);
+        id[i] = room_send(alice, "short", body);
+    }
+    n = history(alice, "short", 0, 0, ids, bodies, 16, &more, &count);
+    IT_EQ(n, 3);
+    IT_EQ(more, 0);
+    IT_EQ(ids[0], id[5]);
+    IT_EQ(ids[2], id[3]);
     tc_close(alice);
     it_liveness(p, pid, NULL, NULL, NULL, NULL);
     it_finish(p);
