@@ -437,7 +437,11 @@ int imp_conn_tick(imp_conn *c, uint64_t now_ms)
         if (r)
             return fail(c, r);
         c->ping_outstanding = 1;
-        c->next_ping = time_after(c->now, c->cfg.ping_interval_ms);
+        /* IMP-TIME-002: every I ms on the original schedule, so that a tick that comes late
+         * does not push every later PING back; more than one interval late restarts it. */
+        c->next_ping = time_after(c->next_ping, c->cfg.ping_interval_ms);
+        if (c->next_ping <= c->now)
+            c->next_ping = time_after(c->now, c->cfg.ping_interval_ms);
     }
     return 0;
 }

@@ -299,8 +299,20 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
             ims_log(IMS_LOG_ERROR, "reload_failed", "error=\"%s\"", err);
             return;
         }
-        ims_log_setup(cfg.log_level, cfg.log_format);
+        ims_log_setup(cfg.log_level, cfg.log_format); /* the change is logged in the new format */
+        if (strcmp(cfg.log_format, r->cfg.log_format) != 0)
+            log_change(NULL, "log_format", r->cfg.log_format, cfg.log_format);
+        if (cfg.shutdown_grace_ms != r->cfg.shutdown_grace_ms) {
+            char a[16], b[16];
+            snprintf(a, sizeof a, "%u", (unsigned)r->cfg.shutdown_grace_ms);
+            snprintf(b, sizeof b, "%u", (unsigned)cfg.shutdown_grace_ms);
+            log_change(NULL, "shutdown_grace_ms", a, b);
+        }
         ims_server_reload(r->srv, &cfg, log_change, NULL);
+        /* main's own reloadable settings (the core keeps its copy) */
+        snprintf(r->cfg.log_level, sizeof r->cfg.log_level, "%s", cfg.log_level);
+        snprintf(r->cfg.log_format, sizeof r->cfg.log_format, "%s", cfg.log_format);
+        r->cfg.shutdown_grace_ms = cfg.shutdown_grace_ms;
         ims_log(IMS_LOG_INFO, "reloaded", "config=%s", g_opts.config ? g_opts.config : "-");
         return;
     }

@@ -1430,6 +1430,38 @@ static void test_auth_deadline_ready_and_disabled(void **state)
     imp_conn_free(s);
 }
 
+/* IMP-TIME-002: PINGs keep their schedule (every I ms from READY) when ticks come late: a late
+ * tick does not push the later PINGs back; a tick more than an interval late restarts the
+ * schedule from that tick. */
+static uint32_t take_ping(imp_conn *c);
+
+static void test_keepalive_late_ticks(void **state)
+{
+    (void)state;
+    imp_config cfg;
+    imp_config_default(&cfg, IMP_ROLE_SERVER);
+    cfg.ping_interval_ms = 1000;
+    cfg.ping_max_missed = 100;
+    cfg.auth_timeout_ms = 0;
+    imp_conn *s = imp_conn_new(IMP_ROLE_SERVER, &cfg, 0);
+    assert_non_null(s);
+    rx(s, IMP_HELLO, 1);
+    rx(s, IMP_LOGIN, 2);
+    tx(s, IMP_AUTH_OK, 2);
+    drain(s);
+    assert_int_equal(imp_conn_next_deadline(s), 1000);
+    assert_int_equal(imp_conn_tick(s, 1090), 0); /* 90 ms late */
+    (void)take_ping(s);
+    assert_int_equal(imp_conn_next_deadline(s), 2000);
+    assert_int_equal(imp_conn_tick(s, 2099), 0);
+    (void)take_ping(s);
+    assert_int_equal(imp_conn_next_deadline(s), 3000);
+    assert_int_equal(imp_conn_tick(s, 5500), 0); /* more than an interval late */
+    (void)take_ping(s);
+    assert_int_equal(imp_conn_next_deadline(s), 6500);
+    imp_conn_free(s);
+}
+
 /* IMP-TIME-001, IMP-TIME-002: times near the end of the clock's range saturate instead of
  * wrapping: a deadline or PING time past UINT64_MAX is UINT64_MAX, so nothing fires early. */
 static void test_timer_saturation(void **state)
@@ -1873,6 +1905,7 @@ int main(void)
         cmocka_unit_test(test_auth_deadline_client),
         cmocka_unit_test(test_auth_deadline_ready_and_disabled),
         cmocka_unit_test(test_timer_saturation),
+        cmocka_unit_test(test_keepalive_late_ticks),
         cmocka_unit_test(test_keepalive),
         cmocka_unit_test(test_keepalive_late_pong_resets),
         cmocka_unit_test(test_ping_answered),
