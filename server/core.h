@@ -113,7 +113,8 @@ struct ims_ouser {
     char status_text[257];
     int dirty; /* delivery to do at the end of the turn */
     ims_ouser *dnext;
-    ims_ouser *hnext;
+    ims_ouser *hnext; /* id hash chain */
+    ims_ouser *nnext; /* name hash chain */
 };
 
 /* An ACK held until the turn's commit (IMP-DELIV-001), or waiting for DELIVERED (ACK_MODE 2). */
@@ -147,6 +148,7 @@ struct ims_server {
     ims_client *clients;
     ims_client *cbucket[IMS_CLIENT_BUCKETS];
     ims_ouser *ubucket[IMS_USER_BUCKETS];
+    ims_ouser *nbucket[IMS_USER_BUCKETS]; /* the same users by name */
     ims_ouser *dirty;
     ims_held *held, **held_tail; /* ACKs of this turn, in order */
     ims_held *waiting;           /* ACK_MODE 2 */
@@ -176,6 +178,8 @@ uint64_t ims_now_mono(ims_server *srv);
 int64_t ims_now_wall(ims_server *srv);
 ims_client *ims_client_by_id(ims_server *srv, uint64_t id);
 ims_ouser *ims_ouser_find(ims_server *srv, int64_t id);
+/* An online (or pending-delivery) user by folded name, NULL if not in memory. */
+ims_ouser *ims_ouser_find_name(ims_server *srv, const char *name);
 ims_ouser *ims_ouser_get(ims_server *srv, const ims_user *u); /* finds or creates */
 void ims_ouser_release(ims_server *srv, ims_ouser *u);        /* frees when no session */
 void ims_ouser_dirty(ims_server *srv, ims_ouser *u);

@@ -106,6 +106,22 @@ ims_ouser *ims_ouser_find(ims_server *srv, int64_t id)
     return NULL;
 }
 
+static size_t name_bucket(const char *name)
+{
+    uint32_t h = 2166136261u; /* FNV-1a */
+    for (const unsigned char *p = (const unsigned char *)name; *p; p++)
+        h = (h ^ *p) * 16777619u;
+    return h % IMS_USER_BUCKETS;
+}
+
+ims_ouser *ims_ouser_find_name(ims_server *srv, const char *name)
+{
+    for (ims_ouser *u = srv->nbucket[name_bucket(name)]; u; u = u->nnext)
+        if (strcmp(u->name, name) == 0)
+            return u;
+    return NULL;
+}
+
 ims_ouser *ims_ouser_get(ims_server *srv, const ims_user *su)
 {
     ims_ouser *u = ims_ouser_find(srv, su->id);
@@ -123,6 +139,9 @@ ims_ouser *ims_ouser_get(ims_server *srv, const ims_user *su)
     ims_ouser **b = &srv->ubucket[(uint64_t)su->id % IMS_USER_BUCKETS];
     u->hnext = *b;
     *b = u;
+    b = &srv->nbucket[name_bucket(u->name)];
+    u->nnext = *b;
+    *b = u;
     return u;
 }
 
@@ -135,6 +154,11 @@ void ims_ouser_release(ims_server *srv, ims_ouser *u)
         pp = &(*pp)->hnext;
     if (*pp)
         *pp = u->hnext;
+    pp = &srv->nbucket[name_bucket(u->name)];
+    while (*pp && *pp != u)
+        pp = &(*pp)->nnext;
+    if (*pp)
+        *pp = u->nnext;
     free(u);
 }
 
