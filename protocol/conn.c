@@ -420,6 +420,15 @@ void imp_conn_consume_output(imp_conn *c, size_t n)
     }
 }
 
+void imp_conn_trim(imp_conn *c)
+{
+    /* IMP-LIB-003: what is released goes back through the allocator hook */
+    if (c->in.p && c->in.pos == c->in.len)
+        buf_release(c, &c->in);
+    if (c->out.p && c->out.pos == c->out.len)
+        buf_release(c, &c->out);
+}
+
 int imp_conn_tick(imp_conn *c, uint64_t now_ms)
 {
     if (c->err)

@@ -70,9 +70,9 @@ enum { CL_PREAUTH = 0, CL_HASHING, CL_READY };
 
 struct ims_client {
     ims_server *srv;
-    uint64_t id; /* unique, never reused: the hash pool's cookie */
-    char peer[128];
-    char addr[128]; /* peer without the port: the per-address limit and throttle key */
+    uint64_t id;   /* unique, never reused: the hash pool's cookie */
+    char peer[64]; /* "[v6 address]:port" fits */
+    char addr[64]; /* peer without the port: the per-address limit and throttle key */
     void *io;
     imp_conn *conn;
     int phase;               /* CL_* */
@@ -92,6 +92,7 @@ struct ims_client {
     uint64_t session_id;
     uint64_t sent; /* highest SEQ sent on this session (delivery cursor - 1) */
     int monitor;
+    int active;       /* input or output since the last tick (idle ones release their buffers) */
     char (*subs)[33]; /* presence subscriptions (folded names) */
     int nsubs;
     unsigned mark; /* recipient de-duplication during fan-out */
@@ -109,9 +110,9 @@ struct ims_ouser {
     uint64_t last_seq, acked; /* mirrors of the store (IMP-DELIV-002/003) */
     ims_client *sessions;
     int nsessions;
-    int status; /* IMP_STATUS_* */
-    char status_text[257];
-    int dirty; /* delivery to do at the end of the turn */
+    int status;        /* IMP_STATUS_* */
+    char *status_text; /* malloc'd, at most 256 bytes; NULL: none */
+    int dirty;         /* delivery to do at the end of the turn */
     ims_ouser *dnext;
     ims_ouser *hnext; /* id hash chain */
     ims_ouser *nnext; /* name hash chain */
@@ -180,6 +181,8 @@ ims_client *ims_client_by_id(ims_server *srv, uint64_t id);
 ims_ouser *ims_ouser_find(ims_server *srv, int64_t id);
 /* An online (or pending-delivery) user by folded name, NULL if not in memory. */
 ims_ouser *ims_ouser_find_name(ims_server *srv, const char *name);
+/* Sets (n > 0) or clears (n == 0) the user's status text. */
+void ims_ouser_set_status_text(ims_ouser *u, const uint8_t *p, size_t n);
 ims_ouser *ims_ouser_get(ims_server *srv, const ims_user *u); /* finds or creates */
 void ims_ouser_release(ims_server *srv, ims_ouser *u);        /* frees when no session */
 void ims_ouser_dirty(ims_server *srv, ims_ouser *u);

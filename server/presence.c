@@ -29,7 +29,7 @@ static void event_to(ims_client *c, ims_ouser *u, int64_t now)
     imp_msg_set_s(&e, IMP_T_USER, u->name);
     imp_msg_set_u(&e, IMP_T_TIMESTAMP, (uint64_t)(now < 0 ? 0 : now));
     imp_msg_set_u(&e, IMP_T_STATUS, (uint64_t)(u->nsessions > 0 ? u->status : IMP_STATUS_OFFLINE));
-    if (u->status_text[0])
+    if (u->status_text)
         imp_msg_set_s(&e, IMP_T_STATUS_TEXT, u->status_text);
     imp_msg_set_u(&e, IMP_T_SESSIONS, (uint64_t)(u->nsessions > 0 ? u->nsessions : 0));
     ims_client_send(c, &e);
@@ -99,13 +99,14 @@ void ims_presence_set(ims_client *c, const imp_msg *m)
         return;
     }
     imp_bytes t = imp_msg_b(m, IMP_T_STATUS_TEXT);
-    size_t n = t.len < sizeof u->status_text - 1 ? t.len : sizeof u->status_text - 1;
-    int same = u->status == status && strlen(u->status_text) == n &&
-               (n == 0 || memcmp(u->status_text, t.p, n) == 0);
+    size_t n = t.len < 256 ? t.len : 256;
+    size_t cur = u->status_text ? strlen(u->status_text) : 0;
+    int same = u->status == status && cur == n && (n == 0 || memcmp(u->status_text, t.p, n) == 0);
     u->status = status;
-    if (n)
-        memcpy(u->status_text, t.p, n);
-    u->status_text[n] = '\0';
+    if (!same) {
+        /* kept only while set: most users have none, and memory per online user counts */
+        ims_ouser_set_status_text(u, t.p, n);
+    }
     ims_client_ok(c, m->request_id, 0, 0, 0);
     if (!same)
         ims_presence_announce(c->srv, u);

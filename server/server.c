@@ -145,6 +145,16 @@ ims_ouser *ims_ouser_get(ims_server *srv, const ims_user *su)
     return u;
 }
 
+void ims_ouser_set_status_text(ims_ouser *u, const uint8_t *p, size_t n)
+{
+    free(u->status_text);
+    u->status_text = NULL;
+    if (n == 0 || !(u->status_text = malloc(n + 1)))
+        return; /* out of memory: the text is dropped, the status kept */
+    memcpy(u->status_text, p, n);
+    u->status_text[n] = '\0';
+}
+
 void ims_ouser_release(ims_server *srv, ims_ouser *u)
 {
     if (u->nsessions > 0 || u->dirty)
@@ -159,6 +169,7 @@ void ims_ouser_release(ims_server *srv, ims_ouser *u)
         pp = &(*pp)->nnext;
     if (*pp)
         *pp = u->nnext;
+    free(u->status_text);
     free(u);
 }
 
@@ -450,6 +461,7 @@ void ims_server_free(ims_server *srv)
         while (srv->ubucket[i]) {
             ims_ouser *u = srv->ubucket[i];
             srv->ubucket[i] = u->hnext;
+            free(u->status_text);
             free(u);
         }
     }
@@ -627,6 +639,7 @@ void ims_client_input(ims_client *c, const uint8_t *p, size_t n)
     ims_server *srv = c->srv;
     if (c->reason)
         return; /* closing: input is ignored (IMP-SESS-003) */
+    c->active = 1;
     srv->cur = c;
     int last_type = 0;
     for (;;) {
@@ -669,6 +682,7 @@ size_t ims_client_output(ims_client *c, const uint8_t **p)
 void ims_client_consumed(ims_client *c, size_t n)
 {
     imp_conn_consume_output(c->conn, n);
+    c->active = 1;
     flow_check(c);
     /* output drained: continue filling the window (outside a batch only, IMP-DELIV-001) */
     if (c->u && ims_client_ready(c) && ims_client_pending(c) < c->srv->cfg.output_soft) {
@@ -751,6 +765,10 @@ void ims_server_tick(ims_server *srv)
         if (ims_client_pending(c) != before)
             ims_client_wake(c);
         flow_check(c);
+        /* a connection idle for a whole tick keeps no I/O buffers (~2 KiB each) */
+        if (!c->active)
+            imp_conn_trim(c->conn);
+        c->active = 0;
         /* IMP-DELIV-007: over the soft cap for too long is a slow consumer too */
         if (c->soft_since && now - c->soft_since >= srv->cfg.output_soft_ms)
             ims_client_close(c, -IMP_ERR_SLOW_CONSUMER, "output over the soft limit too long");

@@ -274,7 +274,7 @@ static void complete_login(ims_client *c, ims_user *su)
                 ou->nsessions);
     if (ou->nsessions == 1) {
         ou->status = IMP_STATUS_ONLINE;
-        ou->status_text[0] = '\0';
+        ims_ouser_set_status_text(ou, NULL, 0);
         ims_presence_announce(srv, ou);
     }
 }
@@ -300,7 +300,7 @@ void ims_session_end(ims_client *c)
     c->monitor = 0;
     if (ou->nsessions == 0) {
         ou->status = IMP_STATUS_OFFLINE;
-        ou->status_text[0] = '\0';
+        ims_ouser_set_status_text(ou, NULL, 0);
         ims_presence_announce(srv, ou);
         ims_deliver_user_offline(srv, ou);
         ims_monitor(srv, "offline", ou->name, NULL);

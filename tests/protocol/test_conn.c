@@ -1730,6 +1730,53 @@ static void test_allocations_through_hook(void **state)
     assert_int_equal(k.live, 0);
 }
 
+/* IMP-LIB-003: imp_conn_trim releases empty buffers, so an idle connection holds only the
+ * connection object itself; buffers with unread input or unwritten output are kept; the
+ * connection works as before afterwards. */
+static void test_trim(void **state)
+{
+    (void)state;
+    counting k;
+    counting_init(&k);
+    imp_config cfg;
+    imp_config_default(&cfg, IMP_ROLE_SERVER);
+    cfg.alloc = &k.a;
+    cfg.auth_timeout_ms = 0;
+    imp_conn *s = imp_conn_new(IMP_ROLE_SERVER, &cfg, 0);
+    assert_non_null(s);
+    size_t base = k.live; /* the connection object */
+    rx(s, IMP_HELLO, 1);  /* input buffered, WELCOME queued */
+    assert_true(k.live > base);
+    const uint8_t *p;
+    assert_true(imp_conn_pending_output(s, &p) > 0);
+    imp_conn_trim(s); /* output pending: kept */
+    size_t n = imp_conn_pending_output(s, &p);
+    assert_true(n > 0);
+    drain(s);
+    imp_conn_trim(s);
+    assert_int_equal(k.live, base);
+    assert_int_equal(imp_conn_pending_output(s, &p), 0);
+    /* unread input survives a trim */
+    uint8_t *f;
+    size_t flen;
+    imp_msg m;
+    build(&m, IMP_LOGIN, 2);
+    imp_msg_set_s(&m, IMP_T_USER, "alice");
+    imp_msg_set_s(&m, IMP_T_PASSWORD, "secret");
+    f = encode_alloc(&m, &flen);
+    assert_int_equal(imp_conn_feed(s, f, flen), (imp_ssize)flen);
+    imp_conn_trim(s);
+    imp_msg ev;
+    assert_int_equal(imp_conn_next_event(s, &ev), 1);
+    assert_int_equal(ev.type, IMP_LOGIN);
+    assert_int_equal(imp_conn_next_event(s, &ev), 0);
+    imp_conn_trim(s);
+    assert_int_equal(k.live, base);
+    free(f);
+    imp_conn_free(s);
+    assert_int_equal(k.live, 0);
+}
+
 /* After NOMEM the failed connection is CLOSING with the sticky error, sent no ERROR 201 (2xx
  * never travel), and refuses sends. */
 static void check_failed_conn(imp_conn *c)
@@ -1911,6 +1958,7 @@ int main(void)
         cmocka_unit_test(test_ping_answered),
         cmocka_unit_test(test_time_backwards),
         cmocka_unit_test(test_allocations_through_hook),
+        cmocka_unit_test(test_trim),
         cmocka_unit_test(test_allocation_failure_whole),
         cmocka_unit_test(test_allocation_failure_chunked),
         cmocka_unit_test(test_no_allocation_before_size_check),

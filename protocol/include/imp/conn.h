@@ -124,6 +124,12 @@ int imp_conn_tick(imp_conn *c, uint64_t now_ms);
 /* The next time imp_conn_tick should be called; UINT64_MAX when no timer runs. */
 uint64_t imp_conn_next_deadline(const imp_conn *c);
 
+/* Releases the input and output buffers when they hold nothing (no unread input, no unwritten
+ * output), so that an idle connection costs only the connection object; they are allocated
+ * again when needed. The views of the last event become invalid. Cheap; a server calls it for
+ * connections idle for a while. */
+void imp_conn_trim(imp_conn *c);
+
 imp_state imp_conn_state(const imp_conn *c);
 imp_role imp_conn_role(const imp_conn *c);
 /* The sticky error, or 0. */
