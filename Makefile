@@ -254,6 +254,11 @@ help:
 	@echo 'make fuzz           libFuzzer binaries build/fuzz/libfuzzer_<name> (clang)'
 	@echo 'make fuzz-afl       AFL++ binaries build/fuzz/afl_<name> (afl-clang-fast)'
 	@echo 'make bench          build and run bench/bench_*.c at -O2'
+	@echo 'make shlib          build/pic/libimp.so.X.Y.Z (-fPIC objects, soname libimp.so.X)'
+	@echo 'make install        imd, tools, libimp (.a, .so, .pc, headers), man pages, unit,'
+	@echo '                    completions into PREFIX=/usr/local (DESTDIR, BINDIR, SBINDIR,'
+	@echo '                    LIBDIR, INCLUDEDIR, MANDIR, SYSCONFDIR, ... see the Makefile)'
+	@echo 'make uninstall      remove what make install installed (same variables)'
 	@echo 'make format | format-check | clean | clean-san      V=1 shows commands'
 
 # ---- flags stamps: rebuild a tree when its compiler or flags change ---------------------------
@@ -457,3 +462,132 @@ DEP := $(LIB_OBJ:.o=.d) $(SUPPORT_OBJ:.o=.d) $(SERVER_OBJ:.o=.d) $(BENCH_LOBJ:.o
 	$(patsubst fuzz/%.c,$(LF_DIR)/fuzz/%.d,$(FUZZ_SRC)) \
 	$(patsubst fuzz/%.c,$(AFL_DIR)/fuzz/%.d,$(FUZZ_SRC))
 -include $(DEP)
+
+# ---- install, shared library, packaging --------------------------------------------------------
+#
+#   make install   [PREFIX=/usr/local] [DESTDIR=] [BINDIR=] [SBINDIR=] [LIBDIR=] [INCLUDEDIR=]
+#                  [MANDIR=] [SYSCONFDIR=] [DOCDIR=] [BASHCOMPDIR=] [SYSTEMDUNITDIR=]
+#   make uninstall (same variables)
+#
+# Layout (FHS): imd is a daemon run by the administrator, so it goes to $(SBINDIR) (PREFIX/sbin);
+# the tools (imsend, imwatch, imload: whichever have sources) to $(BINDIR). libimp as
+# libimp.a, libimp.so.$(IMP_VERSION) with soname libimp.so.$(IMP_SOVERSION) and the dev symlink
+# libimp.so, libimp.pc (from protocol/libimp.pc.in), headers under $(INCLUDEDIR)/imp/, man
+# pages man/*.[1-8], bash completions, the systemd unit (ExecStart and --config rewritten to
+# $(SBINDIR) and $(SYSCONFDIR)), dist/imd.conf as $(DOCDIR)/imd.conf.example and as
+# $(SYSCONFDIR)/imd/imd.conf when that file does not exist yet (uninstall removes it only while
+# it is unchanged).
+#
+# The version comes from one place, IMP_LIB_VERSION in protocol/include/imp/imp.h: imd
+# --version, the shared library's file name and soname, libimp.pc and debian/changelog (checked
+# by ci/test-deb) all agree with it. The shared library is built from -fPIC objects in
+# $(BUILD)/pic/, so the static build is untouched.
+
+IMP_VERSION   := $(shell sed -n 's/^\#define IMP_LIB_VERSION "\(.*\)"/\1/p' \
+	protocol/include/imp/imp.h)
+IMP_SOVERSION := $(firstword $(subst ., ,$(IMP_VERSION)))
+
+PREFIX         ?= /usr/local
+BINDIR         ?= $(PREFIX)/bin
+SBINDIR        ?= $(PREFIX)/sbin
+LIBDIR         ?= $(PREFIX)/lib
+INCLUDEDIR     ?= $(PREFIX)/include
+DATADIR        ?= $(PREFIX)/share
+MANDIR         ?= $(DATADIR)/man
+DOCDIR         ?= $(DATADIR)/doc/imp
+SYSCONFDIR     ?= $(PREFIX)/etc
+PKGCONFIGDIR   ?= $(LIBDIR)/pkgconfig
+BASHCOMPDIR    ?= $(DATADIR)/bash-completion/completions
+SYSTEMDUNITDIR ?= $(PREFIX)/lib/systemd/system
+INSTALL        ?= install
+
+PIC_DIR     := $(BUILD)/pic
+PIC_OBJ     := $(LIB_SRC:%.c=$(PIC_DIR)/%.o)
+SHLIB_NAME  := libimp.so.$(IMP_VERSION)
+SONAME      := libimp.so.$(IMP_SOVERSION)
+SHLIB       := $(PIC_DIR)/$(SHLIB_NAME)
+PUB_HDR     := $(sort $(wildcard protocol/include/imp/*.h))
+MAN_PAGES   := $(sort $(wildcard man/*.[1-8]))
+# Every program that can be installed, so that uninstall also removes tools built later.
+INST_TOOLS  := $(sort imsend imwatch imload $(TOOL_NAMES))
+
+.PHONY: shlib tools install uninstall install-check-version
+
+shlib: $(SHLIB)
+tools: $(TOOL_BIN)
+
+$(PIC_DIR)/protocol/%.o: protocol/%.c $(STAMP)
+	@mkdir -p $(@D)
+	$(call msg,CC,$@)
+	$(Q)$(CC) $(LIB_CFLAGS) -fPIC -c $< -o $@
+
+$(SHLIB): $(PIC_OBJ)
+	$(call msg,LD,$@)
+	$(Q)$(CC) -shared -Wl,-soname,$(SONAME) $(ALL_LDFLAGS) $(PIC_OBJ) -o $@
+
+-include $(PIC_OBJ:.o=.d)
+
+# Fails when imp.h has no parsable version, rather than installing "libimp.so.".
+install-check-version:
+	@case '$(IMP_VERSION)' in [0-9]*.[0-9]*.[0-9]*) ;; \
+	*) echo 'install: no IMP_LIB_VERSION "X.Y.Z" in protocol/include/imp/imp.h' >&2; exit 1;; esac
+
+install: install-check-version $(LIB) $(SHLIB) $(IMD) $(TOOL_BIN)
+	@set -e; d='$(DESTDIR)'; \
+	$(INSTALL) -d "$$d$(SBINDIR)" "$$d$(BINDIR)" "$$d$(LIBDIR)" "$$d$(PKGCONFIGDIR)" \
+		"$$d$(INCLUDEDIR)/imp" "$$d$(DOCDIR)" "$$d$(BASHCOMPDIR)" "$$d$(SYSTEMDUNITDIR)" \
+		"$$d$(SYSCONFDIR)/imd"; \
+	echo "  INSTALL $$d$(SBINDIR)/imd"; \
+	$(INSTALL) -m 755 $(BUILD)/imd "$$d$(SBINDIR)/imd"; \
+	$(INSTALL) -m 644 dist/bash-completion/imd "$$d$(BASHCOMPDIR)/imd"; \
+	for t in $(notdir $(TOOL_BIN)); do \
+		echo "  INSTALL $$d$(BINDIR)/$$t"; \
+		$(INSTALL) -m 755 $(BUILD)/$$t "$$d$(BINDIR)/$$t"; \
+		if [ -e dist/bash-completion/$$t ]; then \
+			$(INSTALL) -m 644 dist/bash-completion/$$t "$$d$(BASHCOMPDIR)/$$t"; fi; \
+	done; \
+	echo "  INSTALL $$d$(LIBDIR)/libimp.a $(SHLIB_NAME) $(SONAME) libimp.so libimp.pc"; \
+	$(INSTALL) -m 644 $(LIB) "$$d$(LIBDIR)/libimp.a"; \
+	$(INSTALL) -m 755 $(SHLIB) "$$d$(LIBDIR)/$(SHLIB_NAME)"; \
+	ln -sf $(SHLIB_NAME) "$$d$(LIBDIR)/$(SONAME)"; \
+	ln -sf $(SONAME) "$$d$(LIBDIR)/libimp.so"; \
+	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@LIBDIR@|$(LIBDIR)|g' \
+		-e 's|@INCLUDEDIR@|$(INCLUDEDIR)|g' -e 's|@VERSION@|$(IMP_VERSION)|g' \
+		protocol/libimp.pc.in > "$$d$(PKGCONFIGDIR)/libimp.pc"; \
+	chmod 644 "$$d$(PKGCONFIGDIR)/libimp.pc"; \
+	echo "  INSTALL $$d$(INCLUDEDIR)/imp/"; \
+	$(INSTALL) -m 644 $(PUB_HDR) "$$d$(INCLUDEDIR)/imp/"; \
+	for m in $(MAN_PAGES); do \
+		s=$${m##*.}; $(INSTALL) -d "$$d$(MANDIR)/man$$s"; \
+		echo "  INSTALL $$d$(MANDIR)/man$$s/$${m##*/}"; \
+		$(INSTALL) -m 644 $$m "$$d$(MANDIR)/man$$s/"; \
+	done; \
+	sed -e 's|/usr/sbin/imd|$(SBINDIR)/imd|g' -e 's|/etc/imd/|$(SYSCONFDIR)/imd/|g' \
+		dist/imd.service > "$$d$(SYSTEMDUNITDIR)/imd.service"; \
+	chmod 644 "$$d$(SYSTEMDUNITDIR)/imd.service"; \
+	$(INSTALL) -m 644 dist/imd.conf "$$d$(DOCDIR)/imd.conf.example"; \
+	if [ -e "$$d$(SYSCONFDIR)/imd/imd.conf" ]; then \
+		echo "  KEEP    $$d$(SYSCONFDIR)/imd/imd.conf (exists)"; \
+	else \
+		echo "  INSTALL $$d$(SYSCONFDIR)/imd/imd.conf"; \
+		$(INSTALL) -m 644 dist/imd.conf "$$d$(SYSCONFDIR)/imd/imd.conf"; \
+	fi
+
+# Removes what install put there (every possible tool, so tools built later go too), then the
+# directories that are imp's own when they are empty.
+uninstall:
+	@set -e; d='$(DESTDIR)'; \
+	rm -f "$$d$(SBINDIR)/imd" "$$d$(BASHCOMPDIR)/imd" "$$d$(SYSTEMDUNITDIR)/imd.service"; \
+	for t in $(INST_TOOLS); do \
+		rm -f "$$d$(BINDIR)/$$t" "$$d$(BASHCOMPDIR)/$$t" "$$d$(MANDIR)/man1/$$t.1"; done; \
+	rm -f "$$d$(LIBDIR)/libimp.a" "$$d$(LIBDIR)/libimp.so" "$$d$(LIBDIR)/libimp.so."* \
+		"$$d$(PKGCONFIGDIR)/libimp.pc"; \
+	rm -f $(addprefix "$$d$(INCLUDEDIR)/imp/,$(addsuffix ",$(notdir $(PUB_HDR)))); \
+	for m in $(MAN_PAGES); do s=$${m##*.}; rm -f "$$d$(MANDIR)/man$$s/$${m##*/}"; done; \
+	if cmp -s dist/imd.conf "$$d$(SYSCONFDIR)/imd/imd.conf"; then \
+		rm -f "$$d$(SYSCONFDIR)/imd/imd.conf"; \
+	elif [ -e "$$d$(SYSCONFDIR)/imd/imd.conf" ]; then \
+		echo "uninstall: $$d$(SYSCONFDIR)/imd/imd.conf was changed: kept"; fi; \
+	rm -f "$$d$(DOCDIR)/imd.conf.example"; \
+	rmdir "$$d$(INCLUDEDIR)/imp" "$$d$(DOCDIR)" "$$d$(SYSCONFDIR)/imd" 2>/dev/null || true; \
+	echo "uninstalled imp from $$d$(PREFIX)"

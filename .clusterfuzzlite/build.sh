@@ -1,0 +1,3 @@
+#!/bin/bash -eu
+# ClusterFuzzLite / OSS-Fuzz entry point: everything is in fuzz/build.sh.
+exec "$SRC/imp/fuzz/build.sh"
