@@ -11,7 +11,10 @@
  * - --stats (an administrator, stdout not a terminal: plain lines with rates), FORBIDDEN for
  *   a non-administrator (exit 5), --monitor;
  * - --decode on frames built with libimp, and on corrupted streams (errors at their offset);
- * - exit statuses 2 (usage), 3 (cannot connect), 4 (authentication refused).
+ * - exit statuses 2 (usage), 3 (cannot connect), 4 (authentication refused);
+ * - --who and --rooms (imd with page_size=2, so every listing takes several pages), their exit
+ *   statuses, and the bash completion (dist/bash-completion/imd) that uses them for the user
+ *   names of imsend -t and the room names of -g, run in bash against the same imd.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -1341,6 +1344,183 @@ static void test_exit_statuses(void **state)
     it_finish(d);
 }
 
+/* ---- --who, --rooms and the completion that uses them ---------------------------------------- */
+
+/* 1 when text (NUL-terminated) has a line that is exactly name. */
+static int has_line(const char *text, const char *name)
+{
+    size_t n = strlen(name);
+    for (const char *p = text; (p = strstr(p, name)) != NULL; p++)
+        if ((p == text || p[-1] == '\n') && (p[n] == '\n' || p[n] == '\0'))
+            return 1;
+    return 0;
+}
+
+static size_t count_str(const char *text, const char *needle)
+{
+    size_t n = 0;
+    for (const char *p = text; (p = strstr(p, needle)) != NULL; p += strlen(needle))
+        n++;
+    return n;
+}
+
+/* Complete with the completion file in a clean bash: envs are NAME=VALUE words for env(1),
+ * words the COMP_WORDS (shell words, the last one is the word being completed). The names
+ * offered, one per line, go into out. */
+static void complete(const char *envs, const char *words, char *out, size_t outlen)
+{
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd,
+             "env -i PATH=/usr/bin:/bin HOME=/tmp %s bash --norc --noprofile -c '"
+             "source \"$0\"; COMP_WORDS=(%s); COMP_CWORD=$((${#COMP_WORDS[@]} - 1)); "
+             "_imp_complete; ((${#COMPREPLY[@]} == 0)) || printf \"%%s\\n\" \"${COMPREPLY[@]}\"' "
+             "%s/dist/bash-completion/imd </dev/null 2>/dev/null",
+             envs, words, IMP_SRCDIR);
+    FILE *f = popen(cmd, "r");
+    IT_CHECK(f != NULL, "popen: %s", strerror(errno));
+    size_t n = fread(out, 1, outlen - 1, f);
+    out[n] = '\0';
+    int st = pclose(f);
+    IT_CHECK(st == 0, "bash completion [%s] [%s]: status %d, output '%s'", envs, words, st, out);
+}
+
+static void test_who_rooms(void **state)
+{
+    (void)state;
+    const char *extra[] = {"--set", "page_size=2", NULL};
+    imd_proc *d = it_start_imd(extra);
+    char alice[40], bob[40], carol[40], dave[40], rooms[5][40];
+    tc *a = reg(d, alice, sizeof alice, "alice");
+    tc *c = reg(d, carol, sizeof carol, "carol");
+    reg_offline(d, bob, sizeof bob, "bob");
+    reg_offline(d, dave, sizeof dave, "dave");
+    for (int i = 0; i < 5; i++) {
+        it_name(rooms[i], sizeof rooms[i], "room");
+        join(a, rooms[i]);
+    }
+    send_text(a, bob, "still queued");
+
+    /* --who: alice, carol and bob himself (3 names: 2 pages); dave is offline. */
+    iwp *p;
+    const char *who[] = {"-u", bob, "--who", "-W", "10", "-d", NULL};
+    iw_run(d->port, PW, who, &p);
+    IW_EXPECT(p, 0);
+    IT_EQ(count_lines(p), 3);
+    IT_CHECK(has_line(p->out, alice) && has_line(p->out, carol) && has_line(p->out, bob),
+             "--who printed '%s'", p->out);
+    IT_EQ(count_str(iw_stderr(p), ">> WHO "), 2);
+    iw_free(p);
+
+    /* --rooms: the 5 rooms, 3 pages. */
+    const char *rl[] = {"-u", bob, "--rooms", "-d", NULL};
+    iw_run(d->port, PW, rl, &p);
+    IW_EXPECT(p, 0);
+    IT_EQ(count_lines(p), 5);
+    for (int i = 0; i < 5; i++)
+        IT_CHECK(has_line(p->out, rooms[i]), "--rooms lacks %s: '%s'", rooms[i], p->out);
+    IT_EQ(count_str(iw_stderr(p), ">> ROOMS "), 3);
+    iw_free(p);
+
+    /* The listings left bob's queue alone. */
+    const char *rd[] = {"-u", bob, "-C", "1", "-F", "%b", "-W", "10", NULL};
+    iw_run(d->port, PW, rd, &p);
+    IW_EXPECT(p, 0);
+    IT_CHECK(strcmp(p->out, "still queued\n") == 0, "got '%s'", p->out);
+    iw_free(p);
+
+    /* Usage errors: two modes, or an option of the message mode. */
+    const char *both[] = {"-u", bob, "--who", "--rooms", NULL};
+    iw_run(d->port, PW, both, &p);
+    IW_EXPECT(p, 2);
+    iw_free(p);
+    const char *withg[] = {"-u", bob, "--rooms", "-g", rooms[0], NULL};
+    iw_run(d->port, PW, withg, &p);
+    IW_EXPECT(p, 2);
+    iw_free(p);
+
+    /* The bash completion: user names after imsend -t, with -s and $IMP_USER/$IMP_PASSWORD. */
+    char dir[1024], env[512], words[2048], out[4096];
+    snprintf(dir, sizeof dir, "%s", imwatch_binary());
+    *strrchr(dir, '/') = '\0';
+    char imsend[1100], imwatch[1100], addr[64];
+    snprintf(imsend, sizeof imsend, "%s/imsend", dir);
+    snprintf(imwatch, sizeof imwatch, "%s/imwatch", dir);
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", d->port);
+    if (access(imsend, X_OK) == 0) {
+        snprintf(env, sizeof env, "IMP_USER=%s \"IMP_PASSWORD=%s\"", bob, PW);
+        snprintf(words, sizeof words, "\"%s\" -s %s -t \"\"", imsend, addr);
+        complete(env, words, out, sizeof out);
+        IT_CHECK(has_line(out, alice) && has_line(out, carol) && !has_line(out, dave),
+                 "imsend -t completed '%s'", out);
+        snprintf(words, sizeof words, "\"%s\" -s %s --to car", imsend, addr);
+        complete(env, words, out, sizeof out);
+        char want[64];
+        snprintf(want, sizeof want, "%s\n", carol);
+        IT_CHECK(strcmp(out, want) == 0, "imsend --to car completed '%s'", out);
+        /* No password anywhere: imwatch is not run (it could prompt): no names. */
+        snprintf(env, sizeof env, "IMP_USER=%s", bob);
+        snprintf(words, sizeof words, "\"%s\" -s %s -t \"\"", imsend, addr);
+        complete(env, words, out, sizeof out);
+        IT_CHECK(out[0] == '\0', "completed without a password: '%s'", out);
+    } else {
+        printf("-- %s is not built: imsend completion not checked\n", imsend);
+    }
+
+    /* Room names after imwatch -g: -u and --password-file from the command line, the server
+     * from $IMP_SERVER. */
+    char pwfile[64];
+    snprintf(pwfile, sizeof pwfile, "/tmp/imwatch-test-pw-%d", (int)getpid());
+    FILE *f = fopen(pwfile, "w");
+    IT_CHECK(f != NULL, "%s: %s", pwfile, strerror(errno));
+    fprintf(f, "%s\n", PW);
+    fclose(f);
+    snprintf(env, sizeof env, "IMP_SERVER=%s", addr);
+    snprintf(words, sizeof words, "\"%s\" -u %s --password-file %s -g \"\"", imwatch, bob, pwfile);
+    complete(env, words, out, sizeof out);
+    IT_EQ(count_str(out, "\n"), 5);
+    for (int i = 0; i < 5; i++)
+        IT_CHECK(has_line(out, rooms[i]), "imwatch -g completion lacks %s: '%s'", rooms[i], out);
+    /* A wrong password, or no server: no names, and soon. */
+    uint64_t t0 = it_now_ms();
+    snprintf(env, sizeof env, "IMP_SERVER=127.0.0.1:1 IMP_PASSWORD=x");
+    snprintf(words, sizeof words, "\"%s\" -u %s --room \"\"", imwatch, bob);
+    complete(env, words, out, sizeof out);
+    IT_CHECK(out[0] == '\0', "completed with no server: '%s'", out);
+    IT_CHECK(it_now_ms() - t0 < 5000, "completion took %" PRIu64 " ms", it_now_ms() - t0);
+    unlink(pwfile);
+
+    /* Exit statuses of a listing: 4 wrong password, 3 nothing listening. */
+    char eve[40];
+    reg_offline(d, eve, sizeof eve, "eve");
+    const char *bad[] = {"-u", eve, "--who", "-W", "5", NULL};
+    iw_run(d->port, "wrong password", bad, &p);
+    IW_EXPECT(p, 4);
+    iw_free(p);
+    tc_close(a);
+    tc_close(c);
+    it_finish(d);
+    const char *refused[] = {"-u", bob, "--rooms", "-W", "5", NULL};
+    iw_run(d->port, PW, refused, &p); /* imd has stopped: nothing listens on its port */
+    IW_EXPECT(p, 3);
+    iw_free(p);
+
+    /* 6: a listener that never answers HELLO, -W. */
+    int s = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sin_family = AF_INET;
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t sl = sizeof sa;
+    IT_CHECK(bind(s, (struct sockaddr *)&sa, sizeof sa) == 0, "bind");
+    IT_CHECK(listen(s, 4) == 0, "listen");
+    IT_CHECK(getsockname(s, (struct sockaddr *)&sa, &sl) == 0, "getsockname");
+    const char *slow[] = {"-u", bob, "--who", "-W", "300ms", NULL};
+    iw_run(ntohs(sa.sin_port), PW, slow, &p);
+    IW_EXPECT(p, 6);
+    iw_free(p);
+    close(s);
+}
+
 int main(void)
 {
     it_main_init(300);
@@ -1363,6 +1543,7 @@ int main(void)
         cmocka_unit_test_teardown(test_stats_monitor, it_teardown),
         cmocka_unit_test_teardown(test_decode, it_teardown),
         cmocka_unit_test_teardown(test_exit_statuses, it_teardown),
+        cmocka_unit_test_teardown(test_who_rooms, it_teardown),
     };
     return cmocka_run_group_tests_name("integration: imwatch", tests, NULL, NULL);
 }

@@ -1,7 +1,8 @@
 /* imwatch — internal interfaces between its files.
  *
  *   main.c    options, --help, dispatch to one of the modes below
- *   watch.c   the live modes on the shared client layer (messages, --stats, --monitor)
+ *   watch.c   the live modes on the shared client layer (messages, --stats, --monitor) and
+ *             the listings (--who, --rooms)
  *   format.c  output of one delivered message: default lines, -F templates, -0, escaping
  *   decode.c  --decode: a raw IMP byte stream printed frame by frame (no server)
  */
@@ -38,7 +39,13 @@ void iw_escape(FILE *out, const uint8_t *p, size_t len, int quote);
 const char *iw_iso_time(char *buf, size_t len, uint64_t ms);
 
 /* What the live modes do (filled by main.c from the options). */
-typedef enum iw_mode { IW_MODE_MESSAGES = 0, IW_MODE_STATS, IW_MODE_MONITOR } iw_mode;
+typedef enum iw_mode {
+    IW_MODE_MESSAGES = 0,
+    IW_MODE_STATS,
+    IW_MODE_MONITOR,
+    IW_MODE_WHO,  /* --who: every page of WHO, one user name per line, then exit */
+    IW_MODE_ROOMS /* --rooms: every page of ROOMS, one room name per line, then exit */
+} iw_mode;
 
 typedef struct iw_config {
     imt_opts *o; /* common options: server, user, password, --json, -q, -v, -d */

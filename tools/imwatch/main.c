@@ -22,13 +22,16 @@ enum {
     OPT_INTERVAL,
     OPT_MONITOR,
     OPT_DECODE,
-    OPT_HEX
+    OPT_HEX,
+    OPT_WHO,
+    OPT_ROOMS
 };
 
 static const char usage_text[] =
     "Usage: imwatch -u USER [OPTION]...                  watch the messages delivered to USER\n"
     "       imwatch -u ADMIN --stats [--interval S]      live server counters (administrators)\n"
     "       imwatch -u ADMIN --monitor                   live server events (administrators)\n"
+    "       imwatch -u USER --who | --rooms              list the online users or the rooms\n"
     "       imwatch --decode [FILE]                      decode a raw IMP byte stream\n"
     "\n"
     "Logs in, prints every message delivered to USER as it arrives (the offline queue first)\n"
@@ -54,6 +57,11 @@ static const char usage_tail[] =
     "                           per-second rates for counters (administrators only)\n"
     "      --interval S         --stats refresh period (default 1s)\n"
     "      --monitor            the server's MONITOR_EVENT stream (administrators only)\n"
+    "      --who                list the users online (every page of WHO), one name per line,\n"
+    "                           then exit 0; queued messages are left alone\n"
+    "      --rooms              list the rooms (every page of ROOMS), one name per line, then\n"
+    "                           exit 0. --who and --rooms take only -W and the connection\n"
+    "                           options\n"
     "      --decode [FILE]      no server: read a raw IMP byte stream from FILE (default stdin)\n"
     "                           and print each frame with every field by name; errors are shown\n"
     "                           at their byte offset. After a bad header the stream cannot be\n"
@@ -193,11 +201,13 @@ int main(int argc, char **argv)
                                              {"monitor", no_argument, NULL, OPT_MONITOR},
                                              {"decode", optional_argument, NULL, OPT_DECODE},
                                              {"hex", no_argument, NULL, OPT_HEX},
+                                             {"who", no_argument, NULL, OPT_WHO},
+                                             {"rooms", no_argument, NULL, OPT_ROOMS},
                                              {"help", no_argument, NULL, 'h'},
                                              {NULL, 0, NULL, 0}};
     imt_opts o;
     iw_config cfg;
-    int status = IW_EXIT_USAGE, decode = 0, stats = 0, monitor = 0, hex = 0;
+    int status = IW_EXIT_USAGE, decode = 0, stats = 0, monitor = 0, hex = 0, who = 0, rooms = 0;
     const char *decode_path = NULL;
     char *presence_arg = NULL;
     char **owned = NULL;
@@ -318,6 +328,12 @@ int main(int argc, char **argv)
         case OPT_HEX:
             hex = 1;
             break;
+        case OPT_WHO:
+            who = 1;
+            break;
+        case OPT_ROOMS:
+            rooms = 1;
+            break;
         case 'h':
             usage(stdout);
             status = IW_EXIT_OK;
@@ -338,8 +354,16 @@ int main(int argc, char **argv)
         fprintf(stderr, "imwatch: unexpected argument '%s'\n", av[optind]);
         goto out;
     }
-    if (decode + stats + monitor > 1) {
-        fprintf(stderr, "imwatch: --decode, --stats and --monitor exclude each other\n");
+    if (decode + stats + monitor + who + rooms > 1) {
+        fprintf(stderr,
+                "imwatch: --decode, --stats, --monitor, --who and --rooms exclude each other\n");
+        goto out;
+    }
+    if ((who || rooms) && (cfg.nrooms || cfg.rooms_only || cfg.presence || cfg.format || cfg.nul ||
+                           cfg.no_newline || o.json || cfg.count || cfg.has_until ||
+                           cfg.ready_line || cfg.no_ack || cfg.since != UINT64_MAX)) {
+        fprintf(stderr, "imwatch: --%s takes only the connection options and -W\n",
+                who ? "who" : "rooms");
         goto out;
     }
     if (cfg.nul + (cfg.format != NULL) + o.json > 1) {
@@ -377,7 +401,11 @@ int main(int argc, char **argv)
         fprintf(stderr, "imwatch: --presence needs a user list (--presence alice,bob) or -g\n");
         goto out;
     }
-    cfg.mode = stats ? IW_MODE_STATS : monitor ? IW_MODE_MONITOR : IW_MODE_MESSAGES;
+    cfg.mode = stats     ? IW_MODE_STATS
+               : monitor ? IW_MODE_MONITOR
+               : who     ? IW_MODE_WHO
+               : rooms   ? IW_MODE_ROOMS
+                         : IW_MODE_MESSAGES;
     if (imt_opts_finish(&o, 1) != 0)
         goto out;
     status = iw_watch(&cfg);

@@ -1,4 +1,5 @@
-/* imwatch live modes on the shared client layer (tools/common): messages, --stats, --monitor.
+/* imwatch live modes on the shared client layer (tools/common): messages, --stats, --monitor,
+ * and the listings --who and --rooms (every page of WHO / ROOMS, one name per line, then exit).
  *
  * Order of events: connect and log in (LOGIN LAST_SEQ = --since); then the setup requests
  * (JOIN per -g room, MEMBERS of those rooms for a bare --presence, SUBSCRIBE, MONITOR, the
@@ -32,7 +33,7 @@
 #define MAX_SETUP 256
 #define MAX_SUBSCRIBE 1000 /* IMP_LIST_MAX_NAMES */
 
-enum setup_kind { SU_JOIN = 1, SU_MEMBERS, SU_SUBSCRIBE, SU_MONITOR, SU_STATS };
+enum setup_kind { SU_JOIN = 1, SU_MEMBERS, SU_SUBSCRIBE, SU_MONITOR, SU_STATS, SU_LIST };
 
 struct setup {
     uint32_t req;
@@ -89,6 +90,7 @@ static const char *const known_gauges[] = {
     "store_commit_ms_max", NULL};
 
 static void stop(iw *w, int status);
+static int add_setup(iw *w, int kind, const char *room, int r, uint32_t req);
 
 static int quiet(const iw *w)
 {
@@ -477,6 +479,55 @@ static void stats_timer_cb(evutil_socket_t fd, short what, void *arg)
 
 static void on_stats(imt_client *c, uint32_t req, const imp_msg *m, void *ud);
 
+/* ---- --who, --rooms ----------------------------------------------------------------------- */
+
+static const char *list_name(const iw *w)
+{
+    return w->cfg->mode == IW_MODE_WHO ? "WHO" : "ROOMS";
+}
+
+/* One page of WHO or ROOMS (cursor NULL: the first). */
+static int list_request(iw *w, const void *cursor, size_t cursor_len, uint32_t *req)
+{
+    if (w->cfg->mode == IW_MODE_WHO)
+        return imt_client_who(w->c, cursor, cursor_len, 0, req);
+    return imt_client_rooms(w->c, cursor, cursor_len, 0, req);
+}
+
+/* A page of the listing: print its names, then ask for the next page or stop (exit 0). */
+static void list_page(iw *w, struct setup *su, const imp_msg *m)
+{
+    uint8_t want = w->cfg->mode == IW_MODE_WHO ? IMP_WHO_LIST : IMP_ROOM_LIST;
+    if (m->type != want) {
+        note_error(w, IW_EXIT_LOST, 0, "unexpected answer to the listing request", NULL);
+        stop(w, IW_EXIT_LOST);
+        return;
+    }
+    imp_bytes rest = imp_msg_b(m, IMP_T_NAMES), name;
+    while (imp_names_next(&rest, &name) > 0) {
+        iw_escape(stdout, name.p, name.len, 0);
+        putc('\n', stdout);
+    }
+    if (!imp_msg_u(m, IMP_T_MORE, 0)) {
+        su->kind = 0;
+        stop(w, IW_EXIT_OK);
+        return;
+    }
+    imp_bytes cur = imp_msg_b(m, IMP_T_CURSOR);
+    if (cur.len == 0) {
+        note_error(w, IW_EXIT_LOST, 0, "the server sent MORE without a CURSOR", NULL);
+        stop(w, IW_EXIT_LOST);
+        return;
+    }
+    uint32_t next = 0;
+    int r = list_request(w, cur.p, cur.len, &next);
+    if (r < 0) {
+        add_setup(w, SU_LIST, NULL, r, 0);
+        return;
+    }
+    su->req = next; /* the same step goes on with the next page */
+}
+
 /* ---- setup ------------------------------------------------------------------------------ */
 
 static int add_setup(iw *w, int kind, const char *room, int r, uint32_t req)
@@ -488,6 +539,7 @@ static int add_setup(iw *w, int kind, const char *room, int r, uint32_t req)
                  : kind == SU_MEMBERS ? "MEMBERS"
                  : kind == SU_MONITOR ? "MONITOR"
                  : kind == SU_STATS   ? "STATS"
+                 : kind == SU_LIST    ? list_name(w)
                                       : "SUBSCRIBE");
         note_error(w, imt_exit_status(r), 0, what, imp_strerror(r));
         stop(w, imt_exit_status(r));
@@ -623,6 +675,12 @@ static void on_ready(imt_client *c, const imt_session *s, void *ud)
         if (add_setup(w, SU_MONITOR, NULL, r, req) < 0)
             return;
         break;
+    case IW_MODE_WHO:
+    case IW_MODE_ROOMS:
+        r = list_request(w, NULL, 0, &req);
+        if (add_setup(w, SU_LIST, NULL, r, req) < 0)
+            return;
+        break;
     case IW_MODE_MESSAGES:
         for (size_t i = 0; i < cfg->nrooms; i++) {
             r = imt_client_join(c, cfg->rooms[i], &req);
@@ -658,6 +716,10 @@ static void on_list(imt_client *c, uint32_t req, const imp_msg *m, void *ud)
 {
     iw *w = ud;
     struct setup *su = find_setup(w, req);
+    if (su && su->kind == SU_LIST && !w->done) {
+        list_page(w, su, m);
+        return;
+    }
     if (!su || su->kind != SU_MEMBERS || m->type != IMP_MEMBER_LIST)
         return;
     imp_bytes rest = imp_msg_b(m, IMP_T_NAMES), name;
@@ -740,6 +802,9 @@ static void on_error(imt_client *c, uint32_t req, int code, const char *text,
             break;
         case SU_MONITOR:
             snprintf(buf, sizeof buf, "MONITOR refused");
+            break;
+        case SU_LIST:
+            snprintf(buf, sizeof buf, "%s refused", list_name(w));
             break;
         default:
             snprintf(buf, sizeof buf, "STATS refused");
