@@ -228,8 +228,12 @@ spec-check:
 coverage:
 	@MAKE='$(MAKE)' ci/coverage
 
-bench: $(BENCH_BIN)
+# The codec benchmarks, then imload's standard scenarios against a fresh imd. bench/run-imd
+# (the server's own scenarios: idle memory, login rate, ...) takes a few minutes more: run it by
+# hand.
+bench: $(BENCH_BIN) $(IMD) $(BUILD)/imload
 	@set -e; for b in $(BENCH_BIN); do echo "== $$b"; $$b; done
+	@echo '== bench/run-imload'; bench/run-imload
 
 format:
 	$(if $(FORMAT_SRC),clang-format -i $(FORMAT_SRC),@echo 'format: no sources')

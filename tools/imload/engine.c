@@ -1257,7 +1257,7 @@ int engine_setup(shared *sh)
         N = cfg->conns;
         S = cfg->senders;
         R = N;
-        sh->fanout = N;
+        sh->fanout = cfg->transient ? N - 1 : N; /* see engine_lost */
         break;
     case SC_BROADCAST:
         S = 1;
@@ -1454,6 +1454,10 @@ uint64_t engine_lost(shared *sh, uint64_t *unconfirmed)
             if (sidx >= sh->nsenders)
                 continue;
             lc *s = cfg->scenario == SC_BROADCAST ? &g_conns[0] : &g_conns[sidx];
+            /* imd does not echo a transient message to the connection that sent it (durable
+             * room messages do come back to it, with the sender's own sequence number) */
+            if (s == r && cfg->transient)
+                continue;
             uint64_t pl;
             if (cfg->ack == IMP_ACK_NONE) {
                 pl = popcount_range_missing(NULL, 1, s->next_seq, &r->pairs[p].got, 0);
