@@ -32,6 +32,7 @@
 #include <unistd.h>
 
 #include "itest.h"
+#include "json_check.h"
 
 static char tmpdir[] = "/tmp/imload_test_XXXXXX";
 
@@ -165,95 +166,8 @@ static result run(int port, const char *const *args, int timeout_ms)
     IT_CHECK((r).status == (want), "imload exit %d, want %d; stderr: %s; stdout: %s", (r).status, \
              (want), (r).err, (r).out)
 
-/* ---- a JSON syntax check and key lookup ---------------------------------------------------- */
-
-static const char *js_value(const char *s, int depth);
-
-static const char *js_ws(const char *s)
-{
-    while (*s == ' ' || *s == '\n' || *s == '\t' || *s == '\r')
-        s++;
-    return s;
-}
-
-static const char *js_string(const char *s)
-{
-    if (*s != '"')
-        return NULL;
-    for (s++; *s; s++) {
-        if (*s == '"')
-            return s + 1;
-        if ((unsigned char)*s < 0x20)
-            return NULL;
-        if (*s == '\\') {
-            s++;
-            if (!*s)
-                return NULL;
-        }
-    }
-    return NULL;
-}
-
-static const char *js_number(const char *s)
-{
-    const char *b = s;
-    if (*s == '-')
-        s++;
-    while ((*s >= '0' && *s <= '9') || *s == '.' || *s == 'e' || *s == 'E' || *s == '+' ||
-           *s == '-')
-        s++;
-    return s > b ? s : NULL;
-}
-
-static const char *js_value(const char *s, int depth)
-{
-    s = js_ws(s);
-    if (depth > 32)
-        return NULL;
-    if (*s == '{' || *s == '[') {
-        char close = *s == '{' ? '}' : ']';
-        int obj = *s == '{';
-        s = js_ws(s + 1);
-        if (*s == close)
-            return s + 1;
-        for (;;) {
-            if (obj) {
-                s = js_string(js_ws(s));
-                if (!s)
-                    return NULL;
-                s = js_ws(s);
-                if (*s++ != ':')
-                    return NULL;
-            }
-            s = js_value(s, depth + 1);
-            if (!s)
-                return NULL;
-            s = js_ws(s);
-            if (*s == ',') {
-                s++;
-                continue;
-            }
-            if (*s == close)
-                return s + 1;
-            return NULL;
-        }
-    }
-    if (*s == '"')
-        return js_string(s);
-    if (!strncmp(s, "true", 4))
-        return s + 4;
-    if (!strncmp(s, "false", 5))
-        return s + 5;
-    if (!strncmp(s, "null", 4))
-        return s + 4;
-    return js_number(s);
-}
-
-static int json_valid(const char *s)
-{
-    const char *e = js_value(s, 0);
-    return e && *js_ws(e) == 0;
-}
+/* ---- JSON key lookup (the syntax check is tests/support/json_check.c)
+ * ---------------------------------------------------- */
 
 /* The number after the first "key": at or after `from` (NULL: from the start); -1 if absent. */
 static double json_num(const char *s, const char *key)
@@ -295,7 +209,7 @@ static void test_direct_stored_json(void **state)
     result r = run(p->port, a, 30000);
     it_note("direct --ack stored: %llu ms", (unsigned long long)(it_now_ms() - t));
     EXPECT_STATUS(r, 0);
-    IT_CHECK(json_valid(r.json), "invalid JSON: %s", r.json);
+    IT_CHECK(json_check(r.json), "invalid JSON: %s", r.json);
     static const char *const keys[] = {"rate", "sent",       "acked",     "delivered",
                                        "lost", "duplicated", "reordered", "errors"};
     for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
@@ -367,7 +281,7 @@ static void test_assert_and_usage(void **state)
     r = run(p->port, fail, 30000);
     EXPECT_STATUS(r, 1);
     IT_CHECK(strstr(r.err, "p99<1ns") && strstr(r.err, "FAILED"), "message: %s", r.err);
-    IT_CHECK(json_valid(r.json), "JSON written even when an assert fails");
+    IT_CHECK(json_check(r.json), "JSON written even when an assert fails");
     result_free(&r);
     static const char *const rate_fail[] = {"-q",       "direct",       "-r",       "200",
                                             "-t",       "300ms",        "--warmup", "0",
@@ -426,7 +340,7 @@ static void test_kill_ack_none(void **state)
             r.status);
     IT_CHECK(r.status >= 0, "imload hung after imd was killed");
     IT_CHECK(r.status == 7 || r.status == 0, "status %d; stderr %s", r.status, r.err);
-    IT_CHECK(json_valid(r.json), "JSON: %s", r.json);
+    IT_CHECK(json_check(r.json), "JSON: %s", r.json);
     double lost = json_num(r.json, "lost"), errors = json_num(r.json, "errors");
     IT_CHECK(lost > 0 || errors > 0, "lost %.0f errors %.0f", lost, errors);
     if (lost > 0)
@@ -473,7 +387,7 @@ static void test_restart_durable(void **state)
     it_start(p);
     result r = collect(&ip, 40000);
     EXPECT_STATUS(r, 0);
-    IT_CHECK(json_valid(r.json), "JSON: %s", r.json);
+    IT_CHECK(json_check(r.json), "JSON: %s", r.json);
     double sent = json_num(r.json, "sent"), acked = json_num(r.json, "acked");
     it_note("restart: sent %.0f acked %.0f delivered %.0f reconnects %.0f errors %.0f", sent, acked,
             json_num(r.json, "delivered"), json_num(r.json, "reconnects"),

@@ -34,6 +34,7 @@
 #include <unistd.h>
 
 #include "itest.h"
+#include "json_check.h"
 
 #define T 5000
 #define PW_ALICE "alice-password"
@@ -215,104 +216,6 @@ static result run(int port, const char *password, const char *const *args, int i
 
 /* ---- a JSON syntax checker (RFC 8259), enough to validate --json output ------------------ */
 
-static const char *js_ws(const char *s)
-{
-    while (*s == ' ' || *s == '\t' || *s == '\n' || *s == '\r')
-        s++;
-    return s;
-}
-
-static const char *js_value(const char *s, int depth);
-
-static const char *js_string(const char *s)
-{
-    if (*s != '"')
-        return NULL;
-    s++;
-    while (*s && *s != '"') {
-        if ((unsigned char)*s < 0x20)
-            return NULL;
-        if (*s == '\\') {
-            s++;
-            if (*s == 'u') {
-                for (int i = 1; i <= 4; i++)
-                    if (!strchr("0123456789abcdefABCDEF", s[i]) || !s[i])
-                        return NULL;
-                s += 5;
-                continue;
-            }
-            if (!*s || !strchr("\"\\/bfnrt", *s))
-                return NULL;
-        }
-        s++;
-    }
-    return *s == '"' ? s + 1 : NULL;
-}
-
-static const char *js_number(const char *s)
-{
-    const char *b = s;
-    if (*s == '-')
-        s++;
-    if (*s == '0')
-        s++;
-    else if (*s >= '1' && *s <= '9')
-        while (*s >= '0' && *s <= '9')
-            s++;
-    else
-        return NULL;
-    if (*s == '.') {
-        s++;
-        if (!(*s >= '0' && *s <= '9'))
-            return NULL;
-        while (*s >= '0' && *s <= '9')
-            s++;
-    }
-    return s > b ? s : NULL;
-}
-
-static const char *js_value(const char *s, int depth)
-{
-    if (depth > 20)
-        return NULL;
-    s = js_ws(s);
-    if (*s == '{' || *s == '[') {
-        char close = *s == '{' ? '}' : ']';
-        int obj = *s == '{';
-        s = js_ws(s + 1);
-        if (*s == close)
-            return s + 1;
-        for (;;) {
-            if (obj) {
-                s = js_string(js_ws(s));
-                if (!s)
-                    return NULL;
-                s = js_ws(s);
-                if (*s++ != ':')
-                    return NULL;
-            }
-            s = js_value(s, depth + 1);
-            if (!s)
-                return NULL;
-            s = js_ws(s);
-            if (*s == ',') {
-                s++;
-                continue;
-            }
-            return *s == close ? s + 1 : NULL;
-        }
-    }
-    if (*s == '"')
-        return js_string(s);
-    if (strncmp(s, "true", 4) == 0)
-        return s + 4;
-    if (strncmp(s, "false", 5) == 0)
-        return s + 5;
-    if (strncmp(s, "null", 4) == 0)
-        return s + 4;
-    return js_number(s);
-}
-
 /* Each line of out is one valid JSON object; returns the number of lines. */
 static int json_lines_valid(const char *out)
 {
@@ -323,8 +226,8 @@ static int json_lines_valid(const char *out)
         IT_CHECK(nl != NULL, "JSON output does not end with a newline: %s", line);
         char *one = strndup(line, (size_t)(nl - line));
         IT_CHECK(one[0] == '{', "JSON line is not an object: %s", one);
-        const char *end = js_value(one, 0);
-        IT_CHECK(end && *js_ws(end) == 0, "invalid JSON line: %s", one);
+        const char *end = json_check_value(one);
+        IT_CHECK(end && *json_check_ws(end) == 0, "invalid JSON line: %s", one);
         free(one);
         n++;
         line = nl + 1;
