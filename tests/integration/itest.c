@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static unsigned alarm_seconds;
@@ -79,6 +80,63 @@ int it_imd_or_skip(void)
         return 1;
     fprintf(stderr, "imd not found at %s\n", imd_binary());
     return 0;
+}
+
+const char *it_tool_path(const char *name)
+{
+    static char path[1024];
+    const char *bd = getenv("IMP_BUILD_DIR");
+    if (!bd || !*bd)
+        bd = "build";
+    if (bd[0] == '/')
+        snprintf(path, sizeof path, "%s/%s", bd, name);
+    else
+        snprintf(path, sizeof path, "%s/%s/%s", IMP_SRCDIR, bd, name);
+    return path;
+}
+
+char *it_slurp(const char *path, size_t *len)
+{
+    size_t n = 0, cap = 4096, r;
+    FILE *f = fopen(path, "rb");
+    char *b = f ? malloc(cap) : NULL;
+    while (b && (r = fread(b + n, 1, cap - n - 1, f)) > 0) {
+        n += r;
+        if (cap - n < 2) {
+            char *nb = realloc(b, cap *= 2);
+            if (!nb)
+                free(b);
+            b = nb;
+        }
+    }
+    if (f)
+        fclose(f);
+    if (!b) {
+        n = 0;
+        b = strdup("");
+        IT_CHECK(b != NULL, "out of memory");
+    }
+    b[n] = 0;
+    if (len)
+        *len = n;
+    return b;
+}
+
+int it_wait_exit(pid_t pid, int timeout_ms)
+{
+    uint64_t end = it_now_ms() + (uint64_t)timeout_ms;
+    for (;;) {
+        int st;
+        pid_t r = waitpid(pid, &st, WNOHANG);
+        if (r == pid)
+            return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+        if (it_now_ms() >= end) {
+            kill(pid, SIGKILL);
+            waitpid(pid, &st, 0);
+            return -1;
+        }
+        it_sleep_ms(5);
+    }
 }
 
 uint64_t it_now_ms(void)

@@ -14,6 +14,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "client.h"
 #include "imd_proc.h"
@@ -54,6 +55,16 @@ int it_imd_or_skip(void);
 /* Monotonic milliseconds. */
 uint64_t it_now_ms(void);
 void it_sleep_ms(unsigned ms);
+
+/* The path of a program of this build flavour: $IMP_BUILD_DIR/name (default build/), absolute.
+ * Points to a static buffer per call site family: copy it if you need two at once. */
+const char *it_tool_path(const char *name);
+/* A file's contents, NUL-terminated (the caller frees; "" when it cannot be read); *len (may be
+ * NULL) is the length without the NUL. */
+char *it_slurp(const char *path, size_t *len);
+/* Waits for a child: its exit code (0-255), 128 + signal, or -1 when it did not exit within
+ * timeout_ms (it is then killed and reaped). */
+int it_wait_exit(pid_t pid, int timeout_ms);
 
 /* Start imd with the fast hashing parameters (hash_opslimit=1, hash_memlimit=8m) and the given
  * extra arguments (NULL-terminated, may be NULL). Fails the test when it does not start. */

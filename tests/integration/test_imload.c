@@ -36,40 +36,6 @@
 
 static char tmpdir[] = "/tmp/imload_test_XXXXXX";
 
-static const char *imload_bin(void)
-{
-    static char path[1024];
-    const char *bd = getenv("IMP_BUILD_DIR");
-    if (!bd || !*bd)
-        bd = "build";
-    if (bd[0] == '/')
-        snprintf(path, sizeof path, "%s/imload", bd);
-    else
-        snprintf(path, sizeof path, "%s/%s/imload", IMP_SRCDIR, bd);
-    return path;
-}
-
-static char *slurp(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return strdup("");
-    size_t cap = 4096, n = 0, r;
-    char *b = malloc(cap);
-    while (b && (r = fread(b + n, 1, cap - n - 1, f)) > 0) {
-        n += r;
-        if (cap - n < 2) {
-            cap *= 2;
-            b = realloc(b, cap);
-        }
-    }
-    fclose(f);
-    if (!b)
-        return strdup("");
-    b[n] = 0;
-    return b;
-}
-
 typedef struct proc {
     pid_t pid;
     char out[300], err[300], json[300];
@@ -101,7 +67,7 @@ static void spawn(proc *p, int port, const char *const *args)
         unsetenv("IMLOAD_PASSWORD");
         const char *argv[80];
         int n = 0;
-        argv[n++] = imload_bin();
+        argv[n++] = it_tool_path("imload");
         if (port > 0) {
             argv[n++] = "-s";
             argv[n++] = server;
@@ -113,23 +79,6 @@ static void spawn(proc *p, int port, const char *const *args)
         argv[n] = NULL;
         execv(argv[0], (char *const *)argv);
         _exit(121);
-    }
-}
-
-static int wait_exit(proc *p, int timeout_ms)
-{
-    uint64_t end = it_now_ms() + (uint64_t)timeout_ms;
-    for (;;) {
-        int st;
-        pid_t r = waitpid(p->pid, &st, WNOHANG);
-        if (r == p->pid)
-            return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-        if (it_now_ms() >= end) {
-            kill(p->pid, SIGKILL);
-            waitpid(p->pid, &st, 0);
-            return -1;
-        }
-        it_sleep_ms(5);
     }
 }
 
@@ -148,10 +97,10 @@ static void result_free(result *r)
 static result collect(proc *p, int timeout_ms)
 {
     result r;
-    r.status = wait_exit(p, timeout_ms);
-    r.out = slurp(p->out);
-    r.err = slurp(p->err);
-    r.json = slurp(p->json);
+    r.status = it_wait_exit(p->pid, timeout_ms);
+    r.out = it_slurp(p->out, NULL);
+    r.err = it_slurp(p->err, NULL);
+    r.json = it_slurp(p->json, NULL);
     return r;
 }
 
@@ -238,7 +187,7 @@ static void test_direct_stored_json(void **state)
     IT_CHECK(strstr(r.json, "\"agent\":\"imd/") != NULL, "server agent: %s", r.json);
     IT_CHECK(strstr(r.json, "\"pairs\":[]") != NULL, "no anomalous pair: %s", r.json);
     IT_CHECK(strstr(r.out, "lost") && strstr(r.out, "p99.9"), "report table: %s", r.out);
-    char *c = slurp(csv);
+    char *c = it_slurp(csv, NULL);
     IT_CHECK(strncmp(c, "scenario,", 9) == 0 && strstr(c, "\ndirect,4,2,2,"), "csv: %s", c);
     free(c);
     result_free(&r);
@@ -498,13 +447,14 @@ static void test_sink(void **state)
     if (sp == 0) {
         int err = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0600);
         dup2(err, 2);
-        execl(imload_bin(), imload_bin(), "--sink", "--listen", "127.0.0.1:0", (char *)NULL);
+        execl(it_tool_path("imload"), it_tool_path("imload"), "--sink", "--listen", "127.0.0.1:0",
+              (char *)NULL);
         _exit(121);
     }
     int port = 0;
     for (int i = 0; i < 200 && !port; i++) {
         it_sleep_ms(10);
-        char *s = slurp(log);
+        char *s = it_slurp(log, NULL);
         const char *q = strstr(s, "127.0.0.1:");
         if (q)
             port = atoi(q + 10);
@@ -530,8 +480,8 @@ int main(void)
     it_main_init(300);
     if (!it_imd_or_skip())
         return 0;
-    if (access(imload_bin(), X_OK) != 0) {
-        fprintf(stderr, "imload not found at %s\n", imload_bin());
+    if (access(it_tool_path("imload"), X_OK) != 0) {
+        fprintf(stderr, "imload not found at %s\n", it_tool_path("imload"));
         return 1;
     }
     if (!mkdtemp(tmpdir)) {

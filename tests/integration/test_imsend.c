@@ -44,19 +44,6 @@
 
 static char tmpdir[] = "/tmp/imsend_test_XXXXXX";
 
-static const char *imsend_bin(void)
-{
-    static char path[1024];
-    const char *bd = getenv("IMP_BUILD_DIR");
-    if (!bd || !*bd)
-        bd = "build";
-    if (bd[0] == '/')
-        snprintf(path, sizeof path, "%s/imsend", bd);
-    else
-        snprintf(path, sizeof path, "%s/%s/imsend", IMP_SRCDIR, bd);
-    return path;
-}
-
 static const char *tmp_path(const char *name)
 {
     static char paths[8][300];
@@ -72,32 +59,6 @@ static void write_file(const char *path, const void *data, size_t len)
     IT_CHECK(f != NULL, "open %s", path);
     IT_CHECK(fwrite(data, 1, len, f) == len, "write %s", path);
     fclose(f);
-}
-
-/* The contents of a file, NUL-terminated (the caller frees); *len without the NUL. */
-static char *slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        if (len)
-            *len = 0;
-        return strdup("");
-    }
-    size_t cap = 4096, n = 0;
-    char *b = malloc(cap);
-    size_t r;
-    while ((r = fread(b + n, 1, cap - n - 1, f)) > 0) {
-        n += r;
-        if (cap - n < 2) {
-            cap *= 2;
-            b = realloc(b, cap);
-        }
-    }
-    fclose(f);
-    b[n] = 0;
-    if (len)
-        *len = n;
-    return b;
 }
 
 typedef struct proc {
@@ -148,7 +109,7 @@ static void spawn(proc *p, int port, const char *password, const char *const *ar
             unsetenv("IMP_PASSWORD");
         const char *argv[64];
         int n = 0;
-        argv[n++] = imsend_bin();
+        argv[n++] = it_tool_path("imsend");
         if (port > 0) {
             argv[n++] = "-s";
             argv[n++] = server;
@@ -163,24 +124,6 @@ static void spawn(proc *p, int port, const char *password, const char *const *ar
     if (in_mode == IN_PIPE) {
         close(pfd[0]);
         p->in_fd = pfd[1];
-    }
-}
-
-/* Exit code (0-255), 128+signal, or -1 when it did not exit within timeout_ms (killed). */
-static int wait_exit(proc *p, int timeout_ms)
-{
-    uint64_t end = it_now_ms() + (uint64_t)timeout_ms;
-    for (;;) {
-        int st;
-        pid_t r = waitpid(p->pid, &st, WNOHANG);
-        if (r == p->pid)
-            return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-        if (it_now_ms() >= end) {
-            kill(p->pid, SIGKILL);
-            waitpid(p->pid, &st, 0);
-            return -1;
-        }
-        it_sleep_ms(5);
     }
 }
 
@@ -202,9 +145,9 @@ static result run(int port, const char *password, const char *const *args, int i
     proc p;
     spawn(&p, port, password, args, in_mode, in_file);
     result r;
-    r.status = wait_exit(&p, timeout_ms);
-    r.out = slurp(p.out, &r.out_len);
-    r.err = slurp(p.err, NULL);
+    r.status = it_wait_exit(p.pid, timeout_ms);
+    r.out = it_slurp(p.out, &r.out_len);
+    r.err = it_slurp(p.err, NULL);
     if (r.status < 0)
         it_note("imsend timed out; stderr: %s", r.err);
     return r;
@@ -469,8 +412,8 @@ static void test_lines_10000(void **state)
         }
     }
     close(pr.in_fd);
-    int st = wait_exit(&pr, 60000);
-    char *err = slurp(pr.err, NULL);
+    int st = it_wait_exit(pr.pid, 60000);
+    char *err = it_slurp(pr.err, NULL);
     IT_CHECK(st == 0, "imsend -l exit %d; stderr: %s", st, err);
     free(err);
     it_note("imsend -l: %d lines sent and acknowledged in %llu ms", NLINES,
@@ -685,8 +628,8 @@ static void test_exit_timeout(void **state)
     f = deliver(bob);
     tc_delivered(bob, imp_msg_u(&f->m, IMP_T_SEQ, 0));
     tc_frame_free(f);
-    int st = wait_exit(&pr, 15000);
-    char *out = slurp(pr.out, NULL);
+    int st = it_wait_exit(pr.pid, 15000);
+    char *out = it_slurp(pr.out, NULL);
     IT_CHECK(st == 0 && strstr(out, "\"outcome\":\"delivered\""), "exit %d out %s", st, out);
     free(out);
     it_finish(p);
@@ -703,7 +646,7 @@ static void test_exit_lost(void **state)
     /* wait for the first ACK on stdout, then kill the server under it */
     uint64_t end = it_now_ms() + 10000;
     for (;;) {
-        char *out = slurp(pr.out, NULL);
+        char *out = it_slurp(pr.out, NULL);
         int got = strstr(out, "\"type\":\"ack\"") != NULL;
         free(out);
         if (got)
@@ -712,9 +655,9 @@ static void test_exit_lost(void **state)
         it_sleep_ms(10);
     }
     imd_kill9(p);
-    int st = wait_exit(&pr, 10000);
+    int st = it_wait_exit(pr.pid, 10000);
     close(pr.in_fd);
-    char *err = slurp(pr.err, NULL);
+    char *err = it_slurp(pr.err, NULL);
     IT_CHECK(st == 7, "exit %d, want 7; stderr: %s", st, err);
     IT_CHECK(strstr(err, "imsend: ") && strstr(err, "connection"), "stderr: %s", err);
     free(err);
@@ -896,7 +839,8 @@ static void pty_start(pty_proc *t, int port, const char *hist)
         setenv("INPUTRC", "/dev/null", 1);
         unsetenv("IMP_SERVER");
         unsetenv("IMP_USER");
-        execl(imsend_bin(), imsend_bin(), "-s", server, "-u", "alice", "-i", (char *)NULL);
+        execl(it_tool_path("imsend"), it_tool_path("imsend"), "-s", server, "-u", "alice", "-i",
+              (char *)NULL);
         _exit(121);
     }
 }
@@ -967,7 +911,7 @@ static void test_repl(void **state)
     pty_type(&t, "/quit\r");
     int st = pty_wait(&t);
     IT_CHECK(st == 0, "imsend -i exit %d; terminal:\n%s", st, t.buf ? t.buf : "");
-    char *h = slurp(hist, NULL);
+    char *h = it_slurp(hist, NULL);
     IT_CHECK(strstr(h, "hello from the terminal") && strstr(h, "/to bob"), "history: %s", h);
     free(h);
     free(t.buf);
@@ -1064,8 +1008,8 @@ static void test_password_prompt(void **state)
     IT_CHECK(t.pid >= 0, "forkpty");
     if (t.pid == 0) {
         unsetenv("IMP_PASSWORD");
-        execl(imsend_bin(), imsend_bin(), "-s", server, "-u", "alice", "-t", "bob", "asked",
-              (char *)NULL);
+        execl(it_tool_path("imsend"), it_tool_path("imsend"), "-s", server, "-u", "alice", "-t",
+              "bob", "asked", (char *)NULL);
         _exit(121);
     }
     size_t at = pty_expect(&t, 0, "password for alice: ", 10000);
@@ -1085,8 +1029,8 @@ int main(void)
     it_main_init(300);
     if (!it_imd_or_skip())
         return 0;
-    if (access(imsend_bin(), X_OK) != 0) {
-        fprintf(stderr, "imsend not found at %s\n", imsend_bin());
+    if (access(it_tool_path("imsend"), X_OK) != 0) {
+        fprintf(stderr, "imsend not found at %s\n", it_tool_path("imsend"));
         return 1;
     }
     if (!mkdtemp(tmpdir)) {

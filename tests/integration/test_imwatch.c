@@ -53,19 +53,6 @@ typedef struct iwp {
     int status; /* exit status once reaped; -1 before */
 } iwp;
 
-static const char *imwatch_binary(void)
-{
-    static char path[1024];
-    const char *bd = getenv("IMP_BUILD_DIR");
-    if (!bd || !*bd)
-        bd = "build";
-    if (bd[0] == '/')
-        snprintf(path, sizeof path, "%s/imwatch", bd);
-    else
-        snprintf(path, sizeof path, "%s/%s/imwatch", IMP_SRCDIR, bd);
-    return path;
-}
-
 /* Start imwatch with args (NULL-terminated); port > 0 adds "-s 127.0.0.1:PORT"; password
  * (may be NULL) goes in IMP_PASSWORD; stdin_path NULL: /dev/null. */
 static iwp *iw_spawn(int port, const char *password, const char *stdin_path,
@@ -81,7 +68,7 @@ static iwp *iw_spawn(int port, const char *password, const char *stdin_path,
     IT_CHECK(pipe(pfd) == 0, "pipe: %s", strerror(errno));
     const char *argv[64];
     int n = 0;
-    argv[n++] = imwatch_binary();
+    argv[n++] = it_tool_path("imwatch");
     char addr[64];
     if (port > 0) {
         snprintf(addr, sizeof addr, "127.0.0.1:%d", port);
@@ -1440,7 +1427,7 @@ static void test_who_rooms(void **state)
 
     /* The bash completion: user names after imsend -t, with -s and $IMP_USER/$IMP_PASSWORD. */
     char dir[1024], env[512], words[2048], out[4096];
-    snprintf(dir, sizeof dir, "%s", imwatch_binary());
+    snprintf(dir, sizeof dir, "%s", it_tool_path("imwatch"));
     *strrchr(dir, '/') = '\0';
     char imsend[1100], imwatch[1100], addr[64];
     snprintf(imsend, sizeof imsend, "%s/imsend", dir);
@@ -1526,8 +1513,8 @@ int main(void)
     it_main_init(300);
     if (!it_imd_or_skip())
         return 0;
-    if (access(imwatch_binary(), X_OK) != 0) {
-        printf("-- %s is not built: skipped\n", imwatch_binary());
+    if (access(it_tool_path("imwatch"), X_OK) != 0) {
+        printf("-- %s is not built: skipped\n", it_tool_path("imwatch"));
         return 0;
     }
     const struct CMUnitTest tests[] = {
