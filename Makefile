@@ -31,7 +31,7 @@ WARNINGS := -std=c11 -Wall -Wextra -Wpedantic -Wstrict-prototypes -Wmissing-prot
 	-Wshadow -Wwrite-strings -Wpointer-arith -Wcast-align -Wundef -Wvla -Wformat=2 -Werror
 DEPFLAGS := -MMD -MP
 
-SERVER_LIBS ?= -levent -lsqlite3 -lsodium -lpthread
+SERVER_LIBS ?= -levent -levent_openssl -lssl -lcrypto -lsqlite3 -lsodium -lpthread
 
 comma := ,
 
@@ -88,7 +88,7 @@ TOOLCOM_SRC := $(sort $(wildcard tools/common/*.c))
 TOOL_NAMES  := $(sort $(filter-out common,$(notdir $(patsubst %/,%,$(wildcard tools/*/)))))
 TOOL_SRC    := $(sort $(foreach t,$(TOOL_NAMES),$(wildcard tools/$(t)/*.c)))
 TTEST_SRC   := $(sort $(wildcard tests/tools/test_*.c))
-TOOL_LIBS   ?= -levent
+TOOL_LIBS   ?= -levent -levent_openssl -lssl -lcrypto -lpthread
 TOOL_LIBS_imsend := -lreadline
 ISUP_SRC    := $(sort $(filter-out $(ITEST_SRC),$(wildcard tests/integration/*.c)))
 FORMAT_SRC   = $(sort $(shell find $(wildcard protocol tests fuzz bench server tools examples) \
@@ -384,7 +384,7 @@ $(ITEST_BIN): $(BUILD)/tests/integration/%: $(OBJ)/tests/integration/%.o $(ISUP_
 		$(LIB)
 	@mkdir -p $(@D)
 	$(call msg,LD,$@)
-	$(Q)$(CC) $(ALL_LDFLAGS) $^ -lcmocka -lsqlite3 -lsodium -o $@
+	$(Q)$(CC) $(ALL_LDFLAGS) $^ -lcmocka -lsqlite3 -lsodium -lssl -lcrypto -ldl -lpthread -o $@
 
 # ---- benchmarks: -O2, no sanitizers, no coverage, own copy of the library ---------------------
 

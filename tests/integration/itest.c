@@ -1,4 +1,5 @@
 /* Integration tests: common helpers (see itest.h). */
+#include <dirent.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -8,6 +9,7 @@
 #include "itest.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -273,6 +275,62 @@ void it_liveness(imd_proc *p, long pid, const char *user_a, const char *pw_a, co
     tc_close(a);
     tc_close(b);
     IT_CHECK(imd_alive(p), "imd died during the liveness check");
+}
+
+long it_rss_kb(pid_t pid)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/%ld/status", (long)pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return -1;
+    long kb = -1;
+    while (fgets(line, sizeof line, f))
+        if (strncmp(line, "VmRSS:", 6) == 0) {
+            kb = strtol(line + 6, NULL, 10);
+            break;
+        }
+    fclose(f);
+    return kb;
+}
+
+int it_fd_count(pid_t pid)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%ld/fd", (long)pid);
+    DIR *d = opendir(path);
+    if (!d)
+        return -1;
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL)
+        if (e->d_name[0] != '.')
+            n++;
+    closedir(d);
+    return n;
+}
+
+void it_make_cert(const char *dir, char *cert, size_t certlen, char *key, size_t keylen)
+{
+    snprintf(cert, certlen, "%s/cert.pem", dir);
+    snprintf(key, keylen, "%s/key.pem", dir);
+    pid_t pid = fork();
+    IT_CHECK(pid >= 0, "fork: %s", strerror(errno));
+    if (pid == 0) {
+        int null = open("/dev/null", O_WRONLY);
+        if (null >= 0) {
+            dup2(null, 1);
+            dup2(null, 2);
+        }
+        execlp("openssl", "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+               "ec_paramgen_curve:P-256", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+               "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1", "-keyout", key,
+               "-out", cert, (char *)NULL);
+        _exit(127);
+    }
+    int rc = it_wait_exit(pid, 30000);
+    IT_CHECK(rc == 0, "openssl req -x509 (certificate for the TLS tests) exited %d%s", rc,
+             rc == 127 ? ": openssl is not installed (ci/deps installs it)" : "");
 }
 
 /* 1 if the file contains the string. */

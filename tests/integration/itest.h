@@ -66,6 +66,16 @@ char *it_slurp(const char *path, size_t *len);
  * timeout_ms (it is then killed and reaped). */
 int it_wait_exit(pid_t pid, int timeout_ms);
 
+/* A process's resident set (VmRSS, KiB) and open descriptor count (/proc/PID/fd), or -1. */
+long it_rss_kb(pid_t pid);
+int it_fd_count(pid_t pid);
+
+/* Makes a self-signed certificate for 127.0.0.1, ::1 and "localhost" (EC P-256, valid 1 day,
+ * `openssl req -x509`) in dir: writes the paths of the PEM certificate and key into cert and
+ * key (the certificate is its own CA: pass it as --cafile). Fails the test when openssl is
+ * missing or fails. */
+void it_make_cert(const char *dir, char *cert, size_t certlen, char *key, size_t keylen);
+
 /* Start imd with the fast hashing parameters (hash_opslimit=1, hash_memlimit=8m) and the given
  * extra arguments (NULL-terminated, may be NULL). Fails the test when it does not start. */
 imd_proc *it_start_imd(const char *const *extra);
