@@ -211,27 +211,41 @@ static size_t read_file(const char *path, char *buf, size_t cap)
     return n;
 }
 
-/* Port of the last line starting with prefix ("imd: listening on "), or 0. */
-static int parse_port(const char *text, const char *prefix)
+/* Port of the last line starting with prefix ("imd: listening on "), or 0. tls: only lines
+ * that end with " (tls)"; otherwise only lines that do not. */
+static int parse_port_kind(const char *text, const char *prefix, int tls)
 {
     int port = 0;
     const char *s = text;
     size_t pl = strlen(prefix);
+    static const char suffix[] = " (tls)";
+    size_t sl = sizeof suffix - 1;
     while ((s = strstr(s, prefix)) != NULL) {
         if (s == text || s[-1] == '\n') {
             const char *e = strchr(s, '\n');
             if (!e)
                 break; /* incomplete line */
+            int is_tls = (size_t)(e - s) > pl + sl && memcmp(e - sl, suffix, sl) == 0;
             const char *colon = NULL;
-            for (const char *q = s + pl; q < e; q++)
+            for (const char *q = s + pl; q < (is_tls ? e - sl : e); q++)
                 if (*q == ':')
                     colon = q;
-            if (colon && strncmp(s + pl, "unix:", 5) != 0)
+            if (colon && strncmp(s + pl, "unix:", 5) != 0 && is_tls == tls)
                 port = atoi(colon + 1);
         }
         s += pl;
     }
     return port;
+}
+
+static int parse_port(const char *text, const char *prefix)
+{
+    return parse_port_kind(text, prefix, 0);
+}
+
+void imd_keep_port(imd_proc *p)
+{
+    p->keep_port = p->port;
 }
 
 int imd_start(imd_proc *p)
@@ -246,8 +260,11 @@ int imd_start(imd_proc *p)
     argv[n++] = bin;
     argv[n++] = "--data";
     argv[n++] = p->data;
+    char listen[32] = "127.0.0.1:0";
+    if (p->keep_port > 0)
+        snprintf(listen, sizeof listen, "127.0.0.1:%d", p->keep_port);
     argv[n++] = "--listen";
-    argv[n++] = "127.0.0.1:0";
+    argv[n++] = listen;
     for (int i = 0; i < p->nargs; i++)
         argv[n++] = p->args[i];
     argv[n] = NULL;
@@ -288,6 +305,7 @@ int imd_start(imd_proc *p)
     p->pid = pid;
     p->port = 0;
     p->metrics_port = 0;
+    p->tls_port = 0;
 
     long long end = mono_ms() + IMD_START_TIMEOUT_MS;
     static char text[65536];
@@ -296,6 +314,7 @@ int imd_start(imd_proc *p)
         if (strstr(text, "imd: ready\n")) {
             p->port = parse_port(text, "imd: listening on ");
             p->metrics_port = parse_port(text, "imd: metrics on ");
+            p->tls_port = parse_port_kind(text, "imd: listening on ", 1);
             if (p->port <= 0) {
                 fprintf(stderr, "imd_start: 'ready' without a TCP listening line:\n%s", text);
                 imd_kill9(p);

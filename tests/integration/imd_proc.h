@@ -33,6 +33,8 @@ typedef struct imd_proc {
     char outlog[300];
     int port;         /* TCP port of the first listener */
     int metrics_port; /* 0 when no metrics listener was announced */
+    int tls_port;     /* TCP port of the last TLS listener ("imd: listening on A:P (tls)"), 0 */
+    int keep_port;    /* imd_keep_port: the next starts listen on this port, not port 0 */
     char *args[IMD_MAX_ARGS + 1];
     int nargs;
     int last_status; /* wait status of the last exit; -1 unknown */
@@ -54,6 +56,9 @@ imd_proc *imd_new(const char *const *args);
 void imd_add_args(imd_proc *p, const char *const *args);
 /* (Re)start on the existing directory. 0, or -1 with a message (and the log) on stderr. */
 int imd_start(imd_proc *p);
+/* The next starts listen on 127.0.0.1:<the current port> instead of port 0, so that clients
+ * (imload --reconnect) find the restarted server at the same address. */
+void imd_keep_port(imd_proc *p);
 /* SIGTERM and wait up to timeout_ms. Returns the exit code (0-255), 128+signal when killed by a
  * signal, or -1 when it did not exit in time (it is then SIGKILLed and reaped). */
 int imd_stop(imd_proc *p, int timeout_ms);

@@ -54,8 +54,7 @@ static int is_ip(const char *name)
     return inet_pton(AF_INET, name, buf) == 1 || inet_pton(AF_INET6, name, buf) == 1;
 }
 
-SSL *imt_tls_new(SSL_CTX *ctx, const imt_tls_opts *o, const char *host, char *err,
-                 size_t errlen)
+SSL *imt_tls_new(SSL_CTX *ctx, const imt_tls_opts *o, const char *host, char *err, size_t errlen)
 {
     const char *name = o->server_name && *o->server_name ? o->server_name : host;
     SSL *ssl = SSL_new(ctx);

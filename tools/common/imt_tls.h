@@ -34,8 +34,7 @@ SSL_CTX *imt_tls_ctx_new(const imt_tls_opts *o, char *err, size_t errlen);
 
 /* A connection: SNI (when the name is not an IP address) and name verification (host name, or
  * IP address) against o->server_name or host. NULL with a message in err. */
-SSL *imt_tls_new(SSL_CTX *ctx, const imt_tls_opts *o, const char *host, char *err,
-                 size_t errlen);
+SSL *imt_tls_new(SSL_CTX *ctx, const imt_tls_opts *o, const char *host, char *err, size_t errlen);
 
 /* The reason of the last failure on this thread's OpenSSL error queue, and the verification
  * result when ssl is not NULL ("certificate verify failed: self-signed certificate"), into
