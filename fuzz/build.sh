@@ -69,7 +69,7 @@ for f in fuzz/fuzz_*.c; do
     name=${target#fuzz_}
     extra=()
     case $name in
-    imd*) extra=("${srv_obj[@]}" -lsqlite3 -lsodium -levent -lpthread) ;;
+    imd*) extra=("${srv_obj[@]}" -lsqlite3 -lsodium -levent -levent_openssl -lssl -lcrypto -lpthread) ;;
     esac
     # shellcheck disable=SC2086 # flag lists
     $CXX $CXXFLAGS "$obj/fuzz/$target.o" "${lib_obj[@]}" "${extra[@]}" $LIB_FUZZING_ENGINE \

@@ -5,6 +5,9 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -44,6 +47,7 @@ typedef struct ims_kdef {
 
 static const char *const log_levels[] = {"error", "warn", "info", "debug", NULL};
 static const char *const log_formats[] = {"text", "json", NULL};
+static const char *const tls_versions[] = {"1.2", "1.3", NULL};
 
 #define FIELD(f) #f, offsetof(ims_cfg, f), sizeof(((ims_cfg *)0)->f)
 #define NUM(f, type, sgn, mn, mx, rl, help)         \
@@ -60,6 +64,16 @@ static const ims_kdef keys[] = {
          "address to accept clients on: HOST:PORT, [V6]:PORT or unix:PATH (repeat for more)"),
     STRK(metrics_listen, K_ADDR, 0, 0, NULL,
          "HOST:PORT of the Prometheus /metrics HTTP endpoint; empty = none"),
+    STRK(tls_listen, K_LISTEN, 0, 0, NULL,
+         "address to accept TLS clients on: HOST:PORT or [V6]:PORT (repeat for more)"),
+    STRK(tls_cert, K_STR, 0, 1, NULL,
+         "PEM file of the TLS certificate chain (server first); needed by tls_listen"),
+    STRK(tls_key, K_STR, 0, 1, NULL, "PEM file of the TLS private key; needed by tls_listen"),
+    STRK(tls_min_version, K_ENUM, 0, 1, tls_versions, "oldest TLS version accepted: 1.2 or 1.3"),
+    NUM(tls_handshake_timeout_ms, K_DUR, 0, 1, UINT32_MAX, 1,
+        "time a TLS client has to complete its handshake"),
+    NUM(allow_insecure_listen, K_BOOL, 1, 0, 1, 0,
+        "allow listen and metrics_listen without TLS on addresses other than loopback"),
     STRK(data_dir, K_STR, 1, 0, NULL, "directory of the SQLite database"),
     STRK(log_level, K_ENUM, 0, 1, log_levels,
          "least severe level logged: error, warn, info, debug"),
@@ -495,31 +509,65 @@ static void put_str(ims_cfg *c, const ims_kdef *k, const char *v)
     memcpy(field(c, k), v, strlen(v));
 }
 
+/* The two address lists (K_LISTEN keys): listen and tls_listen. */
+static int is_tls_list(const ims_kdef *k)
+{
+    return strcmp(k->name, "tls_listen") == 0;
+}
+
+static char (*list_addrs(ims_cfg *c, const ims_kdef *k))[128]
+{
+    return is_tls_list(k) ? c->tls_listen : c->listen;
+}
+
+static const char (*list_caddrs(const ims_cfg *c, const ims_kdef *k))[128]
+{
+    return is_tls_list(k) ? c->tls_listen : c->listen;
+}
+
+static int *list_count(ims_cfg *c, const ims_kdef *k)
+{
+    return is_tls_list(k) ? &c->n_tls_listen : &c->n_listen;
+}
+
+static int list_ccount(const ims_cfg *c, const ims_kdef *k)
+{
+    return is_tls_list(k) ? c->n_tls_listen : c->n_listen;
+}
+
 static int set_listen(ims_cfg *c, const ims_kdef *k, const char *v, char *err, size_t errlen)
 {
     ims_addr_spec a;
     const char *why;
+    char(*list)[128] = list_addrs(c, k);
+    int *n = list_count(c, k);
+    if (is_tls_list(k) && !*v)
+        return 0; /* `tls_listen =`: no TLS listener (the default) */
     if (parse_addr(v, &a, &why) != 0) {
         seterr(err, errlen, "%s: bad address \"%s\": %s", k->name, v, why);
         return -1;
     }
-    if (strlen(v) >= sizeof c->listen[0]) {
+    if (is_tls_list(k) && a.is_unix) {
+        seterr(err, errlen, "%s: TLS needs HOST:PORT, not a Unix socket: %s", k->name, v);
+        return -1;
+    }
+    if (strlen(v) >= sizeof list[0]) {
         seterr(err, errlen, "%s: address too long: %s", k->name, v);
         return -1;
     }
-    for (int i = 0; fixed_addr(v) && i < c->n_listen && i < IMS_MAX_LISTEN; i++) {
-        if (strcmp(c->listen[i], v) == 0) {
+    for (int i = 0; fixed_addr(v) && i < *n && i < IMS_MAX_LISTEN; i++) {
+        if (strcmp(list[i], v) == 0) {
             seterr(err, errlen, "%s: duplicate address: %s", k->name, v);
             return -1;
         }
     }
-    if (c->n_listen >= IMS_MAX_LISTEN || c->n_listen < 0) {
+    if (*n >= IMS_MAX_LISTEN || *n < 0) {
         seterr(err, errlen, "%s: too many addresses (at most %d)", k->name, IMS_MAX_LISTEN);
         return -1;
     }
-    memset(c->listen[c->n_listen], 0, sizeof c->listen[0]);
-    memcpy(c->listen[c->n_listen], v, strlen(v));
-    c->n_listen++;
+    memset(list[*n], 0, sizeof list[0]);
+    memcpy(list[*n], v, strlen(v));
+    (*n)++;
     return 0;
 }
 
@@ -639,6 +687,8 @@ void ims_cfg_default(ims_cfg *c)
     memset(c, 0, sizeof *c);
     strcpy(c->listen[0], "127.0.0.1:7600");
     c->n_listen = 1;
+    strcpy(c->tls_min_version, "1.2");
+    c->tls_handshake_timeout_ms = 5000;
     strcpy(c->data_dir, "./imd-data");
     strcpy(c->log_level, "info");
     strcpy(c->log_format, "text");
@@ -679,6 +729,12 @@ void ims_cfg_listen_reset(ims_cfg *c)
 {
     memset(c->listen, 0, sizeof c->listen);
     c->n_listen = 0;
+}
+
+void ims_cfg_tls_listen_reset(ims_cfg *c)
+{
+    memset(c->tls_listen, 0, sizeof c->tls_listen);
+    c->n_tls_listen = 0;
 }
 
 int ims_cfg_reloadable(const char *key)
@@ -723,9 +779,14 @@ void ims_cfg_dump(const ims_cfg *c, void (*line)(void *ud, const char *s), void 
     for (size_t i = 0; i < NKEYS; i++) {
         const ims_kdef *k = &keys[i];
         if (k->type == K_LISTEN) {
-            for (int j = 0; j < c->n_listen && j < IMS_MAX_LISTEN; j++) {
-                snprintf(buf, sizeof buf, "%s = %.*s", k->name, (int)sizeof c->listen[j],
-                         c->listen[j]);
+            const char(*list)[128] = list_caddrs(c, k);
+            int n = list_ccount(c, k);
+            for (int j = 0; j < n && j < IMS_MAX_LISTEN; j++) {
+                snprintf(buf, sizeof buf, "%s = %.*s", k->name, (int)sizeof list[j], list[j]);
+                line(ud, buf);
+            }
+            if (n <= 0) { /* tls_listen's default: none */
+                snprintf(buf, sizeof buf, "%s =", k->name);
                 line(ud, buf);
             }
             continue;
@@ -749,9 +810,10 @@ int ims_cfg_get(const ims_cfg *c, const char *key, char *buf, size_t len)
     }
     size_t n = 0;
     buf[0] = 0;
-    for (int j = 0; j < c->n_listen && j < IMS_MAX_LISTEN && n < len; j++)
-        n += (size_t)snprintf(buf + n, len - n, "%s%.*s", j ? " " : "", (int)sizeof c->listen[j],
-                              c->listen[j]);
+    const char(*list)[128] = list_caddrs(c, k);
+    for (int j = 0; j < list_ccount(c, k) && j < IMS_MAX_LISTEN && n < len; j++)
+        n += (size_t)snprintf(buf + n, len - n, "%s%.*s", j ? " " : "", (int)sizeof list[j],
+                              list[j]);
     return 0;
 }
 
@@ -762,18 +824,20 @@ static int check_key(const ims_cfg *c, const ims_kdef *k, char *err, size_t errl
     const char *why;
     ims_addr_spec a;
     if (k->type == K_LISTEN) {
-        if (c->n_listen < 1) {
+        const char(*list)[128] = list_caddrs(c, k);
+        int n = list_ccount(c, k);
+        if (n < 1 && !is_tls_list(k)) {
             seterr(err, errlen, "%s: no address to listen on", k->name);
             return -1;
         }
-        if (c->n_listen > IMS_MAX_LISTEN) {
-            seterr(err, errlen, "%s: too many addresses (%d, at most %d)", k->name, c->n_listen,
+        if (n < 0 || n > IMS_MAX_LISTEN) {
+            seterr(err, errlen, "%s: too many addresses (%d, at most %d)", k->name, n,
                    IMS_MAX_LISTEN);
             return -1;
         }
-        for (int i = 0; i < c->n_listen; i++) {
-            const char *s = c->listen[i];
-            if (!memchr(s, 0, sizeof c->listen[i])) {
+        for (int i = 0; i < n; i++) {
+            const char *s = list[i];
+            if (!memchr(s, 0, sizeof list[i])) {
                 seterr(err, errlen, "%s: address %d is not terminated", k->name, i + 1);
                 return -1;
             }
@@ -781,8 +845,12 @@ static int check_key(const ims_cfg *c, const ims_kdef *k, char *err, size_t errl
                 seterr(err, errlen, "%s: bad address \"%s\": %s", k->name, s, why);
                 return -1;
             }
+            if (is_tls_list(k) && a.is_unix) {
+                seterr(err, errlen, "%s: TLS needs HOST:PORT, not a Unix socket: %s", k->name, s);
+                return -1;
+            }
             for (int j = 0; fixed_addr(s) && j < i; j++) {
-                if (strcmp(c->listen[j], s) == 0) {
+                if (strcmp(list[j], s) == 0) {
                     seterr(err, errlen, "%s: duplicate address: %s", k->name, s);
                     return -1;
                 }
@@ -858,7 +926,127 @@ int ims_cfg_validate(const ims_cfg *c, char *err, size_t errlen)
             return -1;
         }
     }
+    if (c->n_tls_listen > 0 && !c->tls_cert[0]) {
+        seterr(err, errlen, "tls_cert: required by tls_listen (a PEM certificate chain)");
+        return -1;
+    }
+    if (c->n_tls_listen > 0 && !c->tls_key[0]) {
+        seterr(err, errlen, "tls_key: required by tls_listen (a PEM private key)");
+        return -1;
+    }
+    for (int i = 0; i < c->n_tls_listen; i++) {
+        const char *t = c->tls_listen[i];
+        if (!fixed_addr(t))
+            continue;
+        for (int j = 0; j < c->n_listen; j++) {
+            if (strcmp(c->listen[j], t) == 0) {
+                seterr(err, errlen, "tls_listen: also a plain listen address: %s", t);
+                return -1;
+            }
+        }
+        if (strcmp(c->metrics_listen, t) == 0) {
+            seterr(err, errlen, "metrics_listen: also a TLS listen address: %s", t);
+            return -1;
+        }
+    }
     return 0;
+}
+
+/* ---- safe listening defaults ---------------------------------------------------------------- */
+
+static int sa_loopback(const struct sockaddr *sa)
+{
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)(const void *)sa;
+        return (ntohl(in->sin_addr.s_addr) >> 24) == 127;
+    }
+    if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)(const void *)sa;
+        const uint8_t *b = in6->sin6_addr.s6_addr;
+        if (IN6_IS_ADDR_LOOPBACK(&in6->sin6_addr))
+            return 1;
+        return IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr) && b[12] == 127; /* ::ffff:127.x.y.z */
+    }
+    return 0;
+}
+
+/* 1 if every address host stands for is loopback, 0 if one is not, -1 (why in *gai) when the
+ * name does not resolve. Literals never reach the resolver (AI_NUMERICHOST first). */
+static int host_loopback(const char *host, int *gai)
+{
+    struct addrinfo hints, *res = NULL;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_NUMERICHOST;
+    int r = getaddrinfo(host, NULL, &hints, &res);
+    if (r != 0) {
+        hints.ai_flags = 0;
+        r = getaddrinfo(host, NULL, &hints, &res);
+    }
+    if (r != 0) {
+        *gai = r;
+        return -1;
+    }
+    int all = res != NULL;
+    for (struct addrinfo *ai = res; ai; ai = ai->ai_next)
+        if (!sa_loopback(ai->ai_addr))
+            all = 0;
+    freeaddrinfo(res);
+    return all;
+}
+
+/* 0 when spec is a Unix socket or loopback; else -1 (or 1 when allowed) with the message. */
+static int check_plain_addr(const ims_cfg *c, const char *key, const char *spec, char *err,
+                            size_t errlen)
+{
+    ims_addr_spec a;
+    const char *why;
+    if (parse_addr(spec, &a, &why) != 0 || a.is_unix)
+        return 0; /* bad addresses are ims_cfg_validate's; Unix sockets are local */
+    int gai = 0;
+    int lo = host_loopback(a.host, &gai);
+    if (lo == 1)
+        return 0;
+    int metrics = strcmp(key, "metrics_listen") == 0;
+    char what[160];
+    if (lo < 0)
+        snprintf(what, sizeof what, "cannot resolve %s (%s), so not known to be loopback", a.host,
+                 gai_strerror(gai));
+    else
+        snprintf(what, sizeof what, "not a loopback address and %s",
+                 metrics ? "/metrics has no TLS" : "not TLS");
+    if (c->allow_insecure_listen) {
+        seterr(err, errlen, "%s %s: %s (allowed by allow_insecure_listen)", key, spec, what);
+        return 1;
+    }
+    seterr(err, errlen, "%s %s: %s: %sset allow_insecure_listen = yes", key, spec, what,
+           metrics ? "" : "use tls_listen, or ");
+    return -1;
+}
+
+int ims_cfg_check_listen_safety(const ims_cfg *c, char *err, size_t errlen)
+{
+    int rc = 0, n = c->n_listen < IMS_MAX_LISTEN ? c->n_listen : IMS_MAX_LISTEN;
+    char msg[512], first[512] = "";
+    for (int i = 0; i <= n; i++) {
+        const char *key = i < n ? "listen" : "metrics_listen";
+        const char *spec = i < n ? c->listen[i] : c->metrics_listen;
+        if (!spec[0])
+            continue;
+        int r = check_plain_addr(c, key, spec, msg, sizeof msg);
+        if (r < 0) {
+            seterr(err, errlen, "%s", msg);
+            return -1;
+        }
+        if (r > 0 && rc == 0) {
+            rc = 1;
+            snprintf(first, sizeof first, "%s", msg);
+        }
+    }
+    if (rc)
+        seterr(err, errlen, "%s", first);
+    return rc;
 }
 
 /* ---- files -------------------------------------------------------------------------------- */
@@ -873,8 +1061,9 @@ static char *trim(char *s)
     return s;
 }
 
-/* One line (without its end). *seen_listen: a listen line came before in this file. */
-static int apply_line(ims_cfg *c, char *line, int *seen_listen, char *err, size_t errlen)
+/* One line (without its end). seen_listen[0]: a listen line came before in this file;
+ * seen_listen[1]: a tls_listen line did. */
+static int apply_line(ims_cfg *c, char *line, int seen_listen[2], char *err, size_t errlen)
 {
     char *s = trim(line);
     if (!*s || *s == '#' || *s == ';')
@@ -897,9 +1086,13 @@ static int apply_line(ims_cfg *c, char *line, int *seen_listen, char *err, size_
         seterr(err, errlen, "missing key before =");
         return -1;
     }
-    if (strcmp(key, "listen") == 0 && !*seen_listen) {
+    if (strcmp(key, "listen") == 0 && !seen_listen[0]) {
         ims_cfg_listen_reset(c);
-        *seen_listen = 1;
+        seen_listen[0] = 1;
+    }
+    if (strcmp(key, "tls_listen") == 0 && !seen_listen[1]) {
+        ims_cfg_tls_listen_reset(c);
+        seen_listen[1] = 1;
     }
     return ims_cfg_set(c, key, value, err, errlen);
 }
@@ -915,7 +1108,7 @@ int ims_cfg_load_file(ims_cfg *c, const char *path, char *err, size_t errlen)
     static const char bom[] = "\xef\xbb\xbf";
     char line[CFG_LINE_MAX + 2]; /* the line, a CR, the NUL */
     char msg[512];
-    int lineno = 0, seen_listen = 0, rc = 0;
+    int lineno = 0, seen_listen[2] = {0, 0}, rc = 0;
     for (;;) {
         size_t n = 0;
         int ch, over = 0, nul = 0;
@@ -952,7 +1145,7 @@ int ims_cfg_load_file(ims_cfg *c, const char *path, char *err, size_t errlen)
         char *s = line;
         if (lineno == 1 && strncmp(s, bom, 3) == 0)
             s += 3;
-        if (apply_line(&tmp, s, &seen_listen, msg, sizeof msg) != 0) {
+        if (apply_line(&tmp, s, seen_listen, msg, sizeof msg) != 0) {
             seterr(err, errlen, "%s:%d: %s", path, lineno, msg);
             rc = -1;
             break;

@@ -14,7 +14,8 @@
  * `listen` may be given several times: each ims_cfg_set adds one address; the first `listen`
  * of a file replaces the list it started with (so a file's listens replace the default), and
  * the first `--listen` of the command line replaces the file's (main.c calls
- * ims_cfg_listen_reset before it).
+ * ims_cfg_listen_reset before it). `tls_listen` works the same way (ims_cfg_tls_listen_reset);
+ * its default is empty, and an empty value (`tls_listen =`) adds nothing.
  *
  * Errors name the file, the line and the key: "imd.conf:12: max_frame: not a size: 12q".
  * ims_cfg_set and ims_cfg_load_file leave c unchanged when they fail.
@@ -32,7 +33,15 @@ typedef struct ims_cfg {
     char listen[IMS_MAX_LISTEN][128]; /* "127.0.0.1:7600", "[::1]:7600", "unix:/path" */
     int n_listen;                     /* default: one, 127.0.0.1:7600 */
     char metrics_listen[128];         /* "" = no HTTP /metrics (default) */
-    char data_dir[512];               /* default "./imd-data" */
+    /* TLS (issue 6) */
+    char tls_listen[IMS_MAX_LISTEN][128]; /* TCP addresses served with TLS; default none */
+    int n_tls_listen;
+    char tls_cert[512];                /* PEM certificate chain; required with tls_listen */
+    char tls_key[512];                 /* PEM private key; required with tls_listen */
+    char tls_min_version[8];           /* "1.2" (default) or "1.3" */
+    uint32_t tls_handshake_timeout_ms; /* default 5 s */
+    int allow_insecure_listen;         /* plain listen off loopback allowed; default 0 */
+    char data_dir[512];                /* default "./imd-data" */
     /* logging */
     char log_level[16];  /* error, warn, info (default), debug */
     char log_format[16]; /* text (default), json */
@@ -87,13 +96,24 @@ void ims_cfg_dump(const ims_cfg *c, void (*line)(void *ud, const char *s), void 
 
 /* Empties the listen list (main.c: before the first --listen flag). */
 void ims_cfg_listen_reset(ims_cfg *c);
+/* Empties the tls_listen list (main.c: before the first --tls-listen flag). */
+void ims_cfg_tls_listen_reset(ims_cfg *c);
+
+/* Safe listening defaults: every plain listener (listen, metrics_listen) must be a Unix socket
+ * or a loopback address (127.0.0.0/8, ::1; a host name is resolved and every address it has
+ * must be loopback). TLS listeners may be anywhere. Returns 0 when all are safe; -1 when one is
+ * not and allow_insecure_listen is off (err: "listen 0.0.0.0:7600: not a loopback address and
+ * not TLS: use tls_listen, or set allow_insecure_listen = yes"); 1 when one is not but
+ * allow_insecure_listen is on (err: the warning to log). Resolves names (getaddrinfo). */
+int ims_cfg_check_listen_safety(const ims_cfg *c, char *err, size_t errlen);
 /* 1 if a change of key takes effect on SIGHUP, 0 if it needs a restart, -1 unknown key. */
 int ims_cfg_reloadable(const char *key);
 /* The i-th key in table order (the order of ims_cfg_dump), NULL past the last. */
 const char *ims_cfg_key(size_t i);
 /* A one-line explanation of key (the comment above it in dist/imd.conf), NULL if unknown. */
 const char *ims_cfg_help(const char *key);
-/* The value of key as ims_cfg_dump writes it (listen: the addresses separated by spaces).
+/* The value of key as ims_cfg_dump writes it (listen, tls_listen: the addresses separated by
+ * spaces).
  * 0, or -1 for an unknown key; the value is truncated to fit len. For SIGHUP diffs. */
 int ims_cfg_get(const ims_cfg *c, const char *key, char *buf, size_t len);
 

@@ -21,6 +21,7 @@
 #include "net.h"
 #include "server.h"
 #include "store.h"
+#include "tls.h"
 
 #define EXIT_USAGE 2   /* usage or configuration error (the tools' class 2) */
 #define EXIT_RUNTIME 1 /* could not start or failed while running */
@@ -39,6 +40,12 @@ static const char usage_text[] =
     "  -l, --listen ADDR      listen on ADDR: HOST:PORT, [V6]:PORT or unix:PATH; repeatable;\n"
     "                         port 0 picks a free port (default 127.0.0.1:7600)\n"
     "  -m, --metrics ADDR     serve Prometheus /metrics over HTTP on HOST:PORT\n"
+    "      --tls-listen ADDR  listen with TLS on ADDR: HOST:PORT or [V6]:PORT; repeatable\n"
+    "      --tls-cert FILE    PEM certificate chain for --tls-listen\n"
+    "      --tls-key FILE     PEM private key for --tls-listen\n"
+    "      --allow-insecure-listen\n"
+    "                         allow plain listen and metrics addresses that are not\n"
+    "                         loopback (refused by default: use --tls-listen)\n"
     "  -o, --set KEY=VALUE    set any configuration key (repeatable; wins over the file)\n"
     "      --log-level LEVEL  error, warn, info (default) or debug\n"
     "      --log-json         log JSON lines instead of text\n"
@@ -51,9 +58,10 @@ static const char usage_text[] =
     "\n"
     "On start imd prints one line per listener on standard output, e.g.\n"
     "  imd: listening on 127.0.0.1:7600\n"
+    "  imd: listening on 0.0.0.0:7643 (tls)\n"
     "then `imd: ready`. Logs go to standard error. SIGTERM/SIGINT: stop accepting, commit,\n"
     "tell clients (ERROR 730 SHUTDOWN) and exit within shutdown_grace_ms. SIGHUP: reload the\n"
-    "config file's reloadable settings.\n"
+    "config file's reloadable settings and the TLS certificate and key.\n"
     "\n"
     "Exit status: 0 success, 1 runtime failure, 2 usage or configuration error.\n";
 
@@ -88,7 +96,7 @@ static int build_cfg(const opts *o, ims_cfg *cfg, char *err, size_t errlen)
     ims_cfg_default(cfg);
     if (o->config && ims_cfg_load_file(cfg, o->config, err, errlen) != 0)
         return -1;
-    int listen_reset = 0;
+    int listen_reset = 0, tls_listen_reset = 0;
     for (int i = 0; i < o->nsets; i++) {
         char key[64];
         const char *eq = strchr(o->sets[i], '=');
@@ -101,6 +109,10 @@ static int build_cfg(const opts *o, ims_cfg *cfg, char *err, size_t errlen)
         if (strcmp(key, "listen") == 0 && !listen_reset) {
             ims_cfg_listen_reset(cfg); /* command-line listens replace the file's */
             listen_reset = 1;
+        }
+        if (strcmp(key, "tls_listen") == 0 && !tls_listen_reset) {
+            ims_cfg_tls_listen_reset(cfg);
+            tls_listen_reset = 1;
         }
         if (ims_cfg_set(cfg, key, eq + 1, err, errlen) != 0)
             return -1;
@@ -273,6 +285,7 @@ typedef struct run_ctx {
     struct event_base *base;
     ims_net *net;
     ims_server *srv;
+    ims_tls *tls; /* NULL without tls_listen */
     ims_cfg cfg;
     int stopping;
 } run_ctx;
@@ -309,6 +322,28 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
             log_change(NULL, "shutdown_grace_ms", a, b);
         }
         ims_server_reload(r->srv, &cfg, log_change, NULL);
+        if (r->tls) {
+            /* IMP-SEC-005: new connections get the reloaded certificate; on failure the old one
+             * stays */
+            if (ims_tls_reload(r->tls, &cfg, err, sizeof err) != 0) {
+                ims_log(IMS_LOG_ERROR, "tls_reload_failed", "error=\"%s\"", err);
+            } else {
+                if (strcmp(cfg.tls_min_version, r->cfg.tls_min_version) != 0)
+                    log_change(NULL, "tls_min_version", r->cfg.tls_min_version,
+                               cfg.tls_min_version);
+                memcpy(r->cfg.tls_min_version, cfg.tls_min_version, sizeof r->cfg.tls_min_version);
+                ims_log(IMS_LOG_INFO, "tls_reloaded", "cert=%s subject=\"%s\"", cfg.tls_cert,
+                        ims_tls_describe(r->tls));
+            }
+            if (cfg.tls_handshake_timeout_ms != r->cfg.tls_handshake_timeout_ms) {
+                char a[16], b[16];
+                snprintf(a, sizeof a, "%u", (unsigned)r->cfg.tls_handshake_timeout_ms);
+                snprintf(b, sizeof b, "%u", (unsigned)cfg.tls_handshake_timeout_ms);
+                log_change(NULL, "tls_handshake_timeout_ms", a, b);
+                r->cfg.tls_handshake_timeout_ms = cfg.tls_handshake_timeout_ms;
+            }
+            ims_net_set_tls(r->net, r->tls, r->cfg.tls_handshake_timeout_ms);
+        }
         /* main's own reloadable settings (the core keeps its copy) */
         snprintf(r->cfg.log_level, sizeof r->cfg.log_level, "%s", cfg.log_level);
         snprintf(r->cfg.log_format, sizeof r->cfg.log_format, "%s", cfg.log_format);
@@ -327,12 +362,13 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
     ims_net_shutdown(r->net, r->cfg.shutdown_grace_ms);
 }
 
-static int run_server(const ims_cfg *cfg)
+static int run_server(const ims_cfg *cfg, ims_tls *tls)
 {
     int rc = EXIT_RUNTIME;
     run_ctx r;
     memset(&r, 0, sizeof r);
     r.cfg = *cfg;
+    r.tls = tls;
     ims_store *store = NULL;
     ims_auth *auth = NULL;
     struct event *sigs[3] = {NULL, NULL, NULL};
@@ -373,6 +409,7 @@ static int run_server(const ims_cfg *cfg)
         goto out;
     }
     ims_net_set_server(r.net, r.srv);
+    ims_net_set_tls(r.net, tls, cfg->tls_handshake_timeout_ms);
     if (ims_net_listen(r.net, cfg, stdout, err, sizeof err) != 0) {
         fprintf(stderr, "imd: %s\n", err);
         goto out;
@@ -416,12 +453,24 @@ out:
 
 int main(int argc, char **argv)
 {
-    enum { OPT_LOG_LEVEL = 256, OPT_LOG_JSON, OPT_CHECK };
+    enum {
+        OPT_LOG_LEVEL = 256,
+        OPT_LOG_JSON,
+        OPT_CHECK,
+        OPT_TLS_LISTEN,
+        OPT_TLS_CERT,
+        OPT_TLS_KEY,
+        OPT_ALLOW_INSECURE
+    };
     static const struct option longopts[] = {
         {"config", required_argument, NULL, 'c'},
         {"data", required_argument, NULL, 'D'},
         {"listen", required_argument, NULL, 'l'},
         {"metrics", required_argument, NULL, 'm'},
+        {"tls-listen", required_argument, NULL, OPT_TLS_LISTEN},
+        {"tls-cert", required_argument, NULL, OPT_TLS_CERT},
+        {"tls-key", required_argument, NULL, OPT_TLS_KEY},
+        {"allow-insecure-listen", no_argument, NULL, OPT_ALLOW_INSECURE},
         {"set", required_argument, NULL, 'o'},
         {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
         {"log-json", no_argument, NULL, OPT_LOG_JSON},
@@ -453,6 +502,19 @@ int main(int argc, char **argv)
             if (push_set(&g_opts, optarg) != 0)
                 die_usage("too many settings");
             continue;
+        case OPT_TLS_LISTEN:
+            key = "tls_listen";
+            break;
+        case OPT_TLS_CERT:
+            key = "tls_cert";
+            break;
+        case OPT_TLS_KEY:
+            key = "tls_key";
+            break;
+        case OPT_ALLOW_INSECURE:
+            key = "allow_insecure_listen";
+            val = "yes";
+            break;
         case OPT_LOG_LEVEL:
             key = "log_level";
             break;
@@ -488,13 +550,31 @@ int main(int argc, char **argv)
         fprintf(stderr, "imd: bad log_level or log_format\n");
         return EXIT_USAGE;
     }
+    ims_tls *tls = NULL;
+    if (g_opts.check || optind >= argc) {
+        /* Serving (or checking a configuration to serve with): safe listening defaults, and
+         * the TLS certificate and key must load. Admin subcommands listen on nothing. */
+        int safe = ims_cfg_check_listen_safety(&cfg, err, sizeof err);
+        if (safe < 0) {
+            fprintf(stderr, "imd: %s\n", err);
+            return EXIT_USAGE;
+        }
+        if (safe > 0)
+            ims_log(IMS_LOG_WARN, "insecure_listen", "warning=\"%s\"", err);
+        if (cfg.n_tls_listen > 0 && !(tls = ims_tls_new(&cfg, err, sizeof err))) {
+            fprintf(stderr, "imd: %s\n", err);
+            return EXIT_USAGE;
+        }
+    }
     if (g_opts.check) {
+        ims_tls_free(tls);
         ims_cfg_dump(&cfg, print_line, stdout);
         fprintf(stderr, "imd: configuration OK\n");
         return 0;
     }
     if (sodium_init() < 0) {
         fprintf(stderr, "imd: libsodium failed to initialise\n");
+        ims_tls_free(tls);
         return EXIT_RUNTIME;
     }
     if (optind < argc) {
@@ -502,5 +582,7 @@ int main(int argc, char **argv)
             return cmd_user(&cfg, argc - optind - 1, argv + optind + 1);
         die_usage("unknown command");
     }
-    return run_server(&cfg);
+    int rc = run_server(&cfg, tls);
+    ims_tls_free(tls);
+    return rc;
 }

@@ -16,21 +16,39 @@
 #include <unistd.h>
 
 #include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
 #include <event2/http.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 
 #include "log.h"
+#include "tls.h"
 
 #define READ_CHUNK 65536
 #define ACCEPT_BATCH 64
 #define TICK_MS 100
 #define EMFILE_PAUSE_MS 100
+#define NET_MAX_LISTEN (2 * IMS_MAX_LISTEN) /* listen + tls_listen */
+/* TLS connections: the core's output is copied into the bufferevent only while it holds less
+ * than TLS_OUT_HIGH bytes, so the core's own output accounting (output_soft/output_hard, slow
+ * consumers) sees the backlog; the socket's output draining to TLS_OUT_LOW refills it. */
+#define TLS_OUT_HIGH (256 * 1024)
+#define TLS_OUT_LOW (64 * 1024)
 
 typedef struct netconn netconn;
 
 struct netconn {
     ims_net *net;
     evutil_socket_t fd;
-    struct event *rev, *wev;
+    struct event *rev, *wev;          /* plain connections */
+    struct bufferevent *bev;          /* TLS connections: the OpenSSL filter (rev, wev are NULL) */
+    struct bufferevent *under;        /* TLS: the socket bufferevent under it */
+    struct evbuffer_cb_entry *out_cb; /* TLS: on under's output (drained: flush more) */
+    struct event *hs_ev;              /* TLS: the handshake deadline */
+    int tls_ok;                       /* TLS: handshake completed */
+    int tls_flushing;                 /* TLS: inside tls_flush (libevent may call back) */
+    int tls_broken;                   /* TLS: closed while flushing: the reason, freed after */
     ims_client *cl;
     int dirty;            /* on the dirty list */
     netconn *dirty_next;  /* dirty list */
@@ -44,13 +62,17 @@ typedef struct listener {
     struct event *ev;
     char name[160];
     char unix_path[108];
+    int tls;
 } listener;
 
 struct ims_net {
     struct event_base *base;
     ims_server *srv;
-    listener ls[IMS_MAX_LISTEN];
+    listener ls[NET_MAX_LISTEN];
     int nls;
+    ims_tls *tls;               /* NULL without tls_listen */
+    uint32_t tls_hs_timeout_ms; /* tls_handshake_timeout_ms */
+    uint64_t tls_handshakes, tls_handshake_failures;
     struct evhttp *http;
     struct event *turn_ev, *tick_ev, *wake_ev, *grace_ev, *resume_ev;
     int wake_pipe[2];
@@ -109,9 +131,17 @@ static void conn_free(netconn *c, int reason)
     }
     if (c->cl)
         ims_client_closed(c->cl, reason);
-    event_free(c->rev);
-    event_free(c->wev);
-    evutil_closesocket(c->fd);
+    if (c->bev) {
+        if (c->hs_ev)
+            event_free(c->hs_ev);
+        evbuffer_remove_cb_entry(bufferevent_get_output(c->under), c->out_cb);
+        /* CLOSE_ON_FREE: frees the SSL and the socket bufferevent, which closes the socket */
+        bufferevent_free(c->bev);
+    } else {
+        event_free(c->rev);
+        event_free(c->wev);
+        evutil_closesocket(c->fd);
+    }
     if (c->prev)
         c->prev->next = c->next;
     else
@@ -124,9 +154,13 @@ static void conn_free(netconn *c, int reason)
         event_base_loopexit(n->base, NULL);
 }
 
+static int tls_flush(netconn *c);
+
 /* Writes what the core has queued. Returns -1 when the connection was closed (freed). */
 static int conn_flush(netconn *c)
 {
+    if (c->bev)
+        return tls_flush(c);
     for (;;) {
         const uint8_t *p;
         size_t len = ims_client_output(c->cl, &p);
@@ -203,6 +237,226 @@ ims_io_ops ims_net_io_ops(void)
 {
     ims_io_ops ops = {io_want_write};
     return ops;
+}
+
+/* ---- TLS connections (IMP-SEC-005): libevent OpenSSL bufferevents ---------------------------
+ *
+ * Plain connections keep their raw sockets (above); a TLS connection is an OpenSSL filter
+ * bufferevent (BUFFEREVENT_SSL_ACCEPTING) over a socket bufferevent. The filter, not
+ * bufferevent_openssl_socket_new: a socket-based one decrypts at most two records per turn of
+ * the loop, so a client pipelining many small frames would cost one group commit (an fsync)
+ * per frame or two; the filter decrypts all that one read of up to READ_CHUNK bytes brought,
+ * like the plain path. The core is the same: it was told about the connection at accept
+ * (limits, per-address limits, the auth deadline and PINGs apply as to plain ones), its input
+ * is what the filter decrypted, and its output is copied into the filter only while the filter
+ * and the socket bufferevent hold less than TLS_OUT_HIGH bytes together (so the core's output
+ * caps and slow-consumer checks see the backlog); when the socket's output drains below
+ * TLS_OUT_LOW the connection is flushed again. A handshake that fails (plain text on the
+ * port, an old version, a bad record) closes at once as a protocol close; one that does not
+ * complete within tls_handshake_timeout_ms closes as an auth timeout. */
+
+/* OpenSSL's errors of this bufferevent as one line into buf; 1 when there was one. Without
+ * one, the socket error of a BEV_EVENT_ERROR. */
+static int tls_error_text(netconn *c, short what, char *buf, size_t len)
+{
+    size_t n = 0;
+    unsigned long e;
+    buf[0] = 0;
+    while ((e = bufferevent_get_openssl_error(c->bev)) != 0) {
+        const char *r = ERR_reason_error_string(e);
+        char one[128];
+        if (!r) {
+            ERR_error_string_n(e, one, sizeof one);
+            r = one;
+        }
+        if (n + 3 < len) {
+            int w = snprintf(buf + n, len - n, "%s%s", n ? "; " : "", r);
+            if (w > 0)
+                n += (size_t)w < len - n ? (size_t)w : len - n - 1;
+        }
+    }
+    if (n > 0)
+        return 1;
+    int se = EVUTIL_SOCKET_ERROR();
+    if ((what & BEV_EVENT_ERROR) && se != 0)
+        snprintf(buf, len, "%s", evutil_socket_error_to_string(se));
+    return 0;
+}
+
+/* Bytes handed to TLS and not yet written to the socket. */
+static size_t tls_pending(netconn *c)
+{
+    return evbuffer_get_length(bufferevent_get_output(c->bev)) +
+           evbuffer_get_length(bufferevent_get_output(c->under));
+}
+
+static int tls_flush(netconn *c)
+{
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    for (;;) {
+        size_t have = tls_pending(c);
+        if (have >= TLS_OUT_HIGH)
+            break; /* tls_on_drain continues at TLS_OUT_LOW */
+        const uint8_t *p;
+        size_t len = ims_client_output(c->cl, &p);
+        if (len == 0)
+            break;
+        size_t k = len < TLS_OUT_HIGH - have ? len : TLS_OUT_HIGH - have;
+        /* Adding encrypts at once (the filter's output callback), and an error there runs
+         * tls_on_event from inside evbuffer_add: it leaves the free to us. */
+        c->tls_flushing = 1;
+        int r = evbuffer_add(out, p, k);
+        c->tls_flushing = 0;
+        if (r != 0 || c->tls_broken) {
+            conn_free(c, c->tls_broken ? c->tls_broken : 733);
+            return -1;
+        }
+        ims_server_count_bytes(c->net->srv, 0, (uint64_t)k);
+        ims_client_consumed(c->cl, k); /* may queue more (flow control) */
+    }
+    if (ims_client_done(c->cl)) {
+        /* Closing: free once everything went out. A connection still in its handshake has
+         * nobody to tell when the server stops. */
+        if (tls_pending(c) == 0 || (!c->tls_ok && c->net->shutting_down)) {
+            conn_free(c, 0);
+            return -1;
+        }
+        bufferevent_disable(c->bev, EV_READ);
+    }
+    return 0;
+}
+
+static void tls_on_read(struct bufferevent *bev, void *arg)
+{
+    netconn *c = arg;
+    static uint8_t buf[READ_CHUNK];
+    struct evbuffer *in = bufferevent_get_input(bev);
+    int r;
+    while ((r = evbuffer_remove(in, buf, sizeof buf)) > 0) {
+        ims_server_count_bytes(c->net->srv, (uint64_t)r, 0);
+        ims_client_input(c->cl, buf, (size_t)r);
+        if (ims_client_done(c->cl)) {
+            /* nothing more is read from a closing connection */
+            evbuffer_drain(in, evbuffer_get_length(in));
+            bufferevent_disable(bev, EV_READ);
+            break;
+        }
+    }
+    mark_dirty(c);
+}
+
+/* The socket bufferevent wrote some output: below TLS_OUT_LOW, flush more (in the turn: this
+ * runs inside libevent's write path, where c must not be freed). */
+static void tls_on_drain(struct evbuffer *b, const struct evbuffer_cb_info *info, void *arg)
+{
+    netconn *c = arg;
+    if (info->n_deleted && evbuffer_get_length(b) <= TLS_OUT_LOW)
+        mark_dirty(c);
+}
+
+/* Frees c now, or after tls_flush when libevent called back from inside it. */
+static void tls_close(netconn *c, int reason)
+{
+    if (c->tls_flushing)
+        c->tls_broken = reason;
+    else
+        conn_free(c, reason);
+}
+
+static void tls_on_event(struct bufferevent *bev, short what, void *arg)
+{
+    netconn *c = arg;
+    ims_net *n = c->net;
+    if (what & BEV_EVENT_CONNECTED) {
+        c->tls_ok = 1;
+        n->tls_handshakes++;
+        event_del(c->hs_ev);
+        if (ims_log_enabled(IMS_LOG_DEBUG)) {
+            SSL *ssl = bufferevent_openssl_get_ssl(bev);
+            ims_log(IMS_LOG_DEBUG, "tls_handshake", "peer=%s version=%s cipher=%s", c->peer,
+                    SSL_get_version(ssl), SSL_get_cipher_name(ssl));
+        }
+        mark_dirty(c); /* what the core queued meanwhile is on its way; look again */
+        return;
+    }
+    if (!(what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)))
+        return;
+    char why[256];
+    int ssl_err = tls_error_text(c, what, why, sizeof why);
+    if (!c->tls_ok) {
+        /* OpenSSL's alert (protocol version, ...) tells the peer why: one best-effort
+         * non-blocking write of it before the socket closes */
+        struct evbuffer_iovec v[2]; /* (peek: the socket bufferevent's output is frozen) */
+        int nv = evbuffer_peek(bufferevent_get_output(c->under), 512, NULL, v, 2);
+        for (int i = 0; i < nv && i < 2; i++)
+            if (send(bufferevent_getfd(c->under), v[i].iov_base, v[i].iov_len, MSG_NOSIGNAL) < 0)
+                break;
+        n->tls_handshake_failures++;
+        ims_log(IMS_LOG_INFO, "tls_handshake_failed", "peer=%s reason=\"%s\"", c->peer,
+                why[0] ? why : "closed by the peer");
+        /* a failed handshake is a protocol close; a peer that just went away is not */
+        tls_close(c, ssl_err ? 700 : 733);
+        return;
+    }
+    if ((what & BEV_EVENT_ERROR) && ims_log_enabled(IMS_LOG_DEBUG))
+        ims_log(IMS_LOG_DEBUG, "tls_error", "peer=%s reason=\"%s\"", c->peer, why);
+    tls_close(c, 733); /* CONNECTION_LOST */
+}
+
+static void tls_on_handshake_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    netconn *c = arg;
+    c->net->tls_handshake_failures++;
+    ims_log(IMS_LOG_INFO, "tls_handshake_failed", "peer=%s reason=\"timeout after %u ms\"", c->peer,
+            (unsigned)c->net->tls_hs_timeout_ms);
+    conn_free(c, 600); /* counted as close.auth_timeout */
+}
+
+/* Makes c a TLS connection on fd. 0, or -1 (out of memory: fd closed, or in an unknown state
+ * inside libevent, which is not worth a double free). */
+static int tls_attach(ims_net *n, netconn *c, int fd)
+{
+    SSL *ssl = ims_tls_ssl_new(n->tls);
+    if (!ssl) {
+        close(fd);
+        return -1;
+    }
+    c->under = bufferevent_socket_new(n->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    if (!c->under) {
+        SSL_free(ssl);
+        close(fd);
+        return -1;
+    }
+    bufferevent_priority_set(c->under, 0);
+    c->bev = bufferevent_openssl_filter_new(n->base, c->under, ssl, BUFFEREVENT_SSL_ACCEPTING,
+                                            BEV_OPT_CLOSE_ON_FREE);
+    if (!c->bev)
+        return -1;
+    c->hs_ev = evtimer_new(n->base, tls_on_handshake_timeout, c);
+    c->out_cb = evbuffer_add_cb(bufferevent_get_output(c->under), tls_on_drain, c);
+    if (!c->hs_ev || !c->out_cb) {
+        if (c->out_cb)
+            evbuffer_remove_cb_entry(bufferevent_get_output(c->under), c->out_cb);
+        if (c->hs_ev)
+            event_free(c->hs_ev);
+        bufferevent_free(c->bev);
+        c->bev = NULL;
+        return -1;
+    }
+    event_priority_set(c->hs_ev, 0);
+    bufferevent_priority_set(c->bev, 0);
+    bufferevent_set_max_single_read(c->under, READ_CHUNK);
+    /* the filter encrypts into the socket's output up to TLS_OUT_HIGH, no further */
+    bufferevent_setwatermark(c->under, EV_WRITE, 0, TLS_OUT_HIGH);
+    /* a peer that closes without close_notify has just gone away (CONNECTION_LOST) */
+    bufferevent_openssl_set_allow_dirty_shutdown(c->bev, 1);
+    bufferevent_setcb(c->bev, tls_on_read, NULL, tls_on_event, c);
+    uint32_t ms = n->tls_hs_timeout_ms ? n->tls_hs_timeout_ms : 5000;
+    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+    event_add(c->hs_ev, &tv);
+    return 0;
 }
 
 /* ---- the turn: group commit, then output ------------------------------------------------ */
@@ -323,6 +577,26 @@ static void on_accept(evutil_socket_t lfd, short what, void *arg)
         c->net = n;
         c->fd = fd;
         format_peer((struct sockaddr *)&ss, sl, c->peer, sizeof c->peer);
+        if (l->tls) {
+            if (tls_attach(n, c, fd) != 0) {
+                free(c);
+                ims_server_count_accept_error(n->srv);
+                return;
+            }
+            c->next = n->conns;
+            if (n->conns)
+                n->conns->prev = c;
+            n->conns = c;
+            n->nconns++;
+            c->cl = ims_server_accept(n->srv, c->peer, c);
+            if (!c->cl) {
+                conn_free(c, 201);
+                continue;
+            }
+            bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+            mark_dirty(c); /* a connection over a limit is born closing with output */
+            continue;
+        }
         c->rev = event_new(n->base, fd, EV_READ | EV_PERSIST, on_read, c);
         c->wev = event_new(n->base, fd, EV_WRITE, on_write, c);
         if (!c->rev || !c->wev) {
@@ -352,7 +626,8 @@ static void on_accept(evutil_socket_t lfd, short what, void *arg)
     }
 }
 
-static int listen_tcp(ims_net *n, const ims_addr_spec *a, FILE *out, char *err, size_t errlen)
+static int listen_tcp(ims_net *n, const ims_addr_spec *a, int tls, FILE *out, char *err,
+                      size_t errlen)
 {
     char port[16];
     snprintf(port, sizeof port, "%d", a->port);
@@ -368,7 +643,7 @@ static int listen_tcp(ims_net *n, const ims_addr_spec *a, FILE *out, char *err, 
     }
     int rc = -1;
     for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
-        if (n->nls >= IMS_MAX_LISTEN) {
+        if (n->nls >= NET_MAX_LISTEN) {
             snprintf(err, errlen, "too many listeners");
             break;
         }
@@ -390,12 +665,13 @@ static int listen_tcp(ims_net *n, const ims_addr_spec *a, FILE *out, char *err, 
         listener *l = &n->ls[n->nls++];
         l->net = n;
         l->fd = fd;
+        l->tls = tls;
         format_peer((struct sockaddr *)&ss, sl, l->name, sizeof l->name);
         l->ev = event_new(n->base, fd, EV_READ | EV_PERSIST, on_accept, l);
         event_priority_set(l->ev, 0);
         event_add(l->ev, NULL);
-        fprintf(out, "imd: listening on %s\n", l->name);
-        ims_log(IMS_LOG_INFO, "listening", "addr=%s", l->name);
+        fprintf(out, "imd: listening on %s%s\n", l->name, tls ? " (tls)" : "");
+        ims_log(IMS_LOG_INFO, "listening", "addr=%s%s", l->name, tls ? " tls=yes" : "");
         rc = 0;
         if (a->host[0] == 0)
             continue; /* wildcard: every family */
@@ -407,7 +683,7 @@ static int listen_tcp(ims_net *n, const ims_addr_spec *a, FILE *out, char *err, 
 
 static int listen_unix(ims_net *n, const ims_addr_spec *a, FILE *out, char *err, size_t errlen)
 {
-    if (n->nls >= IMS_MAX_LISTEN) {
+    if (n->nls >= NET_MAX_LISTEN) {
         snprintf(err, errlen, "too many listeners");
         return -1;
     }
@@ -498,6 +774,12 @@ static void on_metrics(struct evhttp_request *req, void *arg)
     ims_server_stats(n->srv, metric_line, &m);
     evbuffer_add_printf(m.b, "# TYPE imd_net_connections gauge\nimd_net_connections %d\n",
                         n->nconns);
+    evbuffer_add_printf(m.b,
+                        "# TYPE imd_tls_handshakes_total counter\nimd_tls_handshakes_total %llu\n"
+                        "# TYPE imd_tls_handshake_failures_total counter\n"
+                        "imd_tls_handshake_failures_total %llu\n",
+                        (unsigned long long)n->tls_handshakes,
+                        (unsigned long long)n->tls_handshake_failures);
     evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
                       "text/plain; version=0.0.4");
     evhttp_send_reply(req, 200, "OK", m.b);
@@ -569,6 +851,12 @@ void ims_net_set_server(ims_net *n, ims_server *srv)
     n->srv = srv;
 }
 
+void ims_net_set_tls(ims_net *n, ims_tls *tls, uint32_t handshake_timeout_ms)
+{
+    n->tls = tls;
+    n->tls_hs_timeout_ms = handshake_timeout_ms;
+}
+
 int ims_net_listen(ims_net *n, const ims_cfg *cfg, FILE *out, char *err, size_t errlen)
 {
     for (int i = 0; i < cfg->n_listen; i++) {
@@ -577,9 +865,22 @@ int ims_net_listen(ims_net *n, const ims_cfg *cfg, FILE *out, char *err, size_t 
             snprintf(err, errlen, "listen: bad address: %s", cfg->listen[i]);
             return -1;
         }
-        int r =
-            a.is_unix ? listen_unix(n, &a, out, err, errlen) : listen_tcp(n, &a, out, err, errlen);
+        int r = a.is_unix ? listen_unix(n, &a, out, err, errlen)
+                          : listen_tcp(n, &a, 0, out, err, errlen);
         if (r != 0)
+            return -1;
+    }
+    for (int i = 0; i < cfg->n_tls_listen; i++) {
+        ims_addr_spec a;
+        if (ims_cfg_parse_addr(cfg->tls_listen[i], &a) != 0 || a.is_unix) {
+            snprintf(err, errlen, "tls_listen: bad address: %s", cfg->tls_listen[i]);
+            return -1;
+        }
+        if (!n->tls) {
+            snprintf(err, errlen, "tls_listen %s: no TLS certificate loaded", cfg->tls_listen[i]);
+            return -1;
+        }
+        if (listen_tcp(n, &a, 1, out, err, errlen) != 0)
             return -1;
     }
     if (cfg->metrics_listen[0] && listen_metrics(n, cfg->metrics_listen, out, err, errlen) != 0)

@@ -1,5 +1,6 @@
 /* imd — the network layer: listeners (TCP over IPv4/IPv6, Unix sockets), connections as raw
- * non-blocking sockets on libevent, the group-commit turn, timers, the hash pool's wake-up, and
+ * non-blocking sockets on libevent (TLS connections: libevent's OpenSSL bufferevents, IMP-SEC-005),
+ * the group-commit turn, timers, the hash pool's wake-up, and
  * the Prometheus /metrics endpoint (evhttp). All socket I/O of imd is here; the core
  * (server.h) only sees bytes.
  *
@@ -16,6 +17,7 @@
 
 #include "config.h"
 #include "server.h"
+#include "tls.h"
 
 typedef struct ims_net ims_net;
 
@@ -28,9 +30,15 @@ void ims_net_set_server(ims_net *n, ims_server *srv);
 /* The wake hook for ims_auth_options (thread-safe: writes to a self-pipe). */
 void ims_net_auth_wake(void *net);
 
-/* Listens on every cfg->listen address and cfg->metrics_listen; prints one line per listener
- * on out ("imd: listening on 127.0.0.1:41234", "imd: metrics on 127.0.0.1:41235"). 0, or -1
- * with a message in err. */
+/* The TLS context of the tls_listen listeners (owned by the caller, outlives n; NULL: none)
+ * and the handshake deadline of new TLS connections. Call before ims_net_listen, and again on
+ * SIGHUP for a new deadline. */
+void ims_net_set_tls(ims_net *n, ims_tls *tls, uint32_t handshake_timeout_ms);
+
+/* Listens on every cfg->listen address, every cfg->tls_listen address (TLS, see
+ * ims_net_set_tls) and cfg->metrics_listen; prints one line per listener on out ("imd:
+ * listening on 127.0.0.1:41234", "imd: listening on 127.0.0.1:41236 (tls)", "imd: metrics on
+ * 127.0.0.1:41235"). 0, or -1 with a message in err. */
 int ims_net_listen(ims_net *n, const ims_cfg *cfg, FILE *out, char *err, size_t errlen);
 
 /* Graceful stop: stop accepting, tell the core (ERROR SHUTDOWN to every client), flush, and

@@ -221,9 +221,14 @@ void ims_rooms_history(ims_client *c, const imp_msg *m)
         return;
     }
     int limit = ims_page_limit(c->srv, m, 1 << 20);
-    int64_t before = (int64_t)imp_msg_u(m, IMP_T_BEFORE_ID, 0);
-    if (before < 0)
-        before = 0;
+    /* MSG_ID < BEFORE_ID (SPEC.md 5.4): BEFORE_ID 0 selects nothing (it is not "absent"), and
+     * one above every possible MSG_ID selects all, as an absent one does (0 for the store) */
+    uint64_t bu = imp_msg_u(m, IMP_T_BEFORE_ID, 0);
+    if (imp_msg_has(m, IMP_T_BEFORE_ID) && bu == 0) {
+        ims_client_ok(c, m->request_id, 1, 0, 0);
+        return;
+    }
+    int64_t before = bu > (uint64_t)INT64_MAX ? 0 : (int64_t)bu;
     struct hist h = {c, m->request_id, room, 0, 0};
     int more = 0;
     r = ims_store_room_history(c->srv->store, room, before, limit, hist_cb, &h, &more);

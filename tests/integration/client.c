@@ -247,10 +247,43 @@ static void lib_error(tc *c, int err)
     }
 }
 
+static void record(tc *c, const uint8_t *p, size_t n)
+{
+    if (!c->recording || n == 0)
+        return;
+    if (c->rec_len + n > c->rec_cap) {
+        size_t cap = c->rec_cap ? c->rec_cap : 4096;
+        while (cap < c->rec_len + n)
+            cap *= 2;
+        uint8_t *nb = realloc(c->rec, cap);
+        if (!nb) {
+            lib_error(c, IMP_ERR_NOMEM);
+            return;
+        }
+        c->rec = nb;
+        c->rec_cap = cap;
+    }
+    memcpy(c->rec + c->rec_len, p, n);
+    c->rec_len += n;
+}
+
+void tc_record_start(tc *c)
+{
+    c->recording = 1;
+}
+
+int tc_recorded_has(const tc *c, const void *needle, size_t n)
+{
+    if (n == 0 || c->rec_len < n)
+        return 0;
+    return memmem(c->rec, c->rec_len, needle, n) != NULL;
+}
+
 static int take_bytes(tc *c, const uint8_t *p, size_t n)
 {
     int frames = 0;
     c->bytes_in += n;
+    record(c, p, n);
     if (c->conn) {
         while (n > 0 && !c->lib_err) {
             imp_ssize took = imp_conn_feed(c->conn, p, n);
@@ -568,6 +601,7 @@ void tc_close(tc *c)
     }
     free(c->rbuf);
     free(c->welcome_buf);
+    free(c->rec);
     free(c);
 }
 

@@ -48,6 +48,10 @@ typedef struct tc {
     imp_msg welcome; /* WELCOME (views into welcome_buf) */
     uint8_t *welcome_buf;
     int has_welcome;
+    /* tc_record_start: a copy of every byte received from then on (rec_len bytes at rec) */
+    int recording;
+    uint8_t *rec;
+    size_t rec_len, rec_cap;
 } tc;
 
 typedef struct tc_auth {
@@ -147,6 +151,13 @@ int tc_wait_ack(tc *c, uint32_t req, tc_ack *ack, int timeout_ms);
 int tc_delivered(tc *c, uint64_t seq);
 /* Send a request without fields of a given type (STATS, LOGOUT, PING...), returns req id. */
 uint32_t tc_simple(tc *c, uint8_t type);
+
+/* Recording: from now on keep a copy of every byte the server sends on this connection (in
+ * c->rec, c->rec_len; freed by tc_close), e.g. to scan everything a client received for data it
+ * must not see, or to compare transcripts. */
+void tc_record_start(tc *c);
+/* 1 when the recorded bytes contain the needle (n bytes). */
+int tc_recorded_has(const tc *c, const void *needle, size_t n);
 
 /* Field helpers. */
 /* Copy a byte/text field into a NUL-terminated string (truncated); "" when absent. */

@@ -10,9 +10,13 @@
  *   (IMP-FRAME-007). imd must stay up (same pid);
  * - a length bomb: a header declaring a 16 MiB frame, then 10 MB streamed: closed right after
  *   the header with FRAME_TOO_LARGE (IMP-FRAME-005, IMP-SEC-002), before and after login;
+ * - 16 length bombs at once, each streaming up to 100 MB after its header, before and after
+ *   login: each closed within 1 s of its header, imd's RSS grows by less than 8 MiB (the bytes
+ *   each managed to write and the RSS are printed);
  * - garbage bytes and an HTTP request: BAD_VERSION and close;
- * - the limits: a frame of exactly MAX_FRAME_PREAUTH passes before login, one byte more is
- *   refused; the same with MAX_FRAME after login (IMP-FRAME-005, IMP-SESS-006);
+ * - the limits: a frame of exactly MAX_FRAME_PREAUTH passes before login (HELLO before HELLO,
+ *   PING and LOGIN after it), one byte more is refused; the same with MAX_FRAME after login
+ *   (SEND and PING) (IMP-FRAME-005, IMP-SESS-006);
  * - a slow consumer (never reads, small output_hard) is disconnected and gets every message on
  *   reconnect (IMP-DELIV-007);
  * - no common version (ERROR VERSION, IMP-MSG-002), a second LOGIN before the answer (STATE,
@@ -30,6 +34,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include "itest.h"
 #include "vectors.h"
@@ -311,6 +316,139 @@ static void test_length_bomb_and_garbage(void **state)
     it_finish(p);
 }
 
+/* ---- 16 length bombs at once ------------------------------------------------------------- */
+
+enum { NBOMBS = 16 };
+#define BOMB_STREAM (100u * 1000 * 1000) /* what each bomber tries to send after its header */
+
+typedef struct bomber {
+    tc *c;
+    uint64_t t_header, t_closed;
+    uint64_t sent; /* payload bytes the kernel accepted before the close showed */
+    int closed, err;
+} bomber;
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* 16 connections in state st each send a header declaring the largest frame IMP allows (16
+ * MiB) and then stream up to 100 MB of payload, all at once: every one is closed right after
+ * its header (within 1 s; FRAME_TOO_LARGE unless the close reset the connection first), and
+ * imd's memory grows by less than 8 MiB (IMP-FRAME-005, IMP-SEC-002: no payload byte is read or
+ * buffered). Returns the RSS growth in KiB. */
+static long bomb_round(imd_proc *p, imp_state st, session_key *key, const char *what)
+{
+    static uint8_t chunk[65536];
+    memset(chunk, 'B', sizeof chunk);
+    bomber b[NBOMBS];
+    memset(b, 0, sizeof b);
+    for (int i = 0; i < NBOMBS; i++)
+        b[i].c = raw_at(p->port, st, key);
+    it_sleep_ms(100);
+    long rss0 = it_rss_kb(p->pid);
+    uint8_t h[IMP_HEADER_SIZE];
+    for (int i = 0; i < NBOMBS; i++) {
+        imp_frame_header_write(h, st == IMP_S_READY ? IMP_SEND : IMP_LOGIN,
+                               IMP_FRAME_MAX_HARD - IMP_HEADER_SIZE, 100 + (uint32_t)i);
+        b[i].t_header = it_now_ms();
+        IT_EQ(tc_send_raw(b[i].c, h, sizeof h, T), 0);
+    }
+    uint64_t t0 = it_now_ms();
+    int open = NBOMBS;
+    while (open > 0 && it_now_ms() - t0 < 10000) {
+        int progress = 0;
+        for (int i = 0; i < NBOMBS; i++) {
+            bomber *x = &b[i];
+            if (x->closed)
+                continue;
+            if (x->sent < BOMB_STREAM) {
+                ssize_t w = send(x->c->fd, chunk, sizeof chunk, MSG_NOSIGNAL | MSG_DONTWAIT);
+                if (w > 0) {
+                    x->sent += (uint64_t)w;
+                    progress = 1;
+                } else if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+                    x->err = errno;
+                    x->closed = 1;
+                }
+            }
+            if (!x->closed && (tc_pump(x->c, 0) < 0 || x->c->eof))
+                x->closed = 1;
+            if (x->closed) {
+                x->t_closed = it_now_ms();
+                open--;
+            }
+        }
+        if (!progress)
+            it_sleep_ms(1);
+    }
+    it_sleep_ms(200); /* imd finishes the closes */
+    long rss1 = it_rss_kb(p->pid);
+    uint64_t sent[NBOMBS], maxclose = 0;
+    int with_error = 0;
+    for (int i = 0; i < NBOMBS; i++) {
+        bomber *x = &b[i];
+        tc_pump(x->c, 50);
+        char d[512];
+        IT_CHECK(x->closed, "%s, bomber %d: not closed after %llu bytes: %s", what, i,
+                 (unsigned long long)x->sent, tc_describe(x->c, d, sizeof d));
+        uint64_t dt = x->t_closed - x->t_header;
+        if (dt > maxclose)
+            maxclose = dt;
+        IT_CHECK(dt <= CLOSE_MS, "%s, bomber %d: closed %llu ms after the header", what, i,
+                 (unsigned long long)dt);
+        if (x->c->last_error) {
+            IT_EQ(x->c->last_error, 704);
+            with_error++;
+        } else {
+            IT_CHECK(x->err == ECONNRESET || x->err == EPIPE || x->c->rd_errno == ECONNRESET,
+                     "%s, bomber %d: closed without FRAME_TOO_LARGE and without a reset", what, i);
+        }
+        IT_CHECK(x->sent < BOMB_STREAM, "%s, bomber %d: all %u bytes accepted", what, i,
+                 BOMB_STREAM);
+        sent[i] = x->sent;
+        tc_close(x->c);
+    }
+    char list[NBOMBS * 12] = "";
+    for (int i = 0; i < NBOMBS; i++)
+        snprintf(list + strlen(list), sizeof list - strlen(list), "%s%llu", i ? " " : "",
+                 (unsigned long long)sent[i]);
+    it_note("%s: bytes each bomber wrote before its close: %s", what, list);
+    qsort(sent, NBOMBS, sizeof sent[0], cmp_u64);
+    it_note("%s: %d bombs of 16 MiB, each closed within %llu ms of its header (%d with ERROR "
+            "704, the others reset); bytes written before the close: min %llu, median %llu, "
+            "max %llu; imd RSS %ld -> %ld KiB (%+ld KiB)",
+            what, NBOMBS, (unsigned long long)maxclose, with_error, (unsigned long long)sent[0],
+            (unsigned long long)sent[NBOMBS / 2], (unsigned long long)sent[NBOMBS - 1], rss0, rss1,
+            rss1 - rss0);
+    IT_CHECK(rss0 > 0 && rss1 > 0, "RSS not readable");
+    IT_CHECK(rss1 - rss0 < 8192, "%s: imd grew by %ld KiB", what, rss1 - rss0);
+    return rss1 - rss0;
+}
+
+static void test_length_bombs_concurrent(void **state)
+{
+    (void)state;
+    imd_proc *p = it_start_imd(NULL);
+    long pid = (long)p->pid;
+    session_key key;
+    memset(&key, 0, sizeof key);
+    tc_auth a;
+    tc_close(it_register(p->port, "bomber", "bomber password", &a));
+    snprintf(key.user, sizeof key.user, "bomber");
+    memcpy(key.token, a.token, a.token_len);
+    key.token_len = a.token_len;
+    /* warm-up: connections, logins and one bomb, so that the rounds measure growth only */
+    bomb(p, IMP_S_READY, &key, IMP_SEND, IMP_FRAME_MAX_HARD - IMP_HEADER_SIZE);
+    bomb_round(p, IMP_S_AWAIT_AUTH, &key, "16 bombs before login");
+    bomb_round(p, IMP_S_READY, &key, "16 bombs after login");
+    IT_EQ((long)p->pid, pid);
+    it_liveness(p, pid, NULL, NULL, NULL, NULL);
+    it_finish(p);
+}
+
 /* ---- frame limits ------------------------------------------------------------------------ */
 
 /* Append an unknown non-critical field (tag 0x0100, skipped by the receiver, IMP-FIELD-004)
@@ -361,15 +499,35 @@ static void test_frame_limits(void **state)
     IT_EQ(imp_msg_u(&c->welcome, IMP_T_MAX_FRAME_PREAUTH, 0), PREAUTH);
     tc_close(c);
 
-    /* Before login: a PING of exactly MAX_FRAME_PREAUTH is answered... */
+    /* Before HELLO the limit is MAX_FRAME_PREAUTH too: a HELLO of exactly that size is
+     * answered, one byte more is FRAME_TOO_LARGE (IMP-FRAME-005, IMP-SEC-001). */
     session_key key;
     memset(&key, 0, sizeof key);
+    char d[512];
+    for (int over = 0; over < 2; over++) {
+        c = raw_at(p->port, IMP_S_AWAIT_HELLO, &key);
+        imp_msg_init(&m, IMP_HELLO, 900);
+        imp_msg_set_u(&m, IMP_T_VERSION_MIN, 1);
+        imp_msg_set_u(&m, IMP_T_VERSION_MAX, 1);
+        size_t hn = pad_to(buf, encode(&m, buf, sizeof buf), PREAUTH + (size_t)over);
+        IT_EQ(tc_send_raw(c, buf, hn, T), 0);
+        if (over) {
+            IT_EQ(it_expect_closed(c, CLOSE_MS, 704, "HELLO of MAX_FRAME_PREAUTH + 1"), 704);
+        } else {
+            tc_frame *w = tc_wait(c, IMP_WELCOME, 900, T);
+            IT_CHECK(w != NULL, "HELLO of exactly %d bytes: no WELCOME: %s", PREAUTH,
+                     tc_describe(c, d, sizeof d));
+            tc_frame_free(w);
+        }
+        tc_close(c);
+    }
+
+    /* Before login: a PING of exactly MAX_FRAME_PREAUTH is answered... */
     c = raw_at(p->port, IMP_S_AWAIT_AUTH, &key);
     imp_msg_init(&m, IMP_PING, 901);
     size_t n = pad_to(buf, encode(&m, buf, sizeof buf), PREAUTH);
     IT_EQ(tc_send_raw(c, buf, n, T), 0);
     tc_frame *f = tc_wait(c, IMP_PONG, 901, T);
-    char d[512];
     IT_CHECK(f != NULL, "PING of exactly %d bytes before login: no PONG: %s", PREAUTH,
              tc_describe(c, d, sizeof d));
     tc_frame_free(f);
@@ -383,13 +541,25 @@ static void test_frame_limits(void **state)
     IT_CHECK(f != NULL && f->m.type == IMP_AUTH_OK, "LOGIN of exactly %d bytes: %s", PREAUTH,
              f ? imp_type_name(f->m.type) : tc_describe(c, d, sizeof d));
     tc_frame_free(f);
-    /* After login the limit is MAX_FRAME: a PING bigger than the pre-auth limit passes. */
+    /* After login the limit is MAX_FRAME: a PING bigger than the pre-auth limit passes, and
+     * so does one of exactly MAX_FRAME; one byte more is FRAME_TOO_LARGE. */
     imp_msg_init(&m, IMP_PING, 903);
     n = pad_to(buf, encode(&m, buf, sizeof buf), PREAUTH + 1);
     IT_EQ(tc_send_raw(c, buf, n, T), 0);
     f = tc_wait(c, IMP_PONG, 903, T);
     IT_CHECK(f != NULL, "PING of %d bytes after login: no PONG", PREAUTH + 1);
     tc_frame_free(f);
+    imp_msg_init(&m, IMP_PING, 906);
+    n = pad_to(buf, encode(&m, buf, sizeof buf), MAXF);
+    IT_EQ(tc_send_raw(c, buf, n, T), 0);
+    f = tc_wait(c, IMP_PONG, 906, T);
+    IT_CHECK(f != NULL, "PING of exactly MAX_FRAME (%d bytes) after login: no PONG: %s", MAXF,
+             tc_describe(c, d, sizeof d));
+    tc_frame_free(f);
+    imp_msg_init(&m, IMP_PING, 907);
+    n = pad_to(buf, encode(&m, buf, sizeof buf), MAXF + 1);
+    tc_send_raw(c, buf, n, T);
+    IT_EQ(it_expect_closed(c, CLOSE_MS, 704, "PING of MAX_FRAME + 1 after login"), 704);
     tc_close(c);
 
     /* One byte over before login: FRAME_TOO_LARGE and close, for a PING and a LOGIN. */
@@ -718,6 +888,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_malformed_vectors, it_teardown),
         cmocka_unit_test_teardown(test_length_bomb_and_garbage, it_teardown),
+        cmocka_unit_test_teardown(test_length_bombs_concurrent, it_teardown),
         cmocka_unit_test_teardown(test_frame_limits, it_teardown),
         cmocka_unit_test_teardown(test_slow_consumer, it_teardown),
         cmocka_unit_test_teardown(test_handshake_and_limits, it_teardown),

@@ -99,6 +99,12 @@ static void assert_cfg_equal(const ims_cfg *a, const ims_cfg *b)
     for (int i = 0; i < a->n_listen; i++)
         assert_string_equal(a->listen[i], b->listen[i]);
     assert_string_equal(a->metrics_listen, b->metrics_listen);
+    assert_int_equal(a->n_tls_listen, b->n_tls_listen);
+    for (int i = 0; i < a->n_tls_listen; i++)
+        assert_string_equal(a->tls_listen[i], b->tls_listen[i]);
+    assert_string_equal(a->tls_cert, b->tls_cert);
+    assert_string_equal(a->tls_key, b->tls_key);
+    assert_string_equal(a->tls_min_version, b->tls_min_version);
     assert_string_equal(a->data_dir, b->data_dir);
     assert_string_equal(a->log_level, b->log_level);
     assert_string_equal(a->log_format, b->log_format);
@@ -107,6 +113,8 @@ static void assert_cfg_equal(const ims_cfg *a, const ims_cfg *b)
         if (a->f != b->f)                                                                      \
             fail_msg(#f ": %llu != %llu", (unsigned long long)a->f, (unsigned long long)b->f); \
     } while (0)
+    EQ(tls_handshake_timeout_ms);
+    EQ(allow_insecure_listen);
     EQ(registration);
     EQ(hash_opslimit);
     EQ(hash_memlimit);
@@ -167,6 +175,8 @@ typedef struct numcase {
 } numcase;
 
 static const numcase nums[] = {
+    {F(tls_handshake_timeout_ms), "2s", 2000, "1ms", 1, "0", "4294967295", 4294967295u,
+     "4294967296", 'd'},
     {F(hash_opslimit), "3", 3, "1", 1, "0", "4294967295", 4294967295u, "4294967296", 'i'},
     {F(hash_memlimit), "32m", 32 * MiB, "8MiB", 8 * MiB, "8388607", "4g", 4 * GiB, "4294967297",
      's'},
@@ -204,8 +214,18 @@ static const numcase nums[] = {
 };
 #define NNUMS (sizeof nums / sizeof nums[0])
 
-static const char *const other_keys[] = {"listen",     "metrics_listen", "data_dir", "log_level",
-                                         "log_format", "registration",   "sync_full"};
+static const char *const other_keys[] = {"listen",
+                                         "metrics_listen",
+                                         "tls_listen",
+                                         "tls_cert",
+                                         "tls_key",
+                                         "tls_min_version",
+                                         "allow_insecure_listen",
+                                         "data_dir",
+                                         "log_level",
+                                         "log_format",
+                                         "registration",
+                                         "sync_full"};
 #define NOTHER (sizeof other_keys / sizeof other_keys[0])
 
 /* A config in which every key differs from the default. */
@@ -218,6 +238,12 @@ static void perturbed(ims_cfg *c)
     set_ok(c, "listen", "[::1]:7601");
     set_ok(c, "listen", "unix:/run/imd/imd.sock");
     set_ok(c, "metrics_listen", "127.0.0.1:9100");
+    set_ok(c, "tls_listen", "127.0.0.1:7643");
+    set_ok(c, "tls_listen", "[::1]:7643");
+    set_ok(c, "tls_cert", "/etc/imd/cert.pem");
+    set_ok(c, "tls_key", "/etc/imd/key.pem");
+    set_ok(c, "tls_min_version", "1.3");
+    set_ok(c, "allow_insecure_listen", "yes");
     set_ok(c, "data_dir", "/var/lib/imd");
     set_ok(c, "log_level", "debug");
     set_ok(c, "log_format", "json");
@@ -236,6 +262,12 @@ static void test_defaults(void **state)
     assert_int_equal(c.n_listen, 1);
     assert_string_equal(c.listen[0], "127.0.0.1:7600");
     assert_string_equal(c.metrics_listen, "");
+    assert_int_equal(c.n_tls_listen, 0);
+    assert_string_equal(c.tls_cert, "");
+    assert_string_equal(c.tls_key, "");
+    assert_string_equal(c.tls_min_version, "1.2");
+    assert_int_equal(c.tls_handshake_timeout_ms, 5000);
+    assert_int_equal(c.allow_insecure_listen, 0);
     assert_string_equal(c.data_dir, "./imd-data");
     assert_string_equal(c.log_level, "info");
     assert_string_equal(c.log_format, "text");
@@ -311,6 +343,12 @@ static void test_reloadable(void **state)
     assert_int_equal(ims_cfg_reloadable("metrics_listen"), 0);
     assert_int_equal(ims_cfg_reloadable("hash_threads"), 0);
     assert_int_equal(ims_cfg_reloadable("sync_full"), 0);
+    assert_int_equal(ims_cfg_reloadable("tls_listen"), 0);
+    assert_int_equal(ims_cfg_reloadable("allow_insecure_listen"), 0);
+    assert_int_equal(ims_cfg_reloadable("tls_cert"), 1);
+    assert_int_equal(ims_cfg_reloadable("tls_key"), 1);
+    assert_int_equal(ims_cfg_reloadable("tls_min_version"), 1);
+    assert_int_equal(ims_cfg_reloadable("tls_handshake_timeout_ms"), 1);
     assert_int_equal(ims_cfg_reloadable("log_level"), 1);
     assert_int_equal(ims_cfg_reloadable("registration"), 1);
     assert_int_equal(ims_cfg_reloadable("max_frame"), 1);
@@ -459,12 +497,12 @@ static void test_bool_keys(void **state)
         int v;
     } ok[] = {{"yes", 1}, {"no", 0}, {"true", 1}, {"false", 0}, {"on", 1},
               {"off", 0}, {"1", 1},  {"0", 0},    {"YES", 1},   {"Off", 0}};
-    const char *keys[] = {"registration", "sync_full"};
-    for (size_t k = 0; k < 2; k++) {
+    const char *keys[] = {"registration", "sync_full", "allow_insecure_listen"};
+    for (size_t k = 0; k < 3; k++) {
         for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
             ims_cfg c;
             ims_cfg_default(&c);
-            int *f = k == 0 ? &c.registration : &c.sync_full;
+            int *f = k == 0 ? &c.registration : k == 1 ? &c.sync_full : &c.allow_insecure_listen;
             *f = !ok[i].v;
             set_ok(&c, keys[k], ok[i].s);
             assert_int_equal(*f, ok[i].v);
@@ -1013,7 +1051,9 @@ static void roundtrip(const ims_cfg *c)
 {
     lines l = {.n = 0, .count = 0};
     ims_cfg_dump(c, collect, &l);
-    assert_int_equal(l.count, (int)(NNUMS + NOTHER) - 1 + c->n_listen);
+    /* one line per listen and per tls_listen (one `tls_listen =` line when there is none) */
+    assert_int_equal(l.count, (int)(NNUMS + NOTHER) - 2 + c->n_listen +
+                                  (c->n_tls_listen > 0 ? c->n_tls_listen : 1));
     /* through a file */
     ims_cfg d;
     char err[512];
@@ -1024,6 +1064,7 @@ static void roundtrip(const ims_cfg *c)
     /* line by line through ims_cfg_set, from a perturbed config */
     perturbed(&d);
     ims_cfg_listen_reset(&d);
+    ims_cfg_tls_listen_reset(&d);
     char *save = NULL;
     for (char *s = strtok_r(l.buf, "\n", &save); s; s = strtok_r(NULL, "\n", &save)) {
         char *eq = strstr(s, " =");
@@ -1111,6 +1152,194 @@ static void test_dump_format(void **state)
     assert_int_equal(ims_cfg_get(&c, "nope", v, sizeof v), -1);
 }
 
+/* ---- TLS keys and the listen safety check (issue 6) --------------------------------------- */
+
+static void test_tls_keys(void **state)
+{
+    (void)state;
+    ims_cfg c, before;
+    char err[256], v[256];
+    ims_cfg_default(&c);
+    /* tls_listen: repeatable TCP addresses, port 0 allowed */
+    set_ok(&c, "tls_listen", "127.0.0.1:0");
+    set_ok(&c, "tls_listen", "127.0.0.1:0");
+    set_ok(&c, "tls_listen", "[::1]:7643");
+    assert_int_equal(c.n_tls_listen, 3);
+    assert_string_equal(c.tls_listen[2], "[::1]:7643");
+    assert_int_equal(c.n_listen, 1); /* the plain list is untouched */
+    assert_int_equal(ims_cfg_get(&c, "tls_listen", v, sizeof v), 0);
+    assert_string_equal(v, "127.0.0.1:0 127.0.0.1:0 [::1]:7643");
+    before = c;
+    assert_int_equal(ims_cfg_set(&c, "tls_listen", "[::1]:7643", err, sizeof err), -1);
+    assert_names_key(err, "tls_listen");
+    assert_contains(err, "duplicate");
+    assert_int_equal(ims_cfg_set(&c, "tls_listen", "unix:/tmp/imd.sock", err, sizeof err), -1);
+    assert_names_key(err, "tls_listen");
+    assert_contains(err, "Unix");
+    assert_int_equal(ims_cfg_set(&c, "tls_listen", "127.0.0.1", err, sizeof err), -1);
+    assert_names_key(err, "tls_listen");
+    assert_memory_equal(&before, &c, sizeof c);
+    /* an empty value adds nothing (the sample's `tls_listen =`) */
+    set_ok(&c, "tls_listen", "");
+    assert_int_equal(c.n_tls_listen, 3);
+    ims_cfg_tls_listen_reset(&c);
+    assert_int_equal(c.n_tls_listen, 0);
+    assert_int_equal(ims_cfg_get(&c, "tls_listen", v, sizeof v), 0);
+    assert_string_equal(v, "");
+    for (int i = 0; i < IMS_MAX_LISTEN; i++) {
+        char a[32];
+        snprintf(a, sizeof a, "127.0.0.1:%d", 7700 + i);
+        set_ok(&c, "tls_listen", a);
+    }
+    assert_int_equal(ims_cfg_set(&c, "tls_listen", "127.0.0.1:9999", err, sizeof err), -1);
+    assert_contains(err, "too many");
+
+    /* tls_min_version: 1.2 or 1.3 */
+    ims_cfg_default(&c);
+    set_ok(&c, "tls_min_version", "1.3");
+    assert_string_equal(c.tls_min_version, "1.3");
+    set_ok(&c, "tls_min_version", "1.2");
+    assert_string_equal(c.tls_min_version, "1.2");
+    const char *badv[] = {"1.1", "1.0", "1", "TLSv1.3", "", "1.4", "1.2 "};
+    for (size_t i = 0; i < sizeof badv / sizeof badv[0]; i++) {
+        if (ims_cfg_set(&c, "tls_min_version", badv[i], err, sizeof err) == 0)
+            fail_msg("tls_min_version = \"%s\" accepted", badv[i]);
+        assert_names_key(err, "tls_min_version");
+        assert_contains(err, "1.2, 1.3");
+    }
+    /* the handshake deadline takes the duration syntax */
+    set_ok(&c, "tls_handshake_timeout_ms", "750");
+    assert_int_equal(c.tls_handshake_timeout_ms, 750);
+    set_ok(&c, "tls_handshake_timeout_ms", "1m");
+    assert_int_equal(c.tls_handshake_timeout_ms, 60000);
+    assert_int_equal(ims_cfg_set(&c, "tls_handshake_timeout_ms", "0", err, sizeof err), -1);
+    assert_names_key(err, "tls_handshake_timeout_ms");
+    /* cert and key are paths */
+    set_ok(&c, "tls_cert", "/etc/imd/fullchain.pem");
+    assert_string_equal(c.tls_cert, "/etc/imd/fullchain.pem");
+    assert_int_equal(ims_cfg_set(&c, "tls_key", "a\x01z", err, sizeof err), -1);
+    assert_names_key(err, "tls_key");
+
+    /* validate: tls_listen needs both tls_cert and tls_key */
+    ims_cfg_default(&c);
+    set_ok(&c, "tls_listen", "127.0.0.1:0");
+    assert_int_equal(ims_cfg_validate(&c, err, sizeof err), -1);
+    assert_names_key(err, "tls_cert");
+    set_ok(&c, "tls_cert", "/c.pem");
+    assert_int_equal(ims_cfg_validate(&c, err, sizeof err), -1);
+    assert_names_key(err, "tls_key");
+    set_ok(&c, "tls_key", "/k.pem");
+    assert_int_equal(ims_cfg_validate(&c, err, sizeof err), 0);
+    /* one fixed address cannot be both plain and TLS, nor /metrics */
+    set_ok(&c, "tls_listen", "127.0.0.1:7600");
+    assert_int_equal(ims_cfg_validate(&c, err, sizeof err), -1);
+    assert_names_key(err, "tls_listen");
+    assert_contains(err, "127.0.0.1:7600");
+    ims_cfg_tls_listen_reset(&c);
+    set_ok(&c, "tls_listen", "127.0.0.1:9100");
+    set_ok(&c, "metrics_listen", "127.0.0.1:9100");
+    assert_int_equal(ims_cfg_validate(&c, err, sizeof err), -1);
+    assert_names_key(err, "metrics_listen");
+    /* a unix address written directly is caught by validate too */
+    ims_cfg_default(&c);
+    set_ok(&c, "tls_cert", "/c.pem");
+    set_ok(&c, "tls_key", "/k.pem");
+    strcpy(c.tls_listen[0], "unix:/tmp/x");
+    c.n_tls_listen = 1;
+    assert_int_equal(ims_cfg_validate(&c, err, sizeof err), -1);
+    assert_names_key(err, "tls_listen");
+
+    /* files: the first tls_listen of a file replaces the list; --tls-listen's reset is main's */
+    ims_cfg_default(&c);
+    set_ok(&c, "tls_listen", "127.0.0.1:1");
+    const char *f = write_file("tls_listen = 127.0.0.1:2\ntls_listen = [::1]:3\n"
+                               "tls_cert = /c.pem\ntls_key = /k.pem\n");
+    assert_int_equal(ims_cfg_load_file(&c, f, err, sizeof err), 0);
+    assert_int_equal(c.n_tls_listen, 2);
+    assert_string_equal(c.tls_listen[0], "127.0.0.1:2");
+    assert_string_equal(c.tls_listen[1], "[::1]:3");
+    assert_int_equal(c.n_listen, 1);
+    assert_string_equal(c.listen[0], "127.0.0.1:7600");
+    f = write_file("tls_listen =\n");
+    assert_int_equal(ims_cfg_load_file(&c, f, err, sizeof err), 0);
+    assert_int_equal(c.n_tls_listen, 0);
+    f = write_file("tls_listen = unix:/tmp/s\n");
+    assert_int_equal(ims_cfg_load_file(&c, f, err, sizeof err), -1);
+    assert_contains(err, ":1: tls_listen:");
+}
+
+/* Runs the safety check on a config with the given plain listens (NULL-terminated) and
+ * metrics address; returns its result with the message in err. */
+static int safety(const char *const *listens, const char *metrics, int allow, char *err,
+                  size_t errlen)
+{
+    ims_cfg c;
+    ims_cfg_default(&c);
+    ims_cfg_listen_reset(&c);
+    for (size_t i = 0; listens[i]; i++)
+        set_ok(&c, "listen", listens[i]);
+    set_ok(&c, "metrics_listen", metrics ? metrics : "");
+    set_ok(&c, "allow_insecure_listen", allow ? "yes" : "no");
+    err[0] = 0;
+    return ims_cfg_check_listen_safety(&c, err, errlen);
+}
+
+static void test_listen_safety(void **state)
+{
+    (void)state;
+    char err[512];
+    /* loopback and Unix sockets need no TLS */
+    const char *const safe[] = {"127.0.0.1:7600", "127.1.2.3:0", "[::1]:7600",
+                                "unix:/x",        "localhost:0", "127.255.255.254:1"};
+    for (size_t i = 0; i < sizeof safe / sizeof safe[0]; i++) {
+        const char *one[] = {safe[i], NULL};
+        if (safety(one, NULL, 0, err, sizeof err) != 0)
+            fail_msg("listen %s refused: %s", safe[i], err);
+        if (safety(one, NULL, 1, err, sizeof err) != 0)
+            fail_msg("listen %s with allow_insecure_listen: %s", safe[i], err);
+    }
+    const char *const all_safe[] = {"127.0.0.1:1", "[::1]:2", "unix:/run/imd.sock", NULL};
+    assert_int_equal(safety(all_safe, "127.0.0.1:9100", 0, err, sizeof err), 0);
+    assert_int_equal(safety(all_safe, "[::1]:9100", 0, err, sizeof err), 0);
+    /* the default configuration is safe */
+    ims_cfg c;
+    ims_cfg_default(&c);
+    assert_int_equal(ims_cfg_check_listen_safety(&c, err, sizeof err), 0);
+
+    /* anything else is refused, naming the address and the way out */
+    const char *const unsafe[] = {"0.0.0.0:7600",   "[::]:7600",          "10.0.0.1:7600",
+                                  "192.168.1.10:0", "[2001:db8::1]:7600", "128.0.0.1:1"};
+    for (size_t i = 0; i < sizeof unsafe / sizeof unsafe[0]; i++) {
+        const char *one[] = {unsafe[i], NULL};
+        if (safety(one, NULL, 0, err, sizeof err) != -1)
+            fail_msg("listen %s accepted without TLS", unsafe[i]);
+        char want[128];
+        snprintf(want, sizeof want, "listen %s: not a loopback address and not TLS", unsafe[i]);
+        assert_contains(err, want);
+        assert_contains(err, "tls_listen");
+        assert_contains(err, "allow_insecure_listen = yes");
+        /* allowed: 1, and the message is the warning to log */
+        assert_int_equal(safety(one, NULL, 1, err, sizeof err), 1);
+        assert_contains(err, unsafe[i]);
+    }
+    /* one unsafe address among safe ones is enough */
+    const char *const mixed[] = {"127.0.0.1:1", "unix:/x", "0.0.0.0:2", NULL};
+    assert_int_equal(safety(mixed, NULL, 0, err, sizeof err), -1);
+    assert_contains(err, "listen 0.0.0.0:2:");
+    /* metrics_listen likewise */
+    const char *const lo[] = {"127.0.0.1:1", NULL};
+    assert_int_equal(safety(lo, "0.0.0.0:9100", 0, err, sizeof err), -1);
+    assert_contains(err, "metrics_listen 0.0.0.0:9100: not a loopback address");
+    assert_contains(err, "allow_insecure_listen = yes");
+    assert_int_equal(safety(lo, "[::]:9100", 0, err, sizeof err), -1);
+    assert_int_equal(safety(lo, "0.0.0.0:9100", 1, err, sizeof err), 1);
+    /* TLS listeners may listen anywhere */
+    ims_cfg_default(&c);
+    set_ok(&c, "tls_listen", "0.0.0.0:7643");
+    set_ok(&c, "tls_listen", "[::]:7643");
+    assert_int_equal(ims_cfg_check_listen_safety(&c, err, sizeof err), 0);
+}
+
 /* ---- the sample config and the man page --------------------------------------------------- */
 
 static char *slurp(const char *path)
@@ -1180,6 +1409,8 @@ int main(void)
         cmocka_unit_test(test_file_errors),
         cmocka_unit_test(test_file_long_lines),
         cmocka_unit_test(test_validate),
+        cmocka_unit_test(test_tls_keys),
+        cmocka_unit_test(test_listen_safety),
         cmocka_unit_test(test_dump_roundtrip),
         cmocka_unit_test(test_dump_format),
         cmocka_unit_test(test_sample_is_default),

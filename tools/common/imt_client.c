@@ -10,6 +10,16 @@
  * event callback that is still iterating over received frames; every loop checks c->closed
  * after each callback. Errors found inside a tool's call (a failed write during imt_client_send)
  * are reported through a deferred event so that on_close never runs inside imt_client_send.
+ *
+ * TLS (cfg.tls, issue 6): OpenSSL directly on the same descriptor and the same events, so the
+ * plain path is untouched. After the TCP connect, the handshake is driven by SSL_do_handshake
+ * from ev_tls (re-armed for reading or writing as OpenSSL asks), still in P_CONNECTING, so the
+ * connect timer covers it; then on_connected() as for plain TCP. Reads loop on SSL_read until
+ * OpenSSL wants more from the socket (the records it already decrypted are not visible to
+ * poll); writes go through SSL_write (partial writes on, the buffer may move: libimp's queue is
+ * only consumed after a successful write). SSL_read wanting to write, or SSL_write wanting to
+ * read, is remembered and retried from the other event. The socket BIO is our own, on
+ * send(MSG_NOSIGNAL)/recv, so that a peer reset never raises SIGPIPE in the tool.
  */
 #include "imt_client.h"
 
@@ -27,6 +37,12 @@
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <openssl/bio.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+
+#include "imt_tls.h"
 
 #define LOGOUT_WAIT_MS 2000
 #define READ_CHUNK 65536
@@ -60,7 +76,20 @@ struct imt_client {
 
     imt_session sess;
     uint8_t token[64];
+
+    /* TLS (cfg.tls enabled) */
+    SSL_CTX *tls_ctx; /* our reference (SSL_CTX_up_ref of cfg.tls_ctx, or our own) */
+    SSL *ssl;
+    struct event *ev_tls;     /* the handshake: read or write readiness, as OpenSSL asks */
+    int tls_fatal;            /* a fatal TLS error: no SSL_shutdown */
+    int tls_read_wants_write; /* SSL_read asked for writability */
+    int tls_write_wants_read; /* SSL_write asked for readability */
 };
+
+static int use_tls(const imt_client *c)
+{
+    return c->cfg.tls && c->cfg.tls->enabled;
+}
 
 /* ---- small helpers ------------------------------------------------------------------------ */
 
@@ -395,6 +424,12 @@ static void teardown_io(imt_client *c)
         event_del(c->ev_timer);
     if (c->ev_tick)
         event_del(c->ev_tick);
+    if (c->ev_tls)
+        event_del(c->ev_tls);
+    if (c->ssl) {
+        SSL_free(c->ssl); /* our BIO does not own the descriptor */
+        c->ssl = NULL;
+    }
     if (c->fd >= 0) {
         close(c->fd);
         c->fd = -1;
@@ -406,7 +441,23 @@ static void finish(imt_client *c, int status, int code, const char *text)
     if (c->closed)
         return;
     /* Best effort: what libimp still holds (e.g. an ERROR for the peer) goes out first. */
-    if (c->fd >= 0 && c->conn && c->phase >= P_HANDSHAKE) {
+    if (c->fd >= 0 && c->conn && c->phase >= P_HANDSHAKE && c->ssl) {
+        const uint8_t *p;
+        size_t n;
+        while (!c->tls_fatal && (n = imp_conn_pending_output(c->conn, &p)) > 0) {
+            int w = SSL_write(c->ssl, p, n > INT32_MAX ? INT32_MAX : (int)n);
+            if (w <= 0) {
+                int e = SSL_get_error(c->ssl, w);
+                if (e == SSL_ERROR_SYSCALL || e == SSL_ERROR_SSL)
+                    c->tls_fatal = 1; /* no SSL_shutdown after a fatal error */
+                break;
+            }
+            imp_conn_consume_output(c->conn, (size_t)w);
+        }
+        if (!c->tls_fatal)
+            SSL_shutdown(c->ssl); /* close_notify, once, without waiting for the peer's */
+        ERR_clear_error();
+    } else if (c->fd >= 0 && c->conn && c->phase >= P_HANDSHAKE) {
         const uint8_t *p;
         size_t n;
         while ((n = imp_conn_pending_output(c->conn, &p)) > 0) {
@@ -459,8 +510,8 @@ void imt_client_free(imt_client *c)
         return;
     c->closed = 1;
     teardown_io(c);
-    struct event **evs[] = {&c->ev_read,  &c->ev_write, &c->ev_connect,
-                            &c->ev_timer, &c->ev_tick,  &c->ev_defer};
+    struct event **evs[] = {&c->ev_read, &c->ev_write, &c->ev_connect, &c->ev_timer,
+                            &c->ev_tick, &c->ev_defer, &c->ev_tls};
     for (size_t i = 0; i < sizeof evs / sizeof evs[0]; i++)
         if (*evs[i]) {
             event_free(*evs[i]);
@@ -469,6 +520,8 @@ void imt_client_free(imt_client *c)
     if (c->ai_list)
         freeaddrinfo(c->ai_list);
     imp_conn_free(c->conn);
+    if (c->tls_ctx)
+        SSL_CTX_free(c->tls_ctx);
     memset(c->token, 0, sizeof c->token);
     free(c);
 }
@@ -502,7 +555,11 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
     (void)what;
     imt_client *c = arg;
     char text[400];
-    if (c->phase == P_CONNECTING) {
+    if (c->phase == P_CONNECTING && c->ssl) {
+        textf(text, sizeof text, "%s: TLS handshake timed out (connect timeout %u ms)", c->where,
+              (unsigned)c->cfg.connect_timeout_ms);
+        finish(c, IMT_EXIT_CONNECT, 0, text);
+    } else if (c->phase == P_CONNECTING) {
         textf(text, sizeof text, "connect %s: timed out after %u ms", c->where,
               (unsigned)c->cfg.connect_timeout_ms);
         finish(c, IMT_EXIT_CONNECT, 0, text);
@@ -593,10 +650,16 @@ void imt_client_close(imt_client *c, int code, const char *text)
 
 /* ---- output ------------------------------------------------------------------------------- */
 
+static void tls_flush(imt_client *c);
+
 static void flush(imt_client *c)
 {
     if (c->closed || c->fd < 0 || !c->conn || c->phase < P_HANDSHAKE)
         return;
+    if (c->ssl) {
+        tls_flush(c);
+        return;
+    }
     const uint8_t *p;
     size_t n;
     while ((n = imp_conn_pending_output(c->conn, &p)) > 0) {
@@ -622,11 +685,18 @@ static void flush(imt_client *c)
     }
 }
 
+static void tls_read(imt_client *c);
+
 static void write_cb(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
     imt_client *c = arg;
+    if (c->ssl && c->tls_read_wants_write) {
+        tls_read(c); /* flushes too */
+        if (c->closed)
+            return;
+    }
     flush(c);
     if (c->closed || !c->conn)
         return;
@@ -852,10 +922,285 @@ static void handle_eof(imt_client *c, int err)
         finish(c, IMT_EXIT_LOST, -IMP_ERR_CONNECTION_LOST, text);
 }
 
+/* Received bytes into libimp, events processed. 0, or -1 when the connection ended. */
+static int feed(imt_client *c, const uint8_t *buf, size_t n)
+{
+    size_t off = 0;
+    while (off < n && !c->closed) {
+        imp_ssize taken = imp_conn_feed(c->conn, buf + off, n - off);
+        if (taken < 0) {
+            process_events(c); /* frames before the failure still count */
+            if (!c->closed) {
+                char text[200];
+                textf(text, sizeof text, "bad input from %s: %s", c->where,
+                      imp_strerror((int)taken));
+                finish(c, imt_exit_status((int)taken), (int)-taken, text);
+            }
+            return -1;
+        }
+        off += (size_t)taken;
+        process_events(c);
+    }
+    return c->closed ? -1 : 0;
+}
+
+/* ---- TLS ---------------------------------------------------------------------------------- */
+
+/* The socket BIO: like OpenSSL's, on send(MSG_NOSIGNAL) and recv (no SIGPIPE on a reset). */
+static int sbio_write(BIO *b, const char *buf, int len)
+{
+    BIO_clear_retry_flags(b);
+    ssize_t n = send((int)(intptr_t)BIO_get_data(b), buf, (size_t)len, MSG_NOSIGNAL);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+        BIO_set_retry_write(b);
+    return (int)n;
+}
+
+static int sbio_read(BIO *b, char *buf, int len)
+{
+    BIO_clear_retry_flags(b);
+    ssize_t n = recv((int)(intptr_t)BIO_get_data(b), buf, (size_t)len, 0);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+        BIO_set_retry_read(b);
+    return (int)n;
+}
+
+static long sbio_ctrl(BIO *b, int cmd, long num, void *ptr)
+{
+    (void)b;
+    (void)num;
+    (void)ptr;
+    return cmd == BIO_CTRL_FLUSH ? 1 : 0;
+}
+
+static BIO *sbio_new(int fd)
+{
+    static BIO_METHOD *meth; /* made once, kept for the life of the process */
+    if (!meth) {
+        meth = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "imt socket");
+        if (!meth)
+            return NULL;
+        BIO_meth_set_write(meth, sbio_write);
+        BIO_meth_set_read(meth, sbio_read);
+        BIO_meth_set_ctrl(meth, sbio_ctrl);
+    }
+    BIO *b = BIO_new(meth);
+    if (b) {
+        BIO_set_data(b, (void *)(intptr_t)fd);
+        BIO_set_init(b, 1);
+    }
+    return b;
+}
+
+/* A TLS failure as text ("certificate verify failed: ...", "TLS error: ...", or the system
+ * error) for what OpenSSL returned. Clears the error queue. */
+static void tls_failure(imt_client *c, int sslerr, int sys_errno, char *buf, size_t len)
+{
+    if (sslerr == SSL_ERROR_SYSCALL && ERR_peek_error() == 0) {
+        ERR_clear_error();
+        if (sys_errno)
+            textf(buf, len, "%s", strerror(sys_errno));
+        else
+            textf(buf, len, "connection closed by the peer");
+        return;
+    }
+    imt_tls_error(c->ssl, buf, len);
+}
+
+static void on_connected(imt_client *c);
+
+static void tls_wait(imt_client *c, short what);
+
+static void tls_step(imt_client *c)
+{
+    ERR_clear_error();
+    errno = 0;
+    int r = SSL_do_handshake(c->ssl);
+    if (r == 1) {
+        event_del(c->ev_tls);
+        verbose(c, "TLS established with %s (%s, %s)", c->where, SSL_get_version(c->ssl),
+                SSL_get_cipher_name(c->ssl));
+        on_connected(c);
+        return;
+    }
+    int saved = errno;
+    int e = SSL_get_error(c->ssl, r);
+    if (e == SSL_ERROR_WANT_READ) {
+        tls_wait(c, EV_READ);
+        return;
+    }
+    if (e == SSL_ERROR_WANT_WRITE) {
+        tls_wait(c, EV_WRITE);
+        return;
+    }
+    char why[300], text[400];
+    tls_failure(c, e, saved, why, sizeof why);
+    c->tls_fatal = 1;
+    textf(text, sizeof text, "%s: %s", c->where, why);
+    finish(c, IMT_EXIT_CONNECT, 0, text);
+}
+
+static void tls_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    imt_client *c = arg;
+    if (!c->closed && c->ssl)
+        tls_step(c);
+}
+
+static void tls_wait(imt_client *c, short what)
+{
+    event_del(c->ev_tls);
+    event_assign(c->ev_tls, c->base, c->fd, what, tls_cb, c);
+    event_add(c->ev_tls, NULL);
+}
+
+/* TCP is connected: set up the TLS connection; the handshake starts from the event loop. */
+static void start_tls(imt_client *c)
+{
+    char err[300], text[400];
+    event_del(c->ev_connect);
+    int one = 1;
+    setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    c->ssl = imt_tls_new(c->tls_ctx, c->cfg.tls, c->addr.host, err, sizeof err);
+    BIO *b = c->ssl ? sbio_new(c->fd) : NULL;
+    if (!c->ev_tls)
+        c->ev_tls = event_new(c->base, c->fd, EV_WRITE, tls_cb, c);
+    if (!c->ssl || !b || !c->ev_tls) {
+        if (!c->ssl)
+            textf(text, sizeof text, "%s: %s", c->where, err);
+        else
+            textf(text, sizeof text, "%s: cannot set up TLS: out of memory", c->where);
+        BIO_free(b);
+        c->tls_fatal = 1;
+        defer_finish(c, IMT_EXIT_CONNECT, 0, text);
+        return;
+    }
+    SSL_set_bio(c->ssl, b, b);
+    SSL_set_connect_state(c->ssl);
+    verbose(c, "TCP connected to %s, TLS handshake", c->where);
+    tls_wait(c, EV_WRITE); /* writable now: the ClientHello goes out from the loop */
+}
+
+static void tls_fail_io(imt_client *c, int e, int saved, const char *what)
+{
+    char why[300], text[400];
+    c->tls_fatal = 1;
+    unsigned long top = ERR_peek_error();
+    if ((e == SSL_ERROR_SYSCALL && top == 0) ||
+        (e == SSL_ERROR_SSL && ERR_GET_LIB(top) == ERR_LIB_SSL &&
+         ERR_GET_REASON(top) == SSL_R_UNEXPECTED_EOF_WHILE_READING)) {
+        ERR_clear_error();
+        handle_eof(c, saved); /* the peer closed (without close_notify) or reset */
+        return;
+    }
+    tls_failure(c, e, saved, why, sizeof why);
+    textf(text, sizeof text, "%s %s: %s", what, c->where, why);
+    finish(c, c->phase == P_HANDSHAKE ? IMT_EXIT_CONNECT : IMT_EXIT_LOST, -IMP_ERR_CONNECTION_LOST,
+           text);
+}
+
+#define TLS_READS_PER_EVENT 16
+
+static void tls_read(imt_client *c)
+{
+    static uint8_t buf[READ_CHUNK];
+    int write_waited = c->tls_write_wants_read;
+    c->tls_read_wants_write = 0;
+    c->tls_write_wants_read = 0; /* the flush below retries the write */
+    for (int i = 0; !c->closed; i++) {
+        if (i == TLS_READS_PER_EVENT) {
+            /* fairness: come back for what OpenSSL already holds */
+            if (SSL_pending(c->ssl) > 0)
+                event_active(c->ev_read, EV_READ, 1);
+            break;
+        }
+        ERR_clear_error();
+        errno = 0;
+        int n = SSL_read(c->ssl, buf, sizeof buf);
+        if (n > 0) {
+            if (feed(c, buf, (size_t)n) != 0)
+                return;
+            continue;
+        }
+        int saved = errno;
+        int e = SSL_get_error(c->ssl, n);
+        if (e == SSL_ERROR_WANT_READ)
+            break;
+        if (e == SSL_ERROR_WANT_WRITE) {
+            c->tls_read_wants_write = 1;
+            event_add(c->ev_write, NULL);
+            break;
+        }
+        if (e == SSL_ERROR_ZERO_RETURN) { /* close_notify */
+            handle_eof(c, 0);
+            return;
+        }
+        tls_fail_io(c, e, saved, "read from");
+        return;
+    }
+    if (c->closed)
+        return;
+    flush(c);
+    const uint8_t *p;
+    if (write_waited && !c->closed && !c->tls_write_wants_read && c->write_blocked &&
+        !event_pending(c->ev_write, EV_WRITE, NULL) && imp_conn_pending_output(c->conn, &p) == 0) {
+        /* the write that waited for input went out here, not from write_cb: on_drain here */
+        c->write_blocked = 0;
+        if (c->cb.on_drain)
+            c->cb.on_drain(c, c->ud);
+    }
+    if (!c->closed)
+        schedule_tick(c);
+}
+
+static void tls_flush(imt_client *c)
+{
+    const uint8_t *p;
+    size_t n;
+    while (!c->closed && (n = imp_conn_pending_output(c->conn, &p)) > 0) {
+        ERR_clear_error();
+        errno = 0;
+        int w = SSL_write(c->ssl, p, n > INT32_MAX ? INT32_MAX : (int)n);
+        if (w > 0) {
+            imp_conn_consume_output(c->conn, (size_t)w);
+            continue;
+        }
+        int saved = errno;
+        int e = SSL_get_error(c->ssl, w);
+        if (e == SSL_ERROR_WANT_WRITE) {
+            c->write_blocked = 1;
+            event_add(c->ev_write, NULL);
+            return;
+        }
+        if (e == SSL_ERROR_WANT_READ) {
+            /* ev_read is persistent: tls_read retries the write */
+            c->write_blocked = 1;
+            c->tls_write_wants_read = 1;
+            return;
+        }
+        char why[300], text[400];
+        c->tls_fatal = 1;
+        tls_failure(c, e, saved, why, sizeof why);
+        textf(text, sizeof text, "write to %s: %s", c->where, why);
+        event_del(c->ev_read);
+        defer_finish(c, c->phase == P_HANDSHAKE ? IMT_EXIT_CONNECT : IMT_EXIT_LOST,
+                     -IMP_ERR_CONNECTION_LOST, text);
+        return;
+    }
+}
+
+/* ---- reading ------------------------------------------------------------------------------ */
+
 static void read_cb(evutil_socket_t fd, short what, void *arg)
 {
     (void)what;
     imt_client *c = arg;
+    if (c->ssl) {
+        tls_read(c);
+        return;
+    }
     static uint8_t buf[READ_CHUNK];
     ssize_t n = recv(fd, buf, sizeof buf, 0);
     if (n == 0) {
@@ -869,22 +1214,8 @@ static void read_cb(evutil_socket_t fd, short what, void *arg)
         handle_eof(c, errno);
         return;
     }
-    size_t off = 0;
-    while (off < (size_t)n && !c->closed) {
-        imp_ssize taken = imp_conn_feed(c->conn, buf + off, (size_t)n - off);
-        if (taken < 0) {
-            process_events(c); /* frames before the failure still count */
-            if (!c->closed) {
-                char text[200];
-                textf(text, sizeof text, "bad input from %s: %s", c->where,
-                      imp_strerror((int)taken));
-                finish(c, imt_exit_status((int)taken), (int)-taken, text);
-            }
-            return;
-        }
-        off += (size_t)taken;
-        process_events(c);
-    }
+    if (feed(c, buf, (size_t)n) != 0)
+        return;
     if (!c->closed) {
         flush(c);
         schedule_tick(c);
@@ -915,7 +1246,8 @@ static void on_connected(imt_client *c)
         return;
     }
     c->phase = P_HANDSHAKE;
-    verbose(c, "TCP connected to %s", c->where);
+    if (!c->ssl)
+        verbose(c, "TCP connected to %s", c->where);
     if (c->cfg.trace) {
         /* HELLO was queued by imp_conn_new: decode it from the output for the trace */
         const uint8_t *p;
@@ -942,7 +1274,10 @@ static void connect_cb(evutil_socket_t fd, short what, void *arg)
     if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0)
         err = errno;
     if (err == 0) {
-        on_connected(c);
+        if (use_tls(c))
+            start_tls(c);
+        else
+            on_connected(c);
         return;
     }
     try_next(c, err);
@@ -977,7 +1312,10 @@ static int attempt(imt_client *c)
     if (!c->ev_connect)
         return ENOMEM;
     if (connect(c->fd, sa, salen) == 0) {
-        on_connected(c);
+        if (use_tls(c))
+            start_tls(c);
+        else
+            on_connected(c);
         return 0;
     }
     if (errno == EINPROGRESS || errno == EAGAIN) {
@@ -1028,6 +1366,25 @@ int imt_client_start(imt_client *c)
         textf(c->where, sizeof c->where, "[%s]:%s", c->addr.host, c->addr.port);
     else
         textf(c->where, sizeof c->where, "%s:%s", c->addr.host, c->addr.port);
+    if (use_tls(c)) {
+        if (c->addr.is_unix) {
+            textf(err, sizeof err, "TLS needs a TCP server address, not %s", c->where);
+            defer_finish(c, IMT_EXIT_USAGE, 0, err);
+            return 0;
+        }
+        if (c->cfg.tls_ctx) {
+            c->tls_ctx = c->cfg.tls_ctx;
+            SSL_CTX_up_ref(c->tls_ctx);
+        } else {
+            c->tls_ctx = imt_tls_ctx_new(c->cfg.tls, err, sizeof err);
+            if (!c->tls_ctx) {
+                char text[400];
+                textf(text, sizeof text, "%s: %s", c->where, err);
+                defer_finish(c, IMT_EXIT_CONNECT, 0, text);
+                return 0;
+            }
+        }
+    }
     c->phase = P_CONNECTING;
     event_assign(c->ev_timer, c->base, -1, 0, timer_cb, c);
     if (c->cfg.connect_timeout_ms > 0) {

@@ -109,6 +109,14 @@ typedef struct imt_client_config {
     const char *prog;            /* prefix of diagnostics ("imsend"); default "imt" */
     const char *agent;           /* HELLO AGENT; default "imt/" IMP_LIB_VERSION */
     size_t max_output;           /* cap of queued output bytes in libimp; 0 = none */
+    /* TLS (appended, issue 6; imt_tls.h). tls NULL or !tls->enabled: plain TCP. Otherwise the
+     * connection runs TLS (TCP addresses only), the connect timeout covers the TLS handshake,
+     * and a failed handshake or certificate check ends it with status 3 and a text such as
+     * "127.0.0.1:7643: certificate verify failed: self-signed certificate". tls_ctx: a context
+     * from imt_tls_ctx_new to use (shared, not freed by the client); NULL: the client makes
+     * its own from *tls (a failure then also ends with status 3). Neither is copied. */
+    const struct imt_tls_opts *tls;
+    struct ssl_ctx_st *tls_ctx;
 } imt_client_config;
 
 void imt_client_config_init(imt_client_config *cfg);

@@ -26,6 +26,15 @@ const char imt_opts_help[] =
     "  -d, --debug              trace every frame (decoded, with hex) on stderr\n"
     "      --version            print the version and exit\n";
 
+const char imt_opts_tls_help[] =
+    "      --tls                TLS to the server, verifying its certificate (system trust\n"
+    "                           store, --cafile or $IMP_CAFILE) and its name\n"
+    "      --cafile FILE        trust the PEM certificate(s) in FILE (implies --tls)\n"
+    "      --insecure           TLS without verifying the certificate: tests only\n"
+    "                           (implies --tls)\n"
+    "      --tls-name NAME      with TLS: expect NAME in the certificate instead of the\n"
+    "                           server's host\n";
+
 void imt_opts_init(imt_opts *o, const char *prog)
 {
     memset(o, 0, sizeof *o);
@@ -75,8 +84,62 @@ int imt_opts_handle(imt_opts *o, int ch, const char *arg)
         }
         return 1;
     default:
+        return imt_opts_tls(o->prog, ch, arg, &o->tls);
+    }
+}
+
+int imt_opts_tls(const char *prog, int ch, const char *arg, imt_tls_opts *t)
+{
+    const char *name = NULL;
+    switch (ch) {
+    case IMT_OPT_TLS:
+        break;
+    case IMT_OPT_INSECURE:
+        t->insecure = 1;
+        break;
+    case IMT_OPT_CAFILE:
+        name = "--cafile";
+        break;
+    case IMT_OPT_TLS_NAME:
+        name = "--tls-name";
+        break;
+    default:
         return 0;
     }
+    if (name && (!arg || !*arg)) {
+        fprintf(stderr, "%s: empty %s value\n", prog ? prog : "imt", name);
+        return -1;
+    }
+    if (ch == IMT_OPT_TLS_NAME) {
+        t->server_name = arg; /* checked by imt_opts_tls_finish: needs TLS on */
+        return 1;
+    }
+    if (ch == IMT_OPT_CAFILE)
+        t->cafile = arg;
+    t->enabled = 1;
+    return 1;
+}
+
+int imt_opts_tls_finish(const char *prog, imt_tls_opts *t, SSL_CTX **ctx)
+{
+    *ctx = NULL;
+    if (!t->enabled && t->server_name) {
+        fprintf(stderr, "%s: --tls-name needs --tls (or --cafile, --insecure)\n",
+                prog ? prog : "imt");
+        return -1;
+    }
+    if (!t->enabled)
+        return 0;
+    const char *env = getenv("IMP_CAFILE");
+    if (!t->cafile && !t->insecure && env && *env)
+        t->cafile = env;
+    char err[400];
+    *ctx = imt_tls_ctx_new(t, err, sizeof err);
+    if (!*ctx) {
+        fprintf(stderr, "%s: %s\n", prog ? prog : "imt", err);
+        return -1;
+    }
+    return 0;
 }
 
 int imt_read_first_line(const char *path, char **out, size_t *len, char *err, size_t errlen)
@@ -183,6 +246,12 @@ int imt_opts_finish(imt_opts *o, int need_auth)
         fprintf(stderr, "%s: %s\n", o->prog, err);
         return -1;
     }
+    if (o->tls.enabled && a.is_unix) {
+        fprintf(stderr, "%s: TLS needs a TCP server address, not unix:%s\n", o->prog, a.path);
+        return -1;
+    }
+    if (!o->tls_ctx && imt_opts_tls_finish(o->prog, &o->tls, &o->tls_ctx) != 0)
+        return -1;
     if (!need_auth)
         return 0;
     if (!o->user || !*o->user) {
@@ -235,6 +304,8 @@ void imt_opts_client_config(const imt_opts *o, imt_client_config *cfg)
     cfg->trace = o->debug;
     cfg->verbose = o->verbose;
     cfg->prog = o->prog;
+    cfg->tls = o->tls.enabled ? &o->tls : NULL;
+    cfg->tls_ctx = o->tls.enabled ? o->tls_ctx : NULL;
 }
 
 void imt_print_version(const imt_opts *o)
@@ -252,6 +323,9 @@ void imt_opts_free(imt_opts *o)
     }
     o->password = NULL;
     o->password_len = 0;
+    if (o->tls_ctx)
+        SSL_CTX_free(o->tls_ctx);
+    o->tls_ctx = NULL;
 }
 
 int imt_parse_u64(const char *s, uint64_t min, uint64_t max, uint64_t *out)

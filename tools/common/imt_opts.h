@@ -44,6 +44,7 @@
 #include <stdint.h>
 
 #include "imt_client.h"
+#include "imt_tls.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -77,6 +78,30 @@ enum {
 /* Help text of the common options (lines indented by two spaces, ending with a newline). */
 extern const char imt_opts_help[];
 
+/* ---- TLS options (issue 6) ----------------------------------------------------------------
+ *       --tls            TLS to the server; verify its certificate (system trust store, or
+ *                        --cafile, else $IMP_CAFILE) and its name (the host of --server)
+ *       --cafile FILE    trust the PEM certificate(s) in FILE (implies --tls)
+ *       --insecure       TLS without certificate verification, for tests (implies --tls)
+ *       --tls-name NAME  verify the certificate against NAME, send it as SNI (needs one of the
+ *                        above; alone it is a usage error, as in imload)
+ * A tool that uses imt_opts_handle adds IMT_OPTS_TLS_LONG to its table and imt_opts_tls_help
+ * to its help; imt_opts_handle stores the values in imt_opts.tls, imt_opts_finish checks them
+ * and makes imt_opts.tls_ctx, imt_opts_client_config passes both on. A tool with its own
+ * option handling uses imt_opts_tls() and imt_opts_tls_finish() directly. */
+enum { IMT_OPT_TLS = 0x180, IMT_OPT_CAFILE, IMT_OPT_INSECURE, IMT_OPT_TLS_NAME };
+
+/* clang-format off */
+#define IMT_OPTS_TLS_LONG                                                   \
+    {"tls", no_argument, NULL, IMT_OPT_TLS},                                \
+    {"cafile", required_argument, NULL, IMT_OPT_CAFILE},                    \
+    {"insecure", no_argument, NULL, IMT_OPT_INSECURE},                      \
+    {"tls-name", required_argument, NULL, IMT_OPT_TLS_NAME}
+/* clang-format on */
+
+/* Help text of the TLS options (same layout as imt_opts_help). */
+extern const char imt_opts_tls_help[];
+
 typedef struct imt_opts {
     const char *prog;          /* for messages: "imsend: ..." */
     const char *server;        /* -s, else $IMP_SERVER, else NULL (default) */
@@ -92,6 +117,9 @@ typedef struct imt_opts {
     /* Filled by imt_opts_finish: */
     char *password; /* heap, wiped and freed by imt_opts_free */
     size_t password_len;
+    /* TLS (appended, issue 6) */
+    imt_tls_opts tls; /* --tls, --cafile, --insecure, --tls-name */
+    SSL_CTX *tls_ctx; /* made by imt_opts_finish when tls.enabled; freed by imt_opts_free */
 } imt_opts;
 
 /* Defaults and the environment (IMP_SERVER, IMP_USER). */
@@ -114,8 +142,20 @@ void imt_opts_client_config(const imt_opts *o, imt_client_config *cfg);
 /* "<prog> (imp) <IMP_LIB_VERSION>\n" on stdout. */
 void imt_print_version(const imt_opts *o);
 
-/* Wipe and free the password. */
+/* Wipe and free the password (and free tls_ctx). */
 void imt_opts_free(imt_opts *o);
+
+/* One TLS option (IMT_OPT_TLS, IMT_OPT_CAFILE, IMT_OPT_INSECURE, IMT_OPT_TLS_NAME) into t.
+ * Returns 1 when ch is one of them (value stored; --cafile and --insecure imply --tls), 0 when
+ * it is not, -1 when the value is invalid (empty; message "<prog>: ..." on stderr). */
+int imt_opts_tls(const char *prog, int ch, const char *arg, imt_tls_opts *t);
+
+/* After parsing, for a TCP server: --tls-name without TLS on is an error ("--tls-name needs
+ * --tls ..."); when t->enabled, take $IMP_CAFILE as the CA file when none was given (and not
+ * insecure), then make the client context into *ctx (the caller frees it with SSL_CTX_free). *ctx
+ * is NULL when TLS is off. Returns 0, or -1 with a message on stderr
+ * ("<prog>: cannot read CA file x: ..."; the tool exits IMT_EXIT_USAGE). */
+int imt_opts_tls_finish(const char *prog, imt_tls_opts *t, SSL_CTX **ctx);
 
 /* Helpers also used by tool-specific options. */
 /* Duration: "5" / "1.5" (seconds), "250ms", "2s", "1m". 0 or -1. */

@@ -8,12 +8,29 @@
 #include <openssl/err.h>
 #include <openssl/x509v3.h>
 
+/* The reason of an OpenSSL error code ("No such file or directory", "wrong version number"),
+ * else its full string ("error:0A00010B:SSL routines::..."). */
+static void reason_text(unsigned long e, char *buf, size_t len)
+{
+#ifdef ERR_SYSTEM_ERROR
+    if (ERR_SYSTEM_ERROR(e)) { /* OpenSSL 3: the reason is an errno value */
+        snprintf(buf, len, "%s", strerror(ERR_GET_REASON(e)));
+        return;
+    }
+#endif
+    const char *r = ERR_reason_error_string(e);
+    if (r && *r)
+        snprintf(buf, len, "%s", r);
+    else
+        ERR_error_string_n(e, buf, len);
+}
+
 static void last_error(char *err, size_t errlen, const char *what)
 {
     unsigned long e = ERR_get_error();
     char buf[256] = "unknown error";
     if (e)
-        ERR_error_string_n(e, buf, sizeof buf);
+        reason_text(e, buf, sizeof buf);
     ERR_clear_error();
     snprintf(err, errlen, "%s: %s", what, buf);
 }
@@ -85,7 +102,7 @@ const char *imt_tls_error(SSL *ssl, char *buf, size_t len)
     unsigned long e = ERR_get_error();
     char reason[256] = "";
     if (e)
-        ERR_error_string_n(e, reason, sizeof reason);
+        reason_text(e, reason, sizeof reason);
     ERR_clear_error();
     long v = ssl ? SSL_get_verify_result(ssl) : X509_V_OK;
     if (v != X509_V_OK)

@@ -5,7 +5,8 @@
  *                    store (or --cafile) and its name against the host of the server address
  *   --cafile FILE    trust the PEM certificates in FILE (implies --tls)
  *   --insecure       TLS without verifying the certificate (tests only; implies --tls)
- *   --tls-name NAME  verify the certificate against NAME instead of the host
+ *   --tls-name NAME  verify the certificate against NAME instead of the host (needs TLS on)
+ *   $IMP_CAFILE      the CA file when TLS is on and --cafile is not given (does not turn TLS on)
  * TLS 1.2 is the minimum. A failed handshake or verification is "cannot connect" (exit 3).
  *
  *     imt_tls_opts o = {.enabled = 1, .cafile = "ca.pem"};

@@ -89,6 +89,7 @@ static const char usage_text[] =
     "\n"
     "COMMON OPTIONS\n"
     "%s"
+    "%s"
     "  -h, --help               this text\n"
     "\n"
     "OUTPUT\n"
@@ -102,13 +103,14 @@ static const char usage_text[] =
     "  imsend: refused: 500 NO_SUCH_USER\n"
     "\n"
     "ENVIRONMENT\n"
-    "  IMP_SERVER, IMP_USER, IMP_PASSWORD, IMSEND_HISTORY\n"
+    "  IMP_SERVER, IMP_USER, IMP_PASSWORD, IMP_CAFILE (with --tls), IMSEND_HISTORY\n"
     "\n"
     "EXIT STATUS\n"
     "  0  every message was acknowledged (or -i ended with /quit or end of input)\n"
     "  1  expectation not met\n"
     "  2  usage or configuration error (bad option, no password, unreadable file)\n"
-    "  3  cannot connect (nothing listening, unknown host, server full, banned)\n"
+    "  3  cannot connect (nothing listening, unknown host, server full, banned, TLS\n"
+    "     handshake or certificate verification failed)\n"
     "  4  authentication refused (wrong user or password, user exists, ...)\n"
     "  5  a message or request was refused by the server (the code is printed)\n"
     "  6  timeout (no ACK within --timeout, no login within --connect-timeout)\n"
@@ -117,7 +119,8 @@ static const char usage_text[] =
     "EXAMPLES\n"
     "  imsend -u alice -t bob \"lunch?\"\n"
     "  tail -f /var/log/syslog | imsend -u ops-bot -l -g ops --join\n"
-    "  imsend -u alice -t bob --id invoice-42 -f invoice.pdf --json\n";
+    "  imsend -u alice -t bob --id invoice-42 -f invoice.pdf --json\n"
+    "  imsend -s chat.example.org:7643 --cafile ca.pem -u alice -t bob \"over TLS\"\n";
 
 #if defined(__GNUC__)
 __attribute__((format(printf, 1, 2)))
@@ -551,6 +554,7 @@ int main(int argc, char **argv)
 {
     static const struct option longopts[] = {
         IMT_OPTS_LONG,
+        IMT_OPTS_TLS_LONG,
         {"to", required_argument, NULL, 't'},
         {"room", required_argument, NULL, 'g'},
         {"broadcast", no_argument, NULL, 'b'},
@@ -692,7 +696,7 @@ int main(int argc, char **argv)
             s.interactive = 1;
             break;
         case 'h':
-            printf(usage_text, imt_opts_help);
+            printf(usage_text, imt_opts_help, imt_opts_tls_help);
             return 0;
         case OPT_PASSWORD_ARG:
             usage_error("%s", "passwords are not accepted on the command line: use "

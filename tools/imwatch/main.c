@@ -105,18 +105,20 @@ static const char usage_stop[] =
     "  0  success (-C reached, --until matched, stopped by a signal)\n"
     "  1  expectation not met (--until did not match; -C or --until and a signal)\n"
     "  2  usage or configuration error (also: stdout could not be written)\n"
-    "  3  cannot connect (connection refused, DNS, SERVER_FULL, BANNED, VERSION)\n"
+    "  3  cannot connect (connection refused, DNS, SERVER_FULL, BANNED, VERSION, TLS\n"
+    "     handshake or certificate verification failed)\n"
     "  4  authentication refused (AUTH_FAILED, USER_EXISTS, ...)\n"
     "  5  the server refused a request (e.g. FORBIDDEN for --stats; the code is printed)\n"
     "  6  timeout (-W, --connect-timeout, PING_TIMEOUT)\n"
     "  7  connection lost (EOF, protocol error, SHUTDOWN, KICKED); --decode: malformed input\n"
     "\n"
-    "Environment: IMP_SERVER, IMP_USER, IMP_PASSWORD.  See imwatch(1).\n";
+    "Environment: IMP_SERVER, IMP_USER, IMP_PASSWORD, IMP_CAFILE (with --tls).  See imwatch(1).\n";
 
 static void usage(FILE *out)
 {
     fputs(usage_text, out);
     fputs(imt_opts_help, out);
+    fputs(imt_opts_tls_help, out);
     fputs(usage_tail, out);
     fputs(usage_stop, out);
 }
@@ -186,6 +188,7 @@ static int valid_name(const char *s)
 int main(int argc, char **argv)
 {
     static const struct option longopts[] = {IMT_OPTS_LONG,
+                                             IMT_OPTS_TLS_LONG,
                                              {"room", required_argument, NULL, 'g'},
                                              {"rooms-only", no_argument, NULL, OPT_ROOMS_ONLY},
                                              {"no-ack", no_argument, NULL, OPT_NO_ACK},
