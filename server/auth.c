@@ -8,6 +8,8 @@
  *
  * `pending` counts jobs waiting or running; submit refuses with IMP_ERR_BUSY when it reaches
  * queue_max. Finished results do not count: the loop drains them with ims_auth_poll().
+ * `running` counts jobs between their start on a worker and their completion, and
+ * `running_max` keeps its high-water mark (STATS hash_running_max).
  */
 #include "auth.h"
 
@@ -36,7 +38,9 @@ struct ims_auth {
     pthread_cond_t cv; /* workers wait here for jobs or stop */
     ims_auth_job *q_head, *q_tail;
     ims_auth_job *done_head, *done_tail;
-    int pending; /* waiting + running */
+    int pending;     /* waiting + running */
+    int running;     /* running on a worker (or inside submit, synchronous mode) */
+    int running_max; /* high-water mark of running */
     int stopping;
     int n_threads; /* started */
     pthread_t *threads;
@@ -121,6 +125,7 @@ static void complete(ims_auth *a, ims_auth_job *job)
 {
     pthread_mutex_lock(&a->mu);
     a->pending--;
+    a->running--;
     int was_empty = a->done_head == NULL;
     job->next = NULL;
     if (a->done_tail)
@@ -131,6 +136,13 @@ static void complete(ims_auth *a, ims_auth_job *job)
     pthread_mutex_unlock(&a->mu);
     if (was_empty && a->opt.wake)
         a->opt.wake(a->opt.wake_ud);
+}
+
+/* A job starts running (lock held): counts it for the high-water mark. */
+static void start_running(ims_auth *a)
+{
+    if (++a->running > a->running_max)
+        a->running_max = a->running;
 }
 
 static void *worker(void *arg)
@@ -148,6 +160,7 @@ static void *worker(void *arg)
         a->q_head = job->next;
         if (!a->q_head)
             a->q_tail = NULL;
+        start_running(a);
         pthread_mutex_unlock(&a->mu);
 
         run_job(a, job);
@@ -287,6 +300,8 @@ int ims_auth_submit(ims_auth *a, ims_auth_kind kind, uint64_t cookie, int64_t us
             a->q_head = job;
         a->q_tail = job;
         pthread_cond_signal(&a->cv);
+    } else {
+        start_running(a);
     }
     pthread_mutex_unlock(&a->mu);
 
@@ -326,6 +341,17 @@ int ims_auth_pending(const ims_auth *a)
     pthread_mutex_t *mu = (pthread_mutex_t *)&a->mu;
     pthread_mutex_lock(mu);
     int n = a->pending;
+    pthread_mutex_unlock(mu);
+    return n;
+}
+
+int ims_auth_running_max(const ims_auth *a)
+{
+    if (!a)
+        return 0;
+    pthread_mutex_t *mu = (pthread_mutex_t *)&a->mu; /* as in ims_auth_pending */
+    pthread_mutex_lock(mu);
+    int n = a->running_max;
     pthread_mutex_unlock(mu);
     return n;
 }

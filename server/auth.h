@@ -69,6 +69,10 @@ int ims_auth_poll(ims_auth *a, void (*cb)(void *ud, const ims_auth_result *r), v
 
 /* Jobs queued or running now; the configured maximum. (Metrics.) */
 int ims_auth_pending(const ims_auth *a);
+/* The most jobs (hashes or verifications) that were running at the same moment since the pool
+ * was made: a high-water mark, at most the number of threads (1 in the synchronous mode);
+ * 0 before the first job. (Metrics: STATS hash_running_max; tests.) */
+int ims_auth_running_max(const ims_auth *a);
 
 /* Synchronous helpers for `imd user add|passwd` (not for the event loop). */
 int ims_auth_hash_now(const ims_auth_options *o, const uint8_t *pw, size_t len,

@@ -88,7 +88,7 @@ static const ims_kdef keys[] = {
         "password jobs queued or running at most; more are refused with BUSY"),
     NUM(token_ttl_ms, K_DUR, 0, 1000, UINT32_MAX, 1, "lifetime of a resume token"),
     NUM(max_sessions_per_user, K_INT, 1, 1, 100000, 1, "sessions one account may have at once"),
-    NUM(addr_max_failures, K_INT, 1, 1, 1000000, 0,
+    NUM(addr_max_failures, K_INT, 1, 1, 1000, 0,
         "failed logins from one address within addr_window_ms that get it banned"),
     NUM(addr_window_ms, K_DUR, 0, 1, UINT32_MAX, 0,
         "window in which the failed logins of an address are counted"),

@@ -60,6 +60,7 @@ enum ims_stat {
     ST_CLOSE_SHUTDOWN,
     ST_CLOSE_KICKED,
     ST_CLOSE_OTHER,
+    ST_HASH_RUNNING_MAX, /* gauge: most password hashes running at once since start (auth.c) */
     ST_COUNT
 };
 

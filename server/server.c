@@ -52,6 +52,7 @@ const char *const ims_stat_names[ST_COUNT] = {
     "close.shutdown",
     "close.kicked",
     "close.other",
+    "hash_running_max",
 };
 
 /* ---- clock -------------------------------------------------------------------------------- */
@@ -869,6 +870,7 @@ static void update_gauges(ims_server *srv)
     srv->st[ST_USERS_ONLINE] = users;
     int pending = ims_auth_pending(srv->auth);
     srv->st[ST_HASH_PENDING] = pending > 0 ? (uint64_t)pending : 0;
+    srv->st[ST_HASH_RUNNING_MAX] = (uint64_t)ims_auth_running_max(srv->auth);
 }
 
 void ims_server_stats(ims_server *srv, void (*cb)(void *ud, const char *name, uint64_t v), void *ud)

@@ -541,6 +541,45 @@ static void test_wake_and_poll_threaded(void **state)
     gate_destroy(&g);
 }
 
+static void test_running_max(void **state)
+{
+    (void)state;
+    /* The high-water mark of jobs running at once: 0 before any job, never above the number of
+     * workers however many jobs wait, at least 1 once a job ran; 1 in the synchronous mode. */
+    gate g;
+    gate_init(&g);
+    ims_auth_options o;
+    small_options(&o, 2, MAX_RESULTS, &g);
+    ims_auth *a = ims_auth_new(&o);
+    assert_non_null(a);
+    assert_int_equal(ims_auth_running_max(a), 0);
+    enum { N = 40 };
+    for (int i = 0; i < N; i++)
+        assert_int_equal(
+            ims_auth_submit(a, IMS_AUTH_HASH, 1 + (uint64_t)i, 0, k_pw, K_PW_LEN, NULL), 0);
+    results rs = {0};
+    collect(a, &g, &rs, N);
+    int mx = ims_auth_running_max(a);
+    assert_true(mx >= 1 && mx <= 2);
+    assert_int_equal(ims_auth_pending(a), 0);
+    ims_auth_free(a);
+    gate_destroy(&g);
+
+    gate_init(&g);
+    small_options(&o, 0, 4, &g);
+    a = ims_auth_new(&o);
+    assert_non_null(a);
+    assert_int_equal(ims_auth_running_max(a), 0);
+    assert_int_equal(ims_auth_submit(a, IMS_AUTH_HASH, 1, 0, k_pw, K_PW_LEN, NULL), 0);
+    assert_int_equal(ims_auth_submit(a, IMS_AUTH_VERIFY, 2, 0, k_pw, K_PW_LEN, ""), 0);
+    assert_int_equal(ims_auth_running_max(a), 1);
+    rs.n = 0;
+    assert_int_equal(ims_auth_poll(a, collect_cb, &rs), 2);
+    assert_int_equal(ims_auth_running_max(NULL), 0);
+    ims_auth_free(a);
+    gate_destroy(&g);
+}
+
 static void test_sync_mode(void **state)
 {
     (void)state;
@@ -741,6 +780,7 @@ int main(void)
         cmocka_unit_test(test_busy_when_queue_full),
         cmocka_unit_test(test_password_is_copied),
         cmocka_unit_test(test_wake_and_poll_threaded),
+        cmocka_unit_test(test_running_max),
         cmocka_unit_test(test_sync_mode),
         cmocka_unit_test(test_poll_callback_may_submit),
         cmocka_unit_test(test_free_with_jobs_pending),

@@ -86,7 +86,7 @@ typedef struct iw {
 } iw;
 
 static const char *const known_gauges[] = {
-    "connections",         "sessions", "users_online", "hash_pending", "hash_busy",
+    "connections",         "sessions", "users_online", "hash_pending", "hash_running_max",
     "store_commit_ms_max", NULL};
 
 static void stop(iw *w, int status);
