@@ -474,6 +474,34 @@ void ims_deliver_send(ims_client *c, const imp_msg *m)
     /* The turn's batch is opened before the lookups: reads inside the write transaction skip
      * SQLite's per-statement read-lock round trips (most of a SEND's cost otherwise). */
     (void)ims_store_begin(st);
+    if (!transient && cmid[0]) {
+        /* IMP-DELIV-005, IMP-DELIV-007: the duplicate check comes first, before the target is
+         * looked up again (a retry after the sender left the room is still a duplicate) and
+         * before the quota */
+        uint8_t dg[32];
+        msg_digest(dg, kind, target, headers, body);
+        int64_t first = 0;
+        uint8_t old[32];
+        int dr = ims_store_dedupe_get(st, c->u->id, cmid, &first, old);
+        if (dr == 1) {
+            if (sodium_memcmp(old, dg, 32) != 0) {
+                refuse(c, req, cmid, IMP_ERR_ID_CONFLICT);
+                return;
+            }
+            srv->st[ST_MSGS_DUPLICATE]++;
+            ims_held *h = held_new(c, req, cmid, mode == IMP_ACK_NONE ? IMP_ACK_NONE : 1);
+            if (h) {
+                h->msg_id = first;
+                h->duplicate = 1;
+                held_queue(srv, h);
+            }
+            return;
+        }
+        if (dr < 0) {
+            refuse(c, req, cmid, IMP_ERR_STORAGE);
+            return;
+        }
+    }
     /* targets */
     int64_t rid = 0;
     int64_t *ids = NULL;
@@ -549,34 +577,6 @@ void ims_deliver_send(ims_client *c, const imp_msg *m)
     }
     uint8_t dg[32];
     msg_digest(dg, kind, target, headers, body);
-    if (cmid[0]) {
-        /* IMP-DELIV-005, IMP-DELIV-007: the duplicate check comes before the quota */
-        int64_t first = 0;
-        uint8_t old[32];
-        r = ims_store_dedupe_get(st, c->u->id, cmid, &first, old);
-        if (r == 1) {
-            if (ids != &rid)
-                free(ids);
-            if (sodium_memcmp(old, dg, 32) != 0) {
-                refuse(c, req, cmid, IMP_ERR_ID_CONFLICT);
-                return;
-            }
-            srv->st[ST_MSGS_DUPLICATE]++;
-            ims_held *h = held_new(c, req, cmid, mode == IMP_ACK_NONE ? IMP_ACK_NONE : 1);
-            if (h) {
-                h->msg_id = first;
-                h->duplicate = 1;
-                held_queue(srv, h);
-            }
-            return;
-        }
-        if (r < 0) {
-            if (ids != &rid)
-                free(ids);
-            refuse(c, req, cmid, IMP_ERR_STORAGE);
-            return;
-        }
-    }
     if (kind == IMP_TARGET_USER) {
         /* IMP-DELIV-007: a full offline queue refuses before anything is stored */
         int64_t count = 0;

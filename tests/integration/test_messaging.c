@@ -388,6 +388,30 @@ static void test_dedupe(void **state)
     s = text_msg(IMP_TARGET_USER, "nobody", NULL, "hello?");
     send_refused(alice, &s, 500);
 
+    /* A retry is answered from the dedupe record before the target is looked up again
+     * (IMP-DELIV-005): after alice left the room she sent to, the retry of her stored room
+     * message is still a duplicate with the first MSG_ID, not NOT_MEMBER. */
+    imp_msg j;
+    imp_msg_init(&j, IMP_JOIN, 0);
+    imp_msg_set_s(&j, IMP_T_ROOM, "dedupe-room");
+    tc_frame *f = tc_wait_reply(alice, tc_request(alice, &j), 5000);
+    IT_CHECK(f && f->m.type == IMP_OK, "JOIN dedupe-room");
+    tc_frame_free(f);
+    tc_msg rm = text_msg(IMP_TARGET_ROOM, "dedupe-room", "room-id", "room once");
+    tc_ack r1, r2;
+    IT_EQ(tc_send(alice, &rm, &r1, 5000), 0);
+    IT_EQ(r1.outcome, IMP_OUTCOME_STORED);
+    imp_msg_init(&j, IMP_LEAVE, 0);
+    imp_msg_set_s(&j, IMP_T_ROOM, "dedupe-room");
+    f = tc_wait_reply(alice, tc_request(alice, &j), 5000);
+    IT_CHECK(f && f->m.type == IMP_OK, "LEAVE dedupe-room");
+    tc_frame_free(f);
+    IT_EQ(tc_send(alice, &rm, &r2, 5000), 0);
+    IT_CHECK(r2.outcome == IMP_OUTCOME_STORED && r2.duplicate == 1 && r2.msg_id == r1.msg_id,
+             "retry after LEAVE: outcome %d code %d duplicate %d msg_id %llu (first %llu)",
+             r2.outcome, r2.code, r2.duplicate, (unsigned long long)r2.msg_id,
+             (unsigned long long)r1.msg_id);
+
     tc_close(alice);
     tc_close(bob);
     tc_close(dan);
