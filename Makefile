@@ -157,7 +157,7 @@ export IMP_BUILD_DIR := $(BUILD)
 # ---- top-level targets -----------------------------------------------------------------------
 
 .PHONY: all lib tests replay imd benches bench check unit-tests replay-corpus run deps \
-	spec-check coverage fuzz fuzz-afl format format-check clean clean-san help FORCE
+	spec-check coverage fuzz fuzz-afl format format-check clean clean-san help FORCE soak
 
 # Benchmarks are built by the plain build only: sanitizers and coverage would falsify them.
 all: lib tests replay $(if $(MODE_FLAGS),,benches) $(IMD) $(TOOL_BIN) $(STEST_BIN) $(ITEST_BIN) \
@@ -235,6 +235,12 @@ bench: $(BENCH_BIN) $(IMD) $(BUILD)/imload
 	@set -e; for b in $(BENCH_BIN); do echo "== $$b"; $$b; done
 	@echo '== bench/run-imload'; bench/run-imload
 
+# The load and soak tier (issue 6): 10,000 idle connections, a 1,000-member room, churn, a
+# 30-minute soak with kill -9 and the full-size kill -9 test, against this flavour's binaries
+# (IMP_BUILD_DIR); IMP_SOAK_MINUTES=2 for a quick run, the other sizes in `ci/soak -h`.
+soak: all
+	@ci/soak
+
 format:
 	$(if $(FORMAT_SRC),clang-format -i $(FORMAT_SRC),@echo 'format: no sources')
 
@@ -258,6 +264,9 @@ help:
 	@echo 'make fuzz           libFuzzer binaries build/fuzz/libfuzzer_<name> (clang)'
 	@echo 'make fuzz-afl       AFL++ binaries build/fuzz/afl_<name> (afl-clang-fast)'
 	@echo 'make bench          build and run bench/bench_*.c at -O2'
+	@echo 'make soak           load and soak tier (ci/soak): 10k idle, 1k room, churn, a 30-min'
+	@echo '                    soak with kill -9 (IMP_SOAK_MINUTES=2: quick), results table in'
+	@echo '                    bench/results/soak-<date>.txt'
 	@echo 'make shlib          build/pic/libimp.so.X.Y.Z (-fPIC objects, soname libimp.so.X)'
 	@echo 'make install        imd, tools, libimp (.a, .so, .pc, headers), man pages, unit,'
 	@echo '                    completions into PREFIX=/usr/local (DESTDIR, BINDIR, SBINDIR,'
@@ -385,6 +394,16 @@ $(ITEST_BIN): $(BUILD)/tests/integration/%: $(OBJ)/tests/integration/%.o $(ISUP_
 	@mkdir -p $(@D)
 	$(call msg,LD,$@)
 	$(Q)$(CC) $(ALL_LDFLAGS) $^ -lcmocka -lsqlite3 -lsodium -lssl -lcrypto -ldl -lpthread -o $@
+
+# The power-loss VFS (tests/faults/powerloss_vfs.c), LD_PRELOADed into imd by test_faults. Built
+# without sanitizers in every flavour (the test sets verify_asan_link_order=0 for the preload).
+POWERLOSS_SO := $(BUILD)/tests/faults/libpowerloss.so
+$(POWERLOSS_SO): tests/faults/powerloss_vfs.c $(STAMP)
+	@mkdir -p $(@D)
+	$(call msg,LD,$@)
+	$(Q)$(CC) $(WARNINGS) $(CPPFLAGS) $(CFLAGS) -fPIC -shared $< -lsqlite3 -o $@
+
+$(ITEST_BIN): | $(POWERLOSS_SO)
 
 # ---- benchmarks: -O2, no sanitizers, no coverage, own copy of the library ---------------------
 

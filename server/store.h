@@ -44,8 +44,18 @@ typedef struct ims_store_options {
     void *log_ud;
 } ims_store_options;
 
-/* Opens (creating the schema on first use) and runs PRAGMA quick_check; NULL on failure with a
- * message in err (always NUL-terminated). */
+/* Opens (creating the schema on first use) and checks the database; NULL on failure with a
+ * message in err (always NUL-terminated).
+ *
+ * A file database has a marker next to it while it is open, "<path>-running" (made, and
+ * fsync'd, before the database file is touched; removed by a clean ims_store_close). When the
+ * marker is there at open, the last process did not close the store (crash, kill -9, power
+ * loss): the open then runs the full ims_store_integrity_check (PRAGMA integrity_check, which
+ * also compares every index with its table, foreign keys, the queue invariant) instead of
+ * PRAGMA quick_check. An existing empty database file without the marker (truncated or
+ * replaced behind imd's back) is refused instead of becoming a new, empty store. An admin
+ * command opening the store while imd runs sees the marker (full check) and removes it on
+ * close: imd's next start after a crash then runs quick_check only. */
 ims_store *ims_store_open(const ims_store_options *opt, char *err, size_t errlen);
 /* Commits an open batch, then closes. */
 void ims_store_close(ims_store *s);

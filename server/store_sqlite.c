@@ -24,12 +24,16 @@
  */
 #include "store.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <sqlite3.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #define IMS_SCHEMA_VERSION 1
 #define IMS_APPLICATION_ID 0x696d6431 /* "imd1" */
@@ -201,6 +205,7 @@ static const char schema_sql[] =
 
 struct ims_store {
     sqlite3 *db;
+    char *marker; /* "<path>-running" while open (file databases), NULL otherwise */
     sqlite3_stmt *st[ST_COUNT];
     int in_batch;
     void (*log)(void *ud, const char *msg);
@@ -494,6 +499,22 @@ fail:
     return -1;
 }
 
+/* fsync of the directory holding path (a new entry in it survives a power loss). */
+static void fsync_parent(const char *path)
+{
+    char *dir = strdup(path);
+    char *slash = dir ? strrchr(dir, '/') : NULL;
+    if (slash != NULL) {
+        *(slash == dir ? slash + 1 : slash) = '\0';
+        int dfd = open(dir, O_RDONLY | O_CLOEXEC);
+        if (dfd >= 0) {
+            (void)fsync(dfd);
+            close(dfd);
+        }
+    }
+    free(dir);
+}
+
 ims_store *ims_store_open(const ims_store_options *opt, char *err, size_t errlen)
 {
     set_err(err, errlen, "%s", "");
@@ -520,6 +541,46 @@ ims_store *ims_store_open(const ims_store_options *opt, char *err, size_t errlen
     }
     s->log = opt->log;
     s->log_ud = opt->log_ud;
+    /* The running marker (store.h): its presence at open means the last process that had the
+     * store open did not close it. It is made before the database file, so that a file imd
+     * created and died before giving a schema is told apart from one emptied behind its back. */
+    int unclean = 0, made_marker = 0;
+    if (strcmp(opt->path, ":memory:") != 0 && strncmp(opt->path, "file:", 5) != 0) {
+        size_t n = strlen(opt->path) + sizeof "-running";
+        s->marker = malloc(n);
+        if (s->marker == NULL) {
+            set_err(err, errlen, "out of memory");
+            goto fail;
+        }
+        snprintf(s->marker, n, "%s-running", opt->path);
+        struct stat st;
+        unclean = stat(s->marker, &st) == 0;
+        if (!unclean && stat(opt->path, &st) == 0 && S_ISREG(st.st_mode) && st.st_size == 0) {
+            set_err(err, errlen,
+                    "%s: the database file is empty, and imd did not just create it (truncated "
+                    "or replaced?): refusing to start without the data; remove the file to "
+                    "start with a new, empty store",
+                    opt->path);
+            free(s->marker);
+            s->marker = NULL; /* not ours: leave no marker behind */
+            goto fail;
+        }
+        if (!unclean) {
+            int fd = open(s->marker, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+            if (fd >= 0) {
+                /* durable before anything is written, so that a power loss leaves it */
+                (void)fsync(fd);
+                close(fd);
+                made_marker = 1;
+                fsync_parent(s->marker);
+            } else {
+                /* not fatal: without it, the next open after a crash runs quick_check only */
+                logf_(s, "store: open: %s: %s", s->marker, strerror(errno));
+                free(s->marker);
+                s->marker = NULL;
+            }
+        }
+    }
     /* One thread uses the connection (store.h): no per-call connection mutex. */
     int rc = sqlite3_open_v2(
         opt->path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
@@ -552,7 +613,9 @@ ims_store *ims_store_open(const ims_store_options *opt, char *err, size_t errlen
         exec_sql(s->db, "PRAGMA temp_store = MEMORY; PRAGMA cache_size = -16384", err, errlen) != 0)
         goto fail;
     char cerr[200] = "";
-    if (run_check(s->db, "PRAGMA quick_check", cerr, sizeof cerr) != 0) {
+    /* After a clean close PRAGMA quick_check (fast); after an unclean one the full check below,
+     * once the statements are prepared. */
+    if (!unclean && run_check(s->db, "PRAGMA quick_check", cerr, sizeof cerr) != 0) {
         set_err(err, errlen, "%s: damaged database: %s", opt->path, cerr);
         goto fail;
     }
@@ -567,6 +630,17 @@ ims_store *ims_store_open(const ims_store_options *opt, char *err, size_t errlen
             goto fail;
         }
     }
+    if (unclean) {
+        /* PRAGMA integrity_check (indexes against their tables too), foreign keys and the
+         * queue invariant: a store that was not closed cleanly is checked in full. */
+        char ierr[200] = "";
+        if (ims_store_integrity_check(s, ierr, sizeof ierr) != 0) {
+            set_err(err, errlen,
+                    "%s: damaged database (checked in full after an unclean shutdown): %s",
+                    opt->path, ierr);
+            goto fail;
+        }
+    }
     return s;
 fail:
     if (err != NULL && errlen > 0 && err[0] == '\0')
@@ -574,6 +648,11 @@ fail:
     for (int i = 0; i < ST_COUNT; i++)
         sqlite3_finalize(s->st[i]);
     sqlite3_close(s->db);
+    /* A marker this open made goes (nothing was written); one found at open stays: still
+     * unclean, the next open checks in full again. */
+    if (made_marker)
+        unlink(s->marker);
+    free(s->marker);
     free(s);
     return NULL;
 }
@@ -588,6 +667,9 @@ void ims_store_close(ims_store *s)
         sqlite3_finalize(s->st[i]);
     if (sqlite3_close(s->db) != SQLITE_OK)
         db_fail(s, "close");
+    else if (s->marker != NULL && unlink(s->marker) != 0 && errno != ENOENT)
+        logf_(s, "store: close: %s: %s", s->marker, strerror(errno));
+    free(s->marker);
     free(s->ids);
     free(s);
 }

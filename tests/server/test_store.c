@@ -1450,6 +1450,160 @@ static void test_open_truncated_database(void **state)
     f->s = fx_open(f);
 }
 
+/* ---- unclean shutdown: the marker and the full check ------------------------------------------
+ */
+
+static int exists(const char *p)
+{
+    struct stat st;
+    return stat(p, &st) == 0;
+}
+
+/* While a file store is open, "<path>-running" exists; a clean close removes it. */
+static void test_running_marker(void **state)
+{
+    fx *f = *state;
+    char marker[200];
+    snprintf(marker, sizeof marker, "%s-running", f->path);
+    assert_true(exists(marker));
+    ims_store_close(f->s);
+    f->s = NULL;
+    assert_false(exists(marker));
+    f->s = fx_open(f);
+    assert_true(exists(marker));
+}
+
+/* Runs sql statements on a database file with plain SQLite (writable_schema allowed). */
+static void raw_exec(const char *path, const char *sql)
+{
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE, NULL), SQLITE_OK);
+    char *msg = NULL;
+    if (sqlite3_exec(db, sql, NULL, NULL, &msg) != SQLITE_OK)
+        fail_msg("%s: %s", sql, msg ? msg : "?");
+    sqlite3_close(db);
+}
+
+/* An index that no longer matches its table: PRAGMA quick_check does not see it, PRAGMA
+ * integrity_check (and the queue invariant) do. After a clean close the open runs quick_check
+ * only (it opens); after an unclean one (the marker left by a process that died with the store
+ * open) it runs the full check and refuses with a message. */
+static void test_open_after_unclean_shutdown_full_check(void **state)
+{
+    fx *f = *state;
+    fill_and_close(f);
+    char marker[200];
+    snprintf(marker, sizeof marker, "%s-running", f->path);
+    assert_false(exists(marker));
+    /* Drop the index queue_msg from the schema, delete a queue row behind its back, put the
+     * index back: it keeps an entry for the deleted row. */
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open_v2(f->path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    sqlite3_stmt *q = NULL;
+    assert_int_equal(sqlite3_prepare_v2(db,
+                                        "SELECT rootpage, sql FROM sqlite_schema WHERE name = "
+                                        "'queue_msg'",
+                                        -1, &q, NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_step(q), SQLITE_ROW);
+    long root = (long)sqlite3_column_int64(q, 0);
+    char idx_sql[200];
+    snprintf(idx_sql, sizeof idx_sql, "%s", (const char *)sqlite3_column_text(q, 1));
+    sqlite3_finalize(q);
+    sqlite3_close(db);
+    raw_exec(f->path, "PRAGMA writable_schema = ON; DELETE FROM sqlite_schema WHERE name = "
+                      "'queue_msg'");
+    raw_exec(f->path, "DELETE FROM queue WHERE seq = 7");
+    char sql[600];
+    snprintf(sql, sizeof sql,
+             "PRAGMA writable_schema = ON; INSERT INTO sqlite_schema(type, name, tbl_name, "
+             "rootpage, sql) VALUES ('index', 'queue_msg', 'queue', %ld, '%s')",
+             root, idx_sql);
+    raw_exec(f->path, sql);
+    char v[200];
+    pragma_text(f->path, "PRAGMA quick_check", v, sizeof v);
+    assert_string_equal(v, "ok");
+    pragma_text(f->path, "PRAGMA integrity_check", v, sizeof v);
+    assert_string_not_equal(v, "ok");
+
+    /* Clean shutdown before: quick_check only, it opens. */
+    char copy[200];
+    snprintf(copy, sizeof copy, "%s/clean.db", f->dir);
+    copy_file(f->path, copy);
+    ims_store_options o = {copy, 1, NULL, NULL};
+    char err[256] = "";
+    ims_store *s = ims_store_open(&o, err, sizeof err);
+    assert_non_null(s);
+    ims_store_close(s);
+
+    /* A process that dies with the store open leaves the marker: the next open checks all. */
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        ims_store_options oc = {f->path, 1, NULL, NULL};
+        char e[256];
+        _exit(ims_store_open(&oc, e, sizeof e) != NULL ? 0 : 1);
+    }
+    int st = 0;
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    assert_true(exists(marker));
+    ims_store_options o2 = {f->path, 1, NULL, NULL};
+    err[0] = '\0';
+    s = ims_store_open(&o2, err, sizeof err);
+    if (s != NULL) {
+        ims_store_close(s);
+        fail_msg("opened after an unclean shutdown with a stale index");
+    }
+    assert_non_null(strstr(err, "unclean shutdown"));
+    assert_non_null(strstr(err, "PRAGMA integrity_check"));
+    assert_true(exists(marker)); /* still unclean: the next start checks again */
+    unlink(marker);
+    unlink(f->path);
+}
+
+/* An existing empty database file that imd did not just create (no marker: it was truncated or
+ * replaced) is refused rather than silently made into a new, empty store. With the marker (imd
+ * died while it created the file) it is initialized. A missing file is a new store. */
+static void test_open_empty_file(void **state)
+{
+    fx *f = *state;
+    char path[200], marker[220];
+    snprintf(path, sizeof path, "%s/empty.db", f->dir);
+    snprintf(marker, sizeof marker, "%s-running", path);
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    assert_true(fd >= 0);
+    close(fd);
+    ims_store_options o = {path, 1, NULL, NULL};
+    char err[256] = "";
+    ims_store *s = ims_store_open(&o, err, sizeof err);
+    if (s != NULL) {
+        ims_store_close(s);
+        fail_msg("an empty database file without the marker was opened");
+    }
+    assert_non_null(strstr(err, "empty"));
+    assert_int_equal(file_size(path), 0);
+    assert_false(exists(marker));
+    /* the marker: imd died between creating the file and its schema */
+    fd = open(marker, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    assert_true(fd >= 0);
+    close(fd);
+    s = ims_store_open(&o, err, sizeof err);
+    assert_non_null(s);
+    integrity_ok(s);
+    ims_store_close(s);
+    assert_false(exists(marker));
+    /* a new file */
+    unlink(path);
+    s = ims_store_open(&o, err, sizeof err);
+    assert_non_null(s);
+    ims_store_close(s);
+    unlink(path);
+    char wal[220];
+    snprintf(wal, sizeof wal, "%s-wal", path);
+    unlink(wal);
+}
+
 /* ---- throughput (printed, not asserted) -------------------------------------------------------
  */
 
@@ -1526,6 +1680,9 @@ int main(void)
         BOTH(test_reentrant_callbacks),
         FILE_ONLY(test_open_corrupt_database),
         FILE_ONLY(test_open_truncated_database),
+        FILE_ONLY(test_running_marker),
+        FILE_ONLY(test_open_after_unclean_shutdown_full_check),
+        FILE_ONLY(test_open_empty_file),
         BOTH(test_throughput),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
