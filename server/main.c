@@ -153,8 +153,12 @@ static ims_store *open_store(const ims_cfg *cfg)
     snprintf(path, sizeof path, "%s/imd.db", cfg->data_dir);
     ims_store_options so = {path, cfg->sync_full, store_log, NULL};
     ims_store *s = ims_store_open(&so, err, sizeof err);
-    if (!s)
-        fprintf(stderr, "imd: store %s: %s\n", path, err);
+    if (!s) { /* the store's messages usually start with the path already */
+        if (strncmp(err, path, strlen(path)) == 0)
+            fprintf(stderr, "imd: store %s\n", err);
+        else
+            fprintf(stderr, "imd: store %s: %s\n", path, err);
+    }
     return s;
 }
 
