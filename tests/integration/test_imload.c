@@ -12,7 +12,13 @@
  * - --procs 2 --threads 2 merged into one report; three runs in a row on the same accounts (no
  *   address ban: one probe, not one refused REGISTER per account);
  * - churn (exact counts), login, broadcast by an administrator (fan-out), idle with --ramp;
- * - the built-in sink (--sink): counts consistent with --ack stored and a closed loop.
+ * - the built-in sink (--sink): counts consistent with --ack stored and a closed loop;
+ * - TLS (issue 6): --cafile (counts exact), --insecure, verification failures (no CA: the
+ *   system store; a wrong --tls-name; TLS to a plain listener) exit 3 with the reason, bad
+ *   options exit 2; imd's throughput plain vs TLS measured (it_note);
+ * - --history with --late-receivers: the late receivers get their messages only after the
+ *   sending ended, every one of them; imload --check on the history agrees (exit 0, exact
+ *   counts), and a history with a line removed makes it exit 1.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -129,6 +135,13 @@ static double json_num(const char *s, const char *key)
     return strtod(p + strlen(k), NULL);
 }
 
+/* The measured rate (the top-level "rate", after "elapsed_s"; config.rate comes first). */
+static double json_rate(const char *s)
+{
+    const char *p = strstr(s, "\"elapsed_s\":");
+    return p ? json_num(p, "rate") : -1;
+}
+
 static const char *json_obj(const char *s, const char *key)
 {
     char k[80];
@@ -182,7 +195,7 @@ static void test_direct_stored_json(void **state)
     IT_EQ(json_num(r.json, "duplicated"), 0);
     IT_EQ(json_num(r.json, "reordered"), 0);
     IT_EQ(json_num(r.json, "errors"), 0);
-    double rate = json_num(r.json, "rate");
+    double rate = json_rate(r.json);
     IT_CHECK(rate > 500 && rate < 2500, "rate %.1f (target 2000)", rate);
     IT_CHECK(strstr(r.json, "\"agent\":\"imd/") != NULL, "server agent: %s", r.json);
     IT_CHECK(strstr(r.json, "\"pairs\":[]") != NULL, "no anomalous pair: %s", r.json);
@@ -246,6 +259,7 @@ static void test_assert_and_usage(void **state)
         {"-r", "100", NULL},
         {"direct", "-r", "100", "-w", "5", NULL},
         {"direct", "--ack", "sometimes", NULL},
+        {"direct", "-r", "0", NULL},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         r = run(p->port, bad[i], 10000);
@@ -410,7 +424,7 @@ static void test_churn_login_broadcast(void **state)
     r = run(p->port, login, 30000);
     EXPECT_STATUS(r, 0);
     IT_EQ(json_num(r.json, "errors"), 0);
-    IT_CHECK(json_num(r.json, "cycles") >= 2 && json_num(r.json, "rate") > 0, "logins: %s", r.json);
+    IT_CHECK(json_num(r.json, "cycles") >= 2 && json_rate(r.json) > 0, "logins: %s", r.json);
     result_free(&r);
     char pwfile[300];
     snprintf(pwfile, sizeof pwfile, "%s/root.pw", tmpdir);
@@ -475,6 +489,204 @@ static void test_sink(void **state)
     result_free(&r);
 }
 
+/* The plain closed-loop throughput of one port (delivered msg/s), for the notes. */
+static double closed_loop_rate(int port, const char *prefix, const char *tls_opt,
+                               const char *tls_arg)
+{
+    const char *a[20];
+    int n = 0;
+    a[n++] = "-q";
+    if (tls_opt) {
+        a[n++] = tls_opt;
+        if (tls_arg)
+            a[n++] = tls_arg;
+    }
+    static const char *const rest[] = {"direct", "-c", "20", "-r",       "0",     "-w",
+                                       "50",     "-t", "2s", "--warmup", "500ms", "--prefix"};
+    for (size_t i = 0; i < sizeof rest / sizeof rest[0]; i++)
+        a[n++] = rest[i];
+    a[n++] = prefix;
+    a[n] = NULL;
+    result r = run(port, a, 60000);
+    EXPECT_STATUS(r, 0);
+    IT_EQ(json_num(r.json, "lost"), 0);
+    IT_EQ(json_num(r.json, "errors"), 0);
+    double rate = json_rate(r.json);
+    result_free(&r);
+    return rate;
+}
+
+static void test_tls(void **state)
+{
+    (void)state;
+    char cert[300], key[300];
+    it_make_cert(tmpdir, cert, sizeof cert, key, sizeof key);
+    const char *extra[] = {
+        "--set",       "msg_rate=1000000", "--set", "msg_burst=1000000", "--tls-listen",
+        "127.0.0.1:0", "--tls-cert",       cert,    "--tls-key",         key,
+        NULL};
+    imd_proc *p = it_start_imd(extra);
+    IT_CHECK(p->tls_port > 0, "imd announced a TLS listener");
+    /* verified against the certificate as CA: exact counts, JSON says tls */
+    const char *ok[] = {"-q",   "--cafile", cert, "direct",   "-c", "4", "-n",
+                        "3000", "-w",       "16", "--prefix", "tl", NULL};
+    result r = run(p->tls_port, ok, 30000);
+    EXPECT_STATUS(r, 0);
+    IT_EQ(json_num(r.json, "sent"), 3000);
+    IT_EQ(json_num(r.json, "acked"), 3000);
+    IT_EQ(json_num(r.json, "delivered"), 3000);
+    IT_EQ(json_num(r.json, "lost"), 0);
+    IT_EQ(json_num(r.json, "errors"), 0);
+    IT_CHECK(strstr(r.json, "\"tls\":true") != NULL, "tls in the JSON config: %s", r.json);
+    result_free(&r);
+    /* open loop, several threads, --insecure */
+    static const char *const insecure[] = {"-q", "--insecure", "direct", "-c", "6",  "--threads",
+                                           "2",  "-r",         "3000",   "-t", "1s", "--warmup",
+                                           "0",  "--prefix",   "ti",     NULL};
+    r = run(p->tls_port, insecure, 30000);
+    EXPECT_STATUS(r, 0);
+    IT_CHECK(json_num(r.json, "sent") >= 2500, "sent %.0f", json_num(r.json, "sent"));
+    IT_EQ(json_num(r.json, "delivered"), json_num(r.json, "sent"));
+    IT_EQ(json_num(r.json, "lost"), 0);
+    result_free(&r);
+    /* the system's trust store does not know this certificate: exit 3, with the reason */
+    static const char *const untrusted[] = {"--tls", "direct", "-c", "2", "-n", "10", NULL};
+    r = run(p->tls_port, untrusted, 30000);
+    EXPECT_STATUS(r, 3);
+    IT_CHECK(strstr(r.err, "certificate verify failed"), "reason: %s", r.err);
+    result_free(&r);
+    /* the name does not match the certificate (even with --reconnect: not retried) */
+    const char *wrong_name[] = {"--cafile",    cert,     "--tls-name", "wrong.example",
+                                "--reconnect", "direct", "-c",         "2",
+                                "-n",          "10",     NULL};
+    uint64_t t = it_now_ms();
+    r = run(p->tls_port, wrong_name, 30000);
+    EXPECT_STATUS(r, 3);
+    IT_CHECK(strstr(r.err, "certificate verify failed"), "reason: %s", r.err);
+    IT_CHECK(it_now_ms() - t < 20000, "a verification failure is not retried");
+    result_free(&r);
+    /* the right name given explicitly */
+    const char *right_name[] = {"-q",     "--cafile", cert,       "--tls-name", "localhost",
+                                "direct", "-c",       "2",        "-n",         "10",
+                                "-w",     "2",        "--prefix", "tn",         NULL};
+    r = run(p->tls_port, right_name, 30000);
+    EXPECT_STATUS(r, 0);
+    IT_EQ(json_num(r.json, "delivered"), 10);
+    result_free(&r);
+    /* TLS to the plain listener: a handshake failure, exit 3 */
+    const char *plain[] = {"--cafile", cert, "direct", "-c", "2", "-n", "10", NULL};
+    r = run(p->port, plain, 30000);
+    EXPECT_STATUS(r, 3);
+    IT_CHECK(strstr(r.err, "TLS"), "reason: %s", r.err);
+    result_free(&r);
+    /* bad options: exit 2 */
+    static const char *const no_ca[] = {"--cafile", "/nonexistent/ca.pem", "direct", "-n", "1",
+                                        NULL};
+    r = run(p->tls_port, no_ca, 10000);
+    EXPECT_STATUS(r, 2);
+    IT_CHECK(strstr(r.err, "/nonexistent/ca.pem"), "message: %s", r.err);
+    result_free(&r);
+    static const char *const name_only[] = {"--tls-name", "x", "direct", "-n", "1", NULL};
+    r = run(p->tls_port, name_only, 10000);
+    EXPECT_STATUS(r, 2);
+    result_free(&r);
+    /* imd's throughput, plain and TLS, closed loop (measured, not asserted) */
+    double rp = closed_loop_rate(p->port, "tp", NULL, NULL);
+    double rt = closed_loop_rate(p->tls_port, "tt", "--cafile", cert);
+    it_note("imd throughput, direct -c 20 -w 50: plain %.0f msg/s, TLS %.0f msg/s (%.0f %%)", rp,
+            rt, rp > 0 ? 100.0 * rt / rp : 0);
+    it_liveness(p, (long)p->pid, NULL, NULL, NULL, NULL);
+    it_finish(p);
+}
+
+/* --history and --late-receivers: the late receivers log in only after the sending has ended
+ * and then get every message; imload --check agrees with the run. */
+static void test_history_late(void **state)
+{
+    (void)state;
+    imd_proc *p = it_start_imd(fast_imd);
+    char hist[300];
+    snprintf(hist, sizeof hist, "%s/history", tmpdir);
+    const char *args[] = {
+        "-q",        "direct", "--senders", "4",  "--receivers", "4",     "--late-receivers",
+        "2",         "-n",     "2000",      "-r", "2000",        "--ack", "stored",
+        "--history", hist,     "--prefix",  "lt", NULL};
+    result r = run(p->port, args, 30000);
+    EXPECT_STATUS(r, 0);
+    IT_EQ(json_num(r.json, "sent"), 2000);
+    IT_EQ(json_num(r.json, "acked"), 2000);
+    IT_EQ(json_num(r.json, "delivered"), 2000);
+    IT_EQ(json_num(r.json, "lost"), 0);
+    IT_EQ(json_num(r.json, "late_receivers"), 2);
+    result_free(&r);
+    /* one thread: the file is in event order. Every DELIVER to the late receivers (ltr2, ltr3)
+     * comes after the last SEND; the others got theirs during the sending. */
+    size_t len;
+    char *h = it_slurp(hist, &len);
+    IT_CHECK(!strncmp(h, "H imload-history 1 direct stored\n", 33), "header: %.60s", h);
+    long line = 0, last_s = 0, first_late = 0, first_early = 0, late = 0, early = 0, sends = 0,
+         acks = 0;
+    for (char *q = h; *q; q = strchr(q, '\n') ? strchr(q, '\n') + 1 : q + strlen(q)) {
+        line++;
+        if (*q == 'S') {
+            last_s = line;
+            sends++;
+        } else if (*q == 'A') {
+            acks++;
+        } else if (!strncmp(q, "D ltr2 ", 7) || !strncmp(q, "D ltr3 ", 7)) {
+            late++;
+            if (!first_late)
+                first_late = line;
+        } else if (*q == 'D') {
+            early++;
+            if (!first_early)
+                first_early = line;
+        }
+    }
+    free(h);
+    it_note("history: %ld lines, last SEND line %ld, first late DELIVER line %ld", line, last_s,
+            first_late);
+    IT_EQ(sends, 2000);
+    IT_EQ(acks, 2000);
+    IT_EQ(late, 1000);
+    IT_EQ(early, 1000);
+    IT_CHECK(first_late > last_s,
+             "late receivers got a message (line %ld) before the sending "
+             "ended (line %ld)",
+             first_late, last_s);
+    IT_CHECK(first_early < last_s, "the other receivers got theirs during the sending");
+    /* the checker */
+    static const char *check_args[] = {"--check", NULL, NULL};
+    check_args[1] = hist;
+    r = run(0, check_args, 30000);
+    EXPECT_STATUS(r, 0);
+    IT_CHECK(strstr(r.out, "check: sent 2000 acked 2000 refused 0 delivered 2000 lost 0 "
+                           "duplicates 0 reordered 0 unexpected 0"),
+             "summary: %s", r.out);
+    result_free(&r);
+    /* the same history without one DELIVER: lost 1, exit 1 */
+    char cut[300];
+    snprintf(cut, sizeof cut, "%s/history.cut", tmpdir);
+    h = it_slurp(hist, &len);
+    char *d = strstr(h, "\nD ltr3 ");
+    IT_CHECK(d != NULL, "a DELIVER to ltr3");
+    char *e = strchr(d + 1, '\n');
+    FILE *f = fopen(cut, "w");
+    IT_CHECK(f != NULL, "write %s", cut);
+    fwrite(h, 1, (size_t)(d - h), f);
+    fputs(e ? e : "\n", f);
+    fclose(f);
+    free(h);
+    check_args[1] = cut;
+    r = run(0, check_args, 30000);
+    EXPECT_STATUS(r, 1);
+    IT_CHECK(strstr(r.out, " lost 1 ") && strstr(r.err, "lost: sender"), "summary: %s / %s", r.out,
+             r.err);
+    result_free(&r);
+    it_liveness(p, (long)p->pid, NULL, NULL, NULL, NULL);
+    it_finish(p);
+}
+
 int main(void)
 {
     it_main_init(300);
@@ -497,6 +709,8 @@ int main(void)
         cmocka_unit_test_teardown(test_procs_threads_rerun, it_teardown),
         cmocka_unit_test_teardown(test_churn_login_broadcast, it_teardown),
         cmocka_unit_test_teardown(test_sink, it_teardown),
+        cmocka_unit_test_teardown(test_tls, it_teardown),
+        cmocka_unit_test_teardown(test_history_late, it_teardown),
     };
     int r = cmocka_run_group_tests(tests, NULL, NULL);
     if (!getenv("IMP_ITEST_KEEP")) {

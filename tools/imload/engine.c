@@ -17,6 +17,16 @@
  * but keeps its intended time, so latency is measured from the schedule (coordinated omission
  * corrected, as wrk2 does).
  *
+ * TLS (--tls): after the TCP connect, a non-blocking handshake (SSL_do_handshake; WANT_READ or
+ * WANT_WRITE switch the epoll interest) bounded by --connect-timeout, then SSL_read / SSL_write
+ * instead of recv / send; after a read, OpenSSL may hold decrypted bytes that epoll cannot see,
+ * so reading goes on while SSL_has_pending. The plain path is the same code as before, behind
+ * one test of c->ssl.
+ *
+ * --history: each worker appends one text line per SEND (first written or resent), ACK and
+ * DELIVER to a buffer of its own and writes it whole (O_APPEND) when it is nearly full and at the
+ * end; imload --check (check.c) reads the files.
+ *
  * Correctness: each sender keeps the set of its sequence numbers that were acknowledged (a
  * bitmap) and the intended times of the unacknowledged ones (a ring, for ACK latency and for
  * resending after a reconnect, with the same CLIENT_MSG_ID); each receiver keeps, per sender it
@@ -38,6 +48,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+
 #ifndef IP_BIND_ADDRESS_NO_PORT
 #define IP_BIND_ADDRESS_NO_PORT 24
 #endif
@@ -48,7 +61,7 @@
 #define RETRY_NS 200000000ull         /* reconnect / BUSY retry delay */
 #define CMID_LEN 20                   /* CLIENT_MSG_ID: 8 hex digits sender, 12 hex seq */
 
-enum { P_IDLE, P_CONNECTING, P_HELLO, P_AUTH, P_JOIN, P_READY, P_WAIT, P_DONE, P_DEAD };
+enum { P_IDLE, P_CONNECTING, P_TLS, P_HELLO, P_AUTH, P_JOIN, P_READY, P_WAIT, P_DONE, P_DEAD };
 
 typedef struct bitmap {
     uint64_t *w;
@@ -69,6 +82,10 @@ typedef struct lc {
     int epout;
     worker *w;
     imp_conn *ic;
+    SSL *ssl;            /* --tls */
+    int tls_wr_wants_rd; /* SSL_write wanted to read: flush again when readable */
+    int tls_rd_wants_wr; /* SSL_read wanted to write: read again when writable */
+    int late;            /* --late-receivers: connects once sending has ended */
     uint8_t *obuf;
     size_t ohead, olen, ocap; /* pending output is obuf[ohead..olen) */
     char user[48];
@@ -126,7 +143,10 @@ struct worker {
     int auth_cap;
     hist ack, e2e;
     uint64_t last_pub_ns;
+    uint64_t next_tmo_scan;
     uint8_t *rbuf;
+    char *hbuf; /* --history: whole lines not yet written */
+    size_t hlen;
 };
 
 static lc *g_conns;
@@ -230,6 +250,124 @@ static void put_hex(uint8_t *p, uint64_t v, int digits)
     }
 }
 
+/* ---- --history ------------------------------------------------------------------------------ */
+
+#define HBUF_SIZE (64u * 1024u)
+#define HLINE_MAX 256u
+
+static void history_flush(worker *w)
+{
+    const config *cfg = w->cfg;
+    size_t off = 0;
+    while (off < w->hlen) {
+        ssize_t n = write(cfg->history_fd, w->hbuf + off, w->hlen - off);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            static int told;
+            if (!__atomic_exchange_n(&told, 1, __ATOMIC_RELAXED))
+                fprintf(stderr, PROG ": cannot write the history: %s\n",
+                        n < 0 ? strerror(errno) : "short write");
+            break;
+        }
+        off += (size_t)n;
+    }
+    w->hlen = 0;
+}
+
+/* A line is built in place (no printf: a few ns per field), at most HLINE_MAX bytes. */
+static char *hl_begin(worker *w)
+{
+    if (w->hlen + HLINE_MAX > HBUF_SIZE)
+        history_flush(w);
+    return w->hbuf + w->hlen;
+}
+
+static char *hl_u64(char *p, uint64_t v)
+{
+    char t[20];
+    int n = 0;
+    do {
+        t[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    *p++ = ' ';
+    while (n)
+        *p++ = t[--n];
+    return p;
+}
+
+static char *hl_str(char *p, const char *s)
+{
+    *p++ = ' ';
+    for (int i = 0; s[i] && i < 64; i++)
+        *p++ = s[i];
+    return p;
+}
+
+static void hl_end(worker *w, char *p)
+{
+    *p++ = '\n';
+    w->hlen = (size_t)(p - w->hbuf);
+}
+
+static const char *outcome_name(uint64_t o)
+{
+    return o == IMP_OUTCOME_REFUSED     ? "refused"
+           : o == IMP_OUTCOME_DELIVERED ? "delivered"
+                                        : "stored";
+}
+
+/* A SEND line: S (first write) or R (written again after a reconnect):
+ * "S <sender> <seq> <cmid or -> <target>". */
+static void history_send(lc *c, char kind, uint64_t seq)
+{
+    if (c->w->cfg->history_fd < 0)
+        return;
+    char *p = hl_begin(c->w);
+    *p++ = kind;
+    p = hl_u64(p, (uint64_t)c->sidx);
+    p = hl_u64(p, seq);
+    *p++ = ' ';
+    if (c->w->cfg->reconnect) { /* the CLIENT_MSG_ID, as put_send writes it */
+        put_hex((uint8_t *)p, (uint64_t)c->sidx, 8);
+        put_hex((uint8_t *)p + 8, seq, 12);
+        p += CMID_LEN;
+    } else {
+        *p++ = '-';
+    }
+    p = hl_str(p, c->target);
+    hl_end(c->w, p);
+}
+
+/* "A <sender> <seq> <outcome> <code> <msg_id> <dup>" */
+static void history_ack(lc *c, uint64_t seq, uint64_t outcome, uint64_t code, uint64_t msg_id,
+                        int dup)
+{
+    char *p = hl_begin(c->w);
+    *p++ = 'A';
+    p = hl_u64(p, (uint64_t)c->sidx);
+    p = hl_u64(p, seq);
+    p = hl_str(p, outcome_name(outcome));
+    p = hl_u64(p, code);
+    p = hl_u64(p, msg_id);
+    p = hl_u64(p, dup ? 1u : 0u);
+    hl_end(c->w, p);
+}
+
+/* "D <receiver> <sender> <seq> <msg_id> <dseq>" */
+static void history_deliver(lc *c, uint32_t sidx, uint64_t seq, uint64_t msg_id, uint64_t dseq)
+{
+    char *p = hl_begin(c->w);
+    *p++ = 'D';
+    p = hl_str(p, c->user);
+    p = hl_u64(p, sidx);
+    p = hl_u64(p, seq);
+    p = hl_u64(p, msg_id);
+    p = hl_u64(p, dseq);
+    hl_end(c->w, p);
+}
+
 /* ---- output ---------------------------------------------------------------------------------- */
 
 static void obuf_reserve(lc *c, size_t more)
@@ -277,10 +415,16 @@ static void set_epout(lc *c, int on)
 
 static void conn_lost(lc *c, const char *why, int is_error);
 
+static void flush_out_tls(lc *c);
+
 static void flush_out(lc *c)
 {
-    if (c->fd < 0 || c->phase == P_CONNECTING)
+    if (c->fd < 0 || c->phase == P_CONNECTING || c->phase == P_TLS)
         return;
+    if (c->ssl) {
+        flush_out_tls(c);
+        return;
+    }
     size_t off = c->ohead;
     while (off < c->olen) {
         ssize_t n = send(c->fd, c->obuf + off, c->olen - off, MSG_NOSIGNAL);
@@ -299,6 +443,37 @@ static void flush_out(lc *c)
     if (c->ohead == c->olen)
         c->ohead = c->olen = 0;
     set_epout(c, c->olen > c->ohead);
+}
+
+/* The same over TLS: SSL_write (partial writes and a moving buffer are allowed by the
+ * context); WANT_WRITE waits for EPOLLOUT, WANT_READ for EPOLLIN (then on_readable flushes). */
+static void flush_out_tls(lc *c)
+{
+    size_t off = c->ohead;
+    int want_read = 0;
+    while (off < c->olen) {
+        size_t len = c->olen - off;
+        int n = SSL_write(c->ssl, c->obuf + off, len > 0x40000000u ? 0x40000000 : (int)len);
+        if (n > 0) {
+            off += (size_t)n;
+            continue;
+        }
+        int e = SSL_get_error(c->ssl, n);
+        if (e == SSL_ERROR_WANT_WRITE)
+            break;
+        if (e == SSL_ERROR_WANT_READ) {
+            want_read = 1;
+            break;
+        }
+        char buf[200];
+        conn_lost(c, imt_tls_error(c->ssl, buf, sizeof buf), 1);
+        return;
+    }
+    c->ohead = off;
+    if (c->ohead == c->olen)
+        c->ohead = c->olen = 0;
+    c->tls_wr_wants_rd = want_read;
+    set_epout(c, !want_read && c->olen > c->ohead);
 }
 
 static uint32_t ctrl_req(lc *c)
@@ -416,6 +591,7 @@ static void queue_send(lc *c, uint64_t due)
         c->w->c.ack_outstanding++;
     }
     put_send(c, seq, due);
+    history_send(c, 'S', seq);
     if (c->quota != UINT64_MAX)
         c->quota--;
     c->w->c.sent++;
@@ -427,8 +603,10 @@ static void resend_unacked(lc *c)
     if (c->w->cfg->ack == IMP_ACK_NONE)
         return;
     for (uint64_t s = c->ring_lo; s < c->next_seq; s++)
-        if (!bm_test(&c->acked, s) && !bm_test(&c->refused, s))
+        if (!bm_test(&c->acked, s) && !bm_test(&c->refused, s)) {
             put_send(c, s, c->ring[s & c->ring_mask]);
+            history_send(c, 'R', s);
+        }
 }
 
 /* ---- connections ----------------------------------------------------------------------------- */
@@ -446,6 +624,12 @@ static void report_error(lc *c, const char *what)
 
 static void conn_close_fd(lc *c)
 {
+    if (c->ssl) {
+        SSL_free(c->ssl);
+        c->ssl = NULL;
+        ERR_clear_error();
+    }
+    c->tls_wr_wants_rd = c->tls_rd_wants_wr = 0;
     if (c->fd >= 0) {
         epoll_ctl(c->w->ep, EPOLL_CTL_DEL, c->fd, NULL);
         close(c->fd);
@@ -458,6 +642,7 @@ static void conn_close_fd(lc *c)
     if (c->phase >= P_CONNECTING && c->phase <= P_JOIN)
         c->w->opening--;
     c->olen = c->ohead = 0;
+    c->unflushed_since = 0; /* what was not written is resent after the reconnect */
     c->epout = 0;
 }
 
@@ -504,10 +689,84 @@ static int may_open(lc *c, int ph)
         now_ns() <
             c->w->sh->setup_start_ns + cfg->ramp_ns * (uint64_t)c->ord / (uint64_t)c->w->sh->nconns)
         return 0;
+    if (c->late && ph < PH_DRAIN)
+        return 0; /* --late-receivers: offline until sending has ended */
     if (cfg->scenario == SC_LOGIN || (cfg->scenario == SC_CHURN && (c->role & R_SEND)))
         return ph == PH_RUN && now_ns() < c->w->sh->send_until_ns &&
                (c->quota > 0 || cfg->scenario == SC_LOGIN);
     return 1;
+}
+
+/* Connecting (TCP or TLS) failed: with --reconnect (or while preparing, or for a connection
+ * that was up before) retry later; otherwise the connection is dead (the setup fails, exit 3).
+ * fatal: dead in any case (a certificate that does not verify will not verify next time). */
+static void setup_failed(lc *c, const char *msg, int fatal)
+{
+    worker *w = c->w;
+    if (fatal || (!w->cfg->reconnect && !g_prepare && !c->was_ready)) {
+        w->c.conn_errors++;
+        report_error(c, msg);
+        acct_decide(c, ACCT_NEW);
+        conn_close_fd(c);
+        c->phase = P_DEAD;
+        if (!c->counted_dead) {
+            c->counted_dead = 1;
+            w->dead++;
+        }
+        return;
+    }
+    conn_lost(c, msg, 1);
+}
+
+/* Drive the TLS handshake (non-blocking): done -> P_HELLO and the HELLO goes out. */
+static void tls_handshake(lc *c)
+{
+    ERR_clear_error();
+    int r = SSL_do_handshake(c->ssl);
+    if (r == 1) {
+        c->phase = P_HELLO;
+        flush_out(c);
+        return;
+    }
+    int e = SSL_get_error(c->ssl, r);
+    if (e == SSL_ERROR_WANT_READ) {
+        set_epout(c, 0);
+        return;
+    }
+    if (e == SSL_ERROR_WANT_WRITE) {
+        set_epout(c, 1);
+        return;
+    }
+    char buf[200], msg[240];
+    imt_tls_error(c->ssl, buf, sizeof buf);
+    int verify_failed = SSL_get_verify_result(c->ssl) != X509_V_OK;
+    if (e == SSL_ERROR_SYSCALL && !strcmp(buf, "TLS handshake failed"))
+        snprintf(buf, sizeof buf, "TLS handshake failed: %s",
+                 errno ? strerror(errno) : "connection closed by the server");
+    snprintf(msg, sizeof msg, "%s%s", strncmp(buf, "TLS", 3) ? "TLS: " : "", buf);
+    setup_failed(c, msg, verify_failed);
+}
+
+/* The TCP connection is up: start TLS (--tls) or say HELLO. */
+static void conn_connected(lc *c)
+{
+    const config *cfg = c->w->cfg;
+    if (!cfg->tls_ctx) {
+        c->phase = P_HELLO;
+        flush_out(c);
+        return;
+    }
+    char err[300];
+    c->ssl = imt_tls_new(cfg->tls_ctx, &cfg->tls, cfg->host, err, sizeof err);
+    if (!c->ssl || SSL_set_fd(c->ssl, c->fd) != 1) {
+        char msg[340];
+        snprintf(msg, sizeof msg, "TLS: %s", c->ssl ? "SSL_set_fd failed" : err);
+        setup_failed(c, msg, 1);
+        return;
+    }
+    SSL_set_connect_state(c->ssl);
+    c->phase = P_TLS;
+    tls_handshake(c);
 }
 
 static void conn_open(lc *c)
@@ -581,7 +840,7 @@ static void conn_open(lc *c)
         return;
     }
     if (c->phase == P_HELLO)
-        flush_out(c);
+        conn_connected(c);
 }
 
 static void send_auth(lc *c)
@@ -762,6 +1021,22 @@ static void on_ack(lc *c, const imp_msg *m)
     }
     uint32_t rid = m->request_id & ~CTRL_REQ;
     uint64_t seq = c->ring_lo + ((rid - (uint32_t)c->ring_lo) & ~CTRL_REQ);
+    if (w->cfg->history_fd >= 0) {
+        /* every ACK, also the second one of a resent message (whose seq may be below ring_lo:
+         * the CLIENT_MSG_ID names it) */
+        uint64_t hseq = seq;
+        imp_bytes id = imp_msg_b(m, IMP_T_CLIENT_MSG_ID);
+        if (id.len == CMID_LEN) {
+            uint64_t v = 0;
+            for (size_t i = 8; i < CMID_LEN; i++) {
+                uint8_t d = id.p[i];
+                v = v << 4 | (uint64_t)(d <= '9' ? d - '0' : d - 'a' + 10);
+            }
+            hseq = v;
+        }
+        history_ack(c, hseq, imp_msg_u(m, IMP_T_OUTCOME, 0), imp_msg_u(m, IMP_T_CODE, 0),
+                    imp_msg_u(m, IMP_T_MSG_ID, 0), imp_msg_u(m, IMP_T_DUPLICATE, 0) != 0);
+    }
     if (seq >= c->next_seq || seq < c->ring_lo || bm_test(&c->acked, seq) ||
         bm_test(&c->refused, seq))
         return; /* a second ACK (resend after reconnect) */
@@ -829,6 +1104,8 @@ static void on_deliver(lc *c, const imp_msg *m, uint64_t t)
         return;
     uint32_t sidx = get_u32(b.p + 4);
     uint64_t seq = get_u64(b.p + 8), due = get_u64(b.p + 16);
+    if (w->cfg->history_fd >= 0)
+        history_deliver(c, sidx, seq, imp_msg_u(m, IMP_T_MSG_ID, 0), sseq);
     pair *p = find_pair(c, sidx);
     if (!p) {
         w->c.proto_errors++;
@@ -888,9 +1165,79 @@ static void on_event(lc *c, const imp_msg *m, uint64_t t)
     }
 }
 
+/* Feed received bytes to libimp and handle the events. 0, or -1 when the connection was closed
+ * from a handler or the library failed (the caller stops reading). */
+static int feed(lc *c, const uint8_t *p, size_t n, uint64_t t)
+{
+    while (n > 0 && c->ic) {
+        imp_ssize took = imp_conn_feed(c->ic, p, n);
+        if (took < 0)
+            break;
+        p += took;
+        n -= (size_t)took;
+        imp_msg m;
+        int e = 0;
+        while (c->ic && (e = imp_conn_next_event(c->ic, &m)) > 0)
+            on_event(c, &m, t);
+        if (!c->ic)
+            return -1; /* closed from a handler */
+        if (e < 0)
+            return -1;
+    }
+    return c->ic ? 0 : -1;
+}
+
+/* TLS: read records until OpenSSL has nothing buffered (epoll cannot see what it holds). 0 to
+ * go on, -1 when the connection is gone or failed. */
+static int read_tls(lc *c)
+{
+    worker *w = c->w;
+    uint64_t t = now_ns();
+    for (;;) {
+        ERR_clear_error();
+        int r = SSL_read(c->ssl, w->rbuf, (int)RBUF_SIZE);
+        if (r <= 0) {
+            int e = SSL_get_error(c->ssl, r);
+            if (e == SSL_ERROR_WANT_READ)
+                return 0;
+            if (e == SSL_ERROR_WANT_WRITE) {
+                c->tls_rd_wants_wr = 1;
+                set_epout(c, 1);
+                return 0;
+            }
+            char buf[200];
+            if (e == SSL_ERROR_ZERO_RETURN || (e == SSL_ERROR_SYSCALL && ERR_peek_error() == 0))
+                snprintf(buf, sizeof buf, "connection closed by the server");
+            else
+                imt_tls_error(c->ssl, buf, sizeof buf);
+            conn_lost(c, buf, 1);
+            return -1;
+        }
+        if (feed(c, w->rbuf, (size_t)r, t) != 0)
+            return -1;
+        if (!SSL_has_pending(c->ssl))
+            return 0; /* the rest, if any, is in the socket: epoll says when */
+    }
+}
+
 static void on_readable(lc *c)
 {
     worker *w = c->w;
+    if (c->phase == P_TLS) {
+        tls_handshake(c);
+        return;
+    }
+    if (c->ssl) {
+        if (c->tls_wr_wants_rd) {
+            flush_out(c);
+            if (!c->ssl)
+                return;
+        }
+        read_tls(c); /* -1: closed (c->ic is gone), or a library error (handled below) */
+        if (!c->ic)
+            return;
+        goto after_read;
+    }
     ssize_t r = recv(c->fd, w->rbuf, RBUF_SIZE, 0);
     if (r == 0) {
         conn_lost(c, "connection closed by the server", 1);
@@ -921,6 +1268,7 @@ static void on_readable(lc *c)
     }
     if (!c->ic)
         return;
+after_read:;
     int err = imp_conn_error(c->ic);
     if (err) {
         char buf[120];
@@ -958,20 +1306,21 @@ static void on_writable(lc *c)
         if (err) {
             char buf[160];
             snprintf(buf, sizeof buf, "connect: %s", strerror(err));
-            if (!c->w->cfg->reconnect && !g_prepare && !c->was_ready) {
-                c->w->c.conn_errors++;
-                report_error(c, buf);
-                acct_decide(c, ACCT_NEW);
-                conn_close_fd(c);
-                c->phase = P_DEAD;
-                c->counted_dead = 1;
-                c->w->dead++;
-                return;
-            }
-            conn_lost(c, buf, 1);
+            setup_failed(c, buf, 0);
             return;
         }
-        c->phase = P_HELLO;
+        conn_connected(c);
+        return;
+    }
+    if (c->phase == P_TLS) {
+        tls_handshake(c);
+        return;
+    }
+    if (c->tls_rd_wants_wr) {
+        c->tls_rd_wants_wr = 0;
+        on_readable(c);
+        if (c->fd < 0)
+            return;
     }
     flush_out(c);
 }
@@ -1047,8 +1396,8 @@ static uint64_t schedule(worker *w, uint64_t t)
     uint64_t until = sh->send_until_ns, next = UINT64_MAX;
     for (int i = 0; i < w->nsenders; i++) {
         lc *c = w->senders[i];
-        if (cfg->scenario == SC_CHURN || !c->quota)
-            continue;
+        if (cfg->scenario == SC_CHURN || (!c->quota && !c->unflushed_since))
+            continue; /* (the last messages may still wait for --coalesce) */
         if (cfg->rate > 0) {
             if (c->phase == P_READY) {
                 while (c->next_due <= t && c->next_due < until && c->quota &&
@@ -1107,6 +1456,14 @@ void *worker_main(void *arg)
         uint64_t t = now_ns();
         if (ph != last_phase) {
             last_phase = ph;
+            if (ph >= PH_DRAIN) /* open loop: nothing waits for --coalesce any more */
+                for (int i = 0; i < w->nsenders; i++) {
+                    lc *c = w->senders[i];
+                    if (c->unflushed_since) {
+                        c->unflushed_since = 0;
+                        flush_out(c);
+                    }
+                }
             if (ph == PH_RUN && !g_prepare) {
                 for (int i = 0; i < w->nmine; i++) {
                     lc *c = w->mine[i];
@@ -1137,6 +1494,18 @@ void *worker_main(void *arg)
             if ((c->phase == P_IDLE || (c->phase == P_WAIT && t >= c->retry_at_ns)) &&
                 may_open(c, ph))
                 conn_open(c);
+        }
+        /* --tls: the TCP connect and the handshake are bounded by --connect-timeout */
+        if (cfg->tls_ctx && cfg->connect_timeout_ms && t >= w->next_tmo_scan) {
+            w->next_tmo_scan = t + 50000000u;
+            uint64_t bound = (uint64_t)cfg->connect_timeout_ms * 1000000u;
+            for (int i = 0; i < w->nmine; i++) {
+                lc *c = w->mine[i];
+                if ((c->phase == P_CONNECTING || c->phase == P_TLS) && t > c->t_open_ns + bound)
+                    setup_failed(
+                        c, c->phase == P_TLS ? "TLS: handshake timed out" : "connect: timed out",
+                        0);
+            }
         }
         uint64_t next = UINT64_MAX;
         if (ph == PH_RUN && !g_prepare) {
@@ -1177,6 +1546,8 @@ void *worker_main(void *arg)
                 c->phase = P_DONE;
         }
     }
+    if (w->hlen)
+        history_flush(w);
     publish(w);
     return NULL;
 }
@@ -1196,6 +1567,8 @@ worker *worker_new(shared *sh, int id)
     w->rbuf = malloc(RBUF_SIZE);
     if (w->ep < 0 || !w->rbuf)
         die_oom();
+    if (sh->cfg->history_fd >= 0 && !(w->hbuf = malloc(HBUF_SIZE)))
+        die_oom();
     hist_init(&w->ack);
     hist_init(&w->e2e);
     int cap = sh->cfg->auth_inflight / sh->nworkers;
@@ -1213,6 +1586,7 @@ void worker_free(worker *w)
     free(w->mine);
     free(w->senders);
     free(w->rbuf);
+    free(w->hbuf);
     free(w);
 }
 
@@ -1309,6 +1683,7 @@ int engine_setup(shared *sh)
                 c->ridx = i - S;
                 snprintf(c->user, sizeof c->user, "%sr%d", cfg->prefix, i - S);
                 c->npairs = (S + R - 1) / R;
+                c->late = cfg->scenario == SC_DIRECT && c->ridx >= R - cfg->late_receivers;
             }
             break;
         case SC_ROOM:
@@ -1364,9 +1739,10 @@ int engine_setup(shared *sh)
         c->w = sh->workers[owned % sh->nworkers];
         c->ord = owned;
         owned++;
-        if (cfg->scenario != SC_LOGIN && !(cfg->scenario == SC_CHURN && (c->role & R_SEND)))
+        if (cfg->scenario != SC_LOGIN && !(cfg->scenario == SC_CHURN && (c->role & R_SEND)) &&
+            !c->late)
             sh->setup_want++;
-        if (g_probe < 0 && !(c->role & R_ADMIN) &&
+        if (g_probe < 0 && !(c->role & R_ADMIN) && !c->late &&
             !(cfg->scenario == SC_CHURN && (c->role & R_SEND)))
             g_probe = i;
         if ((c->role & R_SEND) && cfg->count)

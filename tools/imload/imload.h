@@ -7,6 +7,7 @@
  *           SENDs and turns them into DELIVERs (to measure imload's own ceiling)
  * hist.c    the log-linear latency histogram
  * gate.c    option value parsers and the --assert gates
+ * check.c   --check: the independent checker of --history files (reads only the files)
  *
  * Threads share nothing but the phase and a few start-time fields (set before the phase
  * changes, read after): each connection, its bitmaps and its counters belong to one worker.
@@ -19,10 +20,12 @@
 
 #include <netinet/in.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <stdint.h>
 
 #include "hist.h"
 #include "imp/imp.h"
+#include "imt_tls.h"
 
 #define PROG "imload"
 
@@ -69,13 +72,38 @@ typedef struct config {
     int quiet_progress; /* --procs: only worker process 0 prints progress */
     uint32_t connect_timeout_ms;
     uint64_t coalesce_ns;
-    int procs;        /* --procs: worker processes */
-    uint64_t ramp_ns; /* --ramp: connections and rate ramp up over this time */
-    int proc_index;
-    /* this worker process (0..procs-1); -1: the parent (layout only) */ /* open loop: write due
-                                                                            messages in batches
-                                                                            at most this late */
+    int procs;          /* --procs: worker processes */
+    uint64_t ramp_ns;   /* --ramp: connections and rate ramp up over this time */
+    int proc_index;     /* this worker process (0..procs-1); -1: the parent (layout only) */
+    int late_receivers; /* direct: the last N receivers connect only once sending has ended */
+    /* TLS (--tls, --cafile, --insecure, --tls-name): one context per process */
+    imt_tls_opts tls;
+    SSL_CTX *tls_ctx;
+    char host[256]; /* the host of --server (certificate name check) */
+    /* --history FILE: the descriptor (O_APPEND, shared by the threads and worker processes);
+     * -1 when off */
+    int history_fd;
 } config;
+
+/* --history: one line per event, fields separated by one space (see imload(1)):
+ *   H imload-history 1 <scenario> <ack mode>           first line of the file
+ *   S <sender> <seq> <cmid> <target>                   a SEND first written
+ *   R <sender> <seq> <cmid> <target>                   a SEND written again after a reconnect
+ *   A <sender> <seq> <outcome> <code> <msg_id> <dup>   an ACK (outcome stored, delivered or
+ *                                                      refused; code 0 and msg_id 0 when absent;
+ *                                                      dup 1 when DUPLICATE was set)
+ *   D <receiver> <sender> <seq> <msg_id> <dseq>        a DELIVER (sender and seq from the body
+ *                                                      header; dseq is the DELIVER's SEQ)
+ * <sender> is the sender's index (the number in its account name PREFIXs<i>), <seq> its
+ * sequence number (1, 2, ...), <cmid> the CLIENT_MSG_ID or "-", <target> and <receiver> account
+ * names. Each worker thread collects whole lines in its own buffer and appends the buffer with
+ * one write(2) to the O_APPEND descriptor, so lines never interleave and the lines of one
+ * connection keep their order (lines of different connections do not). */
+#define HISTORY_MAGIC "H imload-history 1"
+
+/* --check FILE...: the checker (check.c). Prints the summary line on out and the first
+ * anomalies on err; returns 0 (no anomaly), 1 (anomalies) or 2 (unreadable or malformed). */
+int check_main(int nfiles, char *const *files, FILE *out, FILE *err);
 
 /* Counters of one worker (merged into a total). */
 typedef struct counters {

@@ -4,6 +4,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <netdb.h>
 #include <pthread.h>
@@ -51,7 +52,14 @@ enum {
     OPT_JSONFILE,
     OPT_COALESCE,
     OPT_PROCS,
-    OPT_RAMP
+    OPT_RAMP,
+    OPT_TLS,
+    OPT_CAFILE,
+    OPT_INSECURE,
+    OPT_TLS_NAME,
+    OPT_HISTORY,
+    OPT_CHECK,
+    OPT_LATE
 };
 
 static const char *const usage_text[] = {
@@ -61,6 +69,7 @@ static const char *const usage_text[] = {
     "SYNOPSIS\n"
     "  imload [OPTIONS] direct|room|broadcast|idle|churn|login\n"
     "  imload --sink [--listen ADDR]\n"
+    "  imload --check FILE...\n"
     "\n"
     "DESCRIPTION\n"
     "  Opens many IMP connections to a server, sends messages on a schedule and checks every\n"
@@ -91,8 +100,12 @@ static const char *const usage_text[] = {
     "  -c, --conns N            connections (see SCENARIOS)\n"
     "      --senders N          sending connections\n"
     "      --receivers N        receiving connections\n"
+    "      --late-receivers N   direct: the last N receivers stay offline until sending has\n"
+    "                           ended, then log in and receive their offline queue within\n"
+    "                           --drain (implies --prepare: their accounts exist up front)\n"
     "  -r, --rate R             open loop (default): R messages/s in total (R, R/s, 10k,\n"
-    "                           2M), spread evenly over the senders (default 1000)\n"
+    "                           2M), spread evenly over the senders (default 1000);\n"
+    "                           -r 0 with -w: closed loop\n"
     "  -w, --inflight W         closed loop instead: each sender keeps W messages without\n"
     "                           ACK (not with --ack none)\n"
     "  -t, --duration T         send for T after the warm-up (default 10s)\n"
@@ -127,6 +140,16 @@ static const char *const usage_text[] = {
     "                           stores it once); receivers resume with LOGIN LAST_SEQ\n"
     "      --auth-inflight N    connections authenticating at once (default 32)\n"
     "      --setup-timeout T    bound on connecting every connection (default 60s)\n"
+    "\n",
+    "TLS\n"
+    "      --tls                TLS to the server, verifying its certificate against the\n"
+    "                           system's trust store (or --cafile) and its name against\n"
+    "                           the host of --server (TLS 1.2 at least)\n"
+    "      --cafile FILE        trust the PEM certificates in FILE (implies --tls)\n"
+    "      --insecure           do not verify the certificate (tests only; implies --tls)\n"
+    "      --tls-name NAME      verify the certificate against NAME instead of the host\n"
+    "  A failed handshake or verification is a connection error (exit 3 when the\n"
+    "  connections cannot be set up); --connect-timeout bounds connect + handshake.\n"
     "\n"
     "SCALE\n"
     "      --threads N          event loops (one epoll loop per thread, default 1); the\n"
@@ -158,6 +181,22 @@ static const char *const usage_text[] = {
     "                           latencies (bare: us). Repeatable; exit 1 if one fails\n"
     "  A progress line goes to stderr every second (not with -q); the report table to\n"
     "  stdout.\n"
+    "\n",
+    "HISTORY AND CHECK\n"
+    "      --history FILE       direct and churn: append one line per message event to\n"
+    "                           FILE (truncated first; one file for all threads and\n"
+    "                           --procs, whole lines with O_APPEND):\n"
+    "                             H imload-history 1 SCENARIO ACK\n"
+    "                             S SENDER SEQ CMID TARGET      first written\n"
+    "                             R SENDER SEQ CMID TARGET      resent after a reconnect\n"
+    "                             A SENDER SEQ OUTCOME CODE MSG_ID DUP   each ACK\n"
+    "                             D RECEIVER SENDER SEQ MSG_ID DSEQ      each DELIVER\n"
+    "      --check FILE         check history files (FILE and any further arguments)\n"
+    "                           instead of running, independently of the run's own\n"
+    "                           counting, and print one line: check: sent acked\n"
+    "                           refused delivered lost duplicates reordered unexpected\n"
+    "                           redelivered resent unconfirmed; exit 0 when lost,\n"
+    "                           duplicates, reordered and unexpected are all 0, else 1\n"
     "\n"
     "SINK\n"
     "      --sink               run a minimal IMP server instead: it answers HELLO and any\n"
@@ -169,7 +208,8 @@ static const char *const usage_text[] = {
     "  -s, --server ADDR        HOST[:PORT] (IPv4; env IMP_SERVER; default 127.0.0.1:7600)\n"
     "  -u, --user NAME          broadcast: the administrator who sends (env IMP_USER)\n"
     "      --password-file FILE its password (else IMP_PASSWORD, else a prompt)\n"
-    "      --connect-timeout T  accepted for compatibility (see --setup-timeout)\n"
+    "      --connect-timeout T  with --tls: bound on connect + handshake (default 5s);\n"
+    "                           see also --setup-timeout\n"
     "  -q, --quiet              no progress lines, no error messages\n"
     "  -v, --verbose            the phases on stderr\n"
     "  -d, --debug              accepted (imload does not trace frames)\n"
@@ -183,6 +223,7 @@ static const char *const usage_text[] = {
     "  3  cannot connect (the connections could not all be set up)\n"
     "  4  authentication refused\n"
     "  7  connections were lost and not recovered (the report is still printed)\n"
+    "  With --check: 0 no anomaly, 1 anomalies, 2 a file cannot be read or malformed\n"
     "\n"
     "EXAMPLES\n"
     "  imload -s 127.0.0.1:7600 direct -c 200 -r 50k -t 30s --assert 'p99<5ms' \\\n"
@@ -245,6 +286,7 @@ static int parse_server(const char *spec, config *cfg)
     memcpy(&cfg->server, res->ai_addr, sizeof cfg->server);
     freeaddrinfo(res);
     snprintf(cfg->server_str, sizeof cfg->server_str, "%s:%s", a.host, a.port);
+    snprintf(cfg->host, sizeof cfg->host, "%s", a.host);
     return 0;
 }
 
@@ -427,8 +469,9 @@ static int write_json(const char *path, const config *cfg, const shared *sh, con
     fprintf(f, ",\"room\":");
     json_str(f, cfg->room);
     fprintf(f, ",\"coalesce_us\":%.3f", (double)cfg->coalesce_ns / 1e3);
-    fprintf(f, ",\"prepare\":%s,\"reconnect\":%s},", cfg->prepare ? "true" : "false",
-            cfg->reconnect ? "true" : "false");
+    fprintf(f, ",\"prepare\":%s,\"reconnect\":%s,\"tls\":%s,\"late_receivers\":%d},",
+            cfg->prepare ? "true" : "false", cfg->reconnect ? "true" : "false",
+            cfg->tls.enabled ? "true" : "false", cfg->late_receivers);
     fprintf(f,
             "\"elapsed_s\":%.6f,\"rate\":%.3f,\"sent\":%llu,\"acked\":%llu,\"delivered\":%llu,"
             "\"lost\":%llu,\"duplicated\":%llu,\"reordered\":%llu,\"errors\":%llu,"
@@ -906,6 +949,13 @@ int main(int argc, char **argv)
         {"coalesce", required_argument, NULL, OPT_COALESCE},
         {"procs", required_argument, NULL, OPT_PROCS},
         {"ramp", required_argument, NULL, OPT_RAMP},
+        {"tls", no_argument, NULL, OPT_TLS},
+        {"cafile", required_argument, NULL, OPT_CAFILE},
+        {"insecure", no_argument, NULL, OPT_INSECURE},
+        {"tls-name", required_argument, NULL, OPT_TLS_NAME},
+        {"history", required_argument, NULL, OPT_HISTORY},
+        {"check", no_argument, NULL, OPT_CHECK},
+        {"late-receivers", required_argument, NULL, OPT_LATE},
         {0, 0, 0, 0}};
     imt_opts o;
     imt_opts_init(&o, PROG);
@@ -928,6 +978,9 @@ int main(int argc, char **argv)
     cfg.ping_ms = 1000;
     cfg.auth_inflight = 32;
     snprintf(cfg.prefix, sizeof cfg.prefix, "ld");
+    cfg.history_fd = -1;
+    const char *history_path = NULL;
+    int check = 0;
     int rate_set = 0, duration_set = 0, warmup_set = 0, sink = 0;
     const char *json_path = NULL, *csv_path = NULL, *listen_addr = "127.0.0.1:0";
     uint32_t setup_timeout_ms = 60000;
@@ -978,11 +1031,11 @@ int main(int argc, char **argv)
                 cfg.auth_inflight = (int)u;
             break;
         case 'r':
-            if (parse_rate(optarg, &cfg.rate) != 0 || cfg.rate <= 0) {
+            if (parse_rate(optarg, &cfg.rate) != 0 || cfg.rate < 0) {
                 usage_error("bad --rate '%s'", optarg);
                 return IMT_EXIT_USAGE;
             }
-            rate_set = 1;
+            rate_set = cfg.rate > 0 ? 1 : 2; /* 2: -r 0, no rate (closed loop with -w) */
             break;
         case 'w':
             if (parse_count(optarg, 1, 1000000, &u) != 0) {
@@ -1087,6 +1140,33 @@ int main(int argc, char **argv)
         case OPT_LISTEN:
             listen_addr = optarg;
             break;
+        case OPT_TLS:
+            cfg.tls.enabled = 1;
+            break;
+        case OPT_CAFILE:
+            cfg.tls.enabled = 1;
+            cfg.tls.cafile = optarg;
+            break;
+        case OPT_INSECURE:
+            cfg.tls.enabled = 1;
+            cfg.tls.insecure = 1;
+            break;
+        case OPT_TLS_NAME:
+            cfg.tls.server_name = optarg;
+            break;
+        case OPT_HISTORY:
+            history_path = optarg;
+            break;
+        case OPT_CHECK:
+            check = 1;
+            break;
+        case OPT_LATE:
+            if (parse_count(optarg, 0, 10000000, &u) != 0) {
+                usage_error("bad --late-receivers '%s'", optarg);
+                return IMT_EXIT_USAGE;
+            }
+            cfg.late_receivers = (int)u;
+            break;
         case OPT_COALESCE:
             if (parse_ns(optarg, &cfg.coalesce_ns) != 0 || cfg.coalesce_ns > 1000000000u) {
                 usage_error("bad --coalesce '%s' (e.g. 0, 20us, 1ms)", optarg);
@@ -1101,6 +1181,13 @@ int main(int argc, char **argv)
     if (o.show_version) {
         imt_print_version(&o);
         return 0;
+    }
+    if (check) {
+        if (optind >= argc) {
+            usage_error("--check needs history files");
+            return IMT_EXIT_USAGE;
+        }
+        return check_main(argc - optind, argv + optind, stdout, stderr);
     }
     cfg.quiet = o.quiet;
     cfg.verbose = o.verbose;
@@ -1127,7 +1214,11 @@ int main(int argc, char **argv)
         return IMT_EXIT_USAGE;
     }
     /* shape */
-    if (cfg.inflight && rate_set) {
+    if (rate_set == 2 && !cfg.inflight) {
+        usage_error("-r 0 means no rate: give the closed loop's window (--inflight W)");
+        return IMT_EXIT_USAGE;
+    }
+    if (cfg.inflight && rate_set == 1) {
         usage_error("--rate (open loop) and --inflight (closed loop) exclude each other");
         return IMT_EXIT_USAGE;
     }
@@ -1162,6 +1253,13 @@ int main(int argc, char **argv)
             usage_error("direct needs at least one sender and one receiver (-c 2)");
             return IMT_EXIT_USAGE;
         }
+        if (cfg.late_receivers > cfg.receivers) {
+            usage_error("--late-receivers %d: there are only %d receivers", cfg.late_receivers,
+                        cfg.receivers);
+            return IMT_EXIT_USAGE;
+        }
+        if (cfg.late_receivers > 0)
+            cfg.prepare = 1; /* messages to them are stored, not refused (NO_SUCH_USER) */
         break;
     case SC_ROOM:
         if (cfg.conns < 0)
@@ -1207,6 +1305,18 @@ int main(int argc, char **argv)
     }
     if ((cfg.scenario == SC_IDLE || cfg.scenario == SC_LOGIN) && cfg.conns < 1) {
         usage_error("-c must be at least 1");
+        return IMT_EXIT_USAGE;
+    }
+    if (cfg.late_receivers > 0 && cfg.scenario != SC_DIRECT) {
+        usage_error("--late-receivers works with direct only");
+        return IMT_EXIT_USAGE;
+    }
+    if (history_path && cfg.scenario != SC_DIRECT && cfg.scenario != SC_CHURN) {
+        usage_error("--history works with direct and churn");
+        return IMT_EXIT_USAGE;
+    }
+    if (cfg.tls.server_name && !cfg.tls.enabled) {
+        usage_error("--tls-name needs --tls (or --cafile, --insecure)");
         return IMT_EXIT_USAGE;
     }
     if (!cfg.room[0])
@@ -1255,6 +1365,19 @@ int main(int argc, char **argv)
     if (cfg.threads > per_proc)
         cfg.threads = per_proc > 0 ? per_proc : 1;
 
+    /* --history: one O_APPEND file for every thread and worker process */
+    if (history_path) {
+        cfg.history_fd =
+            open(history_path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0644);
+        char head[100];
+        int hn = snprintf(head, sizeof head, HISTORY_MAGIC " %s %s\n", scenario_name(cfg.scenario),
+                          ack_name(cfg.ack));
+        if (cfg.history_fd < 0 || write(cfg.history_fd, head, (size_t)hn) != hn) {
+            fprintf(stderr, PROG ": cannot write %s: %s\n", history_path, strerror(errno));
+            return IMT_EXIT_USAGE;
+        }
+    }
+
     /* --procs: fork the workers; the parent only merges */
     static proc_link links[256];
     cfg.proc_index = 0;
@@ -1294,6 +1417,16 @@ int main(int argc, char **argv)
         }
         if (up_fd < 0)
             return parent_main(&cfg, links, total_conns, json_path, csv_path, gates, ngates);
+    }
+
+    /* TLS: one context per process */
+    if (cfg.tls.enabled) {
+        char err[400];
+        cfg.tls_ctx = imt_tls_ctx_new(&cfg.tls, err, sizeof err);
+        if (!cfg.tls_ctx) {
+            fprintf(stderr, PROG ": %s\n", err);
+            return child_fail(up_fd, IMT_EXIT_USAGE);
+        }
     }
 
     /* layout */
@@ -1485,6 +1618,10 @@ int main(int argc, char **argv)
     free(th);
     free(g_ack);
     free(g_e2e);
+    if (cfg.tls_ctx)
+        SSL_CTX_free(cfg.tls_ctx);
+    if (cfg.history_fd >= 0)
+        close(cfg.history_fd);
     imt_opts_free(&o);
     return st;
 }
