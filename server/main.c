@@ -149,7 +149,7 @@ static ims_store *open_store(const ims_cfg *cfg)
         fprintf(stderr, "imd: data directory %s: %s\n", cfg->data_dir, strerror(errno));
         return NULL;
     }
-    char path[600], err[256];
+    char path[600], err[512];
     snprintf(path, sizeof path, "%s/imd.db", cfg->data_dir);
     ims_store_options so = {path, cfg->sync_full, store_log, NULL};
     ims_store *s = ims_store_open(&so, err, sizeof err);

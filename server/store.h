@@ -55,7 +55,18 @@ typedef struct ims_store_options {
  * PRAGMA quick_check. An existing empty database file without the marker (truncated or
  * replaced behind imd's back) is refused instead of becoming a new, empty store. An admin
  * command opening the store while imd runs sees the marker (full check) and removes it on
- * close: imd's next start after a crash then runs quick_check only. */
+ * close: imd's next start after a crash then runs quick_check only.
+ *
+ * Before SQLite opens (and replays) it, a non-empty write-ahead log "<path>-wal" is scanned
+ * (store_wal.h; IMP-DELIV-007, no silent loss). SQLite ends the log at the first frame whose
+ * checksum fails and takes the rest for a crash before those commits; the open is refused
+ * (files untouched, a message naming the log, the frame and what was found, and what to do:
+ * restore from backup, or move the log away to accept the loss) when that would drop
+ * transactions whose commit had returned: the log's header is damaged while committed frames
+ * follow it, or at least two commit frames check out after the damaged frame. Limits: a log
+ * truncated (the frames are gone) and damage inside its last transaction cannot be told from
+ * a crash during that transaction without a record outside the log: they are opened, and what
+ * the log lost is lost. */
 ims_store *ims_store_open(const ims_store_options *opt, char *err, size_t errlen);
 /* Commits an open batch, then closes. */
 void ims_store_close(ims_store *s);

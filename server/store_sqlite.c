@@ -23,6 +23,7 @@
  * A message row is deleted as soon as no queue row refers to it and hist = 0.
  */
 #include "store.h"
+#include "store_wal.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -546,6 +547,20 @@ ims_store *ims_store_open(const ims_store_options *opt, char *err, size_t errlen
      * created and died before giving a schema is told apart from one emptied behind its back. */
     int unclean = 0, made_marker = 0;
     if (strcmp(opt->path, ":memory:") != 0 && strncmp(opt->path, "file:", 5) != 0) {
+        /* The write-ahead log, before SQLite replays it (store_wal.h, IMP-DELIV-007): refused
+         * when its damage would drop committed transactions without a word. Nothing is
+         * written before this, not even the marker. */
+        size_t wn = strlen(opt->path) + sizeof "-wal";
+        char *wal = malloc(wn);
+        if (wal == NULL) {
+            set_err(err, errlen, "out of memory");
+            goto fail;
+        }
+        snprintf(wal, wn, "%s-wal", opt->path);
+        int wrc = ims_wal_scan(wal, NULL, err, errlen);
+        free(wal);
+        if (wrc != IMS_WAL_OK)
+            goto fail;
         size_t n = strlen(opt->path) + sizeof "-running";
         s->marker = malloc(n);
         if (s->marker == NULL) {

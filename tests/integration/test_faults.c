@@ -1073,6 +1073,7 @@ static void write_bytes(const char *path, const uint8_t *p, size_t n)
 
 typedef struct cq_out {
     int refused, exit_code, started, login, delivered, intact;
+    char msg[300]; /* imd's "imd: store ..." line when it refused */
 } cq_out;
 
 /* imd on a copy (db, and wal when not NULL): refuses with a clear message, or starts; then the
@@ -1120,6 +1121,7 @@ static void cq_run_ex(const char *what, const uint8_t *db, size_t dblen, const u
         if (line)
             snprintf(msg, sizeof msg, "%.*s", (int)strcspn(line, "\n"), line);
         free(log);
+        snprintf(o->msg, sizeof o->msg, "%s", msg);
         it_note("corrupt store: %-34s -> imd REFUSES to start: exit %d after %llu ms: %s", what,
                 o->exit_code, (unsigned long long)took, msg);
         IT_CHECK(o->exit_code > 0, "%s: imd did not exit non-zero (status %d)", what, st);
@@ -1325,6 +1327,10 @@ static void test_corrupt_store(void **state)
         CQ_TALLY();
         silent += o.started && o.delivered < CQ_CLEAN + CQ_WAL;
     }
+    /* A flip in the WAL's header (10: its page size), in its first frame (156) or in its middle
+     * would drop committed (acknowledged) transactions: imd refuses, naming the WAL and the
+     * frame (store_wal.h). A flip in the last transaction (wallen - 100) looks like a crash
+     * during it and is accepted (a documented limit). */
     const size_t wflips[] = {10, 32 + 24 + 100, wallen / 2, wallen - 100};
     for (size_t k = 0; k < sizeof wflips / sizeof wflips[0]; k++) {
         memcpy(work, wal, wallen);
@@ -1334,6 +1340,12 @@ static void test_corrupt_store(void **state)
         cq_run(what, db, dblen, work, wallen, CQ_CLEAN + CQ_WAL, &o);
         CQ_TALLY();
         silent += o.started && (o.delivered < CQ_CLEAN + CQ_WAL || o.intact < o.delivered);
+        if (wflips[k] < wallen - 100) {
+            IT_CHECK(o.refused, "%s: imd started with committed transactions dropped", what);
+            IT_CHECK(strstr(o.msg, "imd.db-wal") && strstr(o.msg, "frame") &&
+                         strstr(o.msg, "backup"),
+                     "%s: the message names neither the WAL nor the frame ('%s')", what, o.msg);
+        }
     }
     it_note("corrupt store: %d cases: %d refused with a message, %d started; %d of the started "
             "ran with messages missing or changed",
