@@ -12,29 +12,42 @@
 #define INPUT_SLACK 65536u /* feed accepts a frame's worth plus this much unread input */
 #define KEEP_BUFFER 4096u  /* empty buffers larger than this are released */
 
+/* A buffer: nothing allocated while empty and trimmed. 32-bit offsets: a buffer holds at
+ * most BUF_MAX bytes (input: a frame of at most 16 MiB plus INPUT_SLACK; output beyond that
+ * fails as out of memory). */
+#define BUF_MAX 0x80000000u
 struct buf {
     uint8_t *p;
-    size_t pos; /* consumed up to here */
-    size_t len; /* filled up to here */
-    size_t cap;
+    uint32_t pos; /* consumed up to here */
+    uint32_t len; /* filled up to here */
+    uint32_t cap;
 };
 
+/* Kept small (issue 3: 10,000 idle logged-in connections, <= 1 KiB of server memory each):
+ * the configuration's fields, not a copy of imp_config; one timer field for the
+ * authentication deadline (before READY) and the next PING (after). */
 struct imp_conn {
-    imp_role role;
-    imp_state state;
-    int err;    /* sticky fatal error (IMP-ERR-003), 0 if none */
-    int authed; /* READY was reached */
-    imp_config cfg;
     imp_allocator alloc;
     struct buf in, out;
-    uint64_t now;      /* latest time passed in (IMP-TIME-003) */
-    uint64_t deadline; /* authentication deadline (IMP-TIME-001), 0 = none */
-    uint64_t next_ping;
+    uint64_t now; /* latest time passed in (IMP-TIME-003) */
+    union {
+        uint64_t deadline;  /* before authentication: its deadline (IMP-TIME-001), 0 = none */
+        uint64_t next_ping; /* once authenticated */
+    };
+    size_t max_output;
+    const char *agent;
+    const uint8_t *caps;
+    uint32_t max_frame, max_frame_preauth, ping_interval_ms, ping_max_missed, auth_timeout_ms;
     uint32_t ping_id;
     uint32_t missed;
-    int ping_outstanding;
     uint32_t logout_id;
     uint32_t peer_max_frame, peer_max_preauth; /* client: from WELCOME */
+    int16_t err; /* sticky fatal error (IMP-ERR-003, an IMP_ERR_* code), 0 if none */
+    uint16_t caps_len;
+    uint8_t role;   /* imp_role */
+    uint8_t state;  /* imp_state */
+    uint8_t authed; /* READY was reached */
+    uint8_t ping_outstanding;
 };
 
 /* now + ms without wrapping: a time past the clock's range saturates at UINT64_MAX
@@ -76,14 +89,18 @@ static int buf_reserve(imp_conn *c, struct buf *b, size_t n)
     }
     if (b->cap - b->len >= n)
         return 0;
+    if (n > BUF_MAX - b->len)
+        return IMP_ERR_NOMEM;
     size_t cap = b->cap ? b->cap : 1024;
     while (cap - b->len < n)
-        cap *= 2;
+        cap *= 2; /* at most 2 * BUF_MAX: fits in 32 bits */
+    if (cap > BUF_MAX)
+        cap = BUF_MAX;
     uint8_t *p = mem(c, b->p, cap);
     if (!p)
         return IMP_ERR_NOMEM; /* IMP-LIB-003: the old buffer is untouched */
     b->p = p;
-    b->cap = cap;
+    b->cap = (uint32_t)cap;
     return 0;
 }
 
@@ -131,7 +148,7 @@ static int queue(imp_conn *c, const imp_msg *m, size_t size)
     if (r)
         return r;
     imp_msg_write(m, c->out.p + c->out.len, size);
-    c->out.len += size;
+    c->out.len += (uint32_t)size; /* buf_reserve: fits */
     return 0;
 }
 
@@ -143,10 +160,10 @@ static int queue_auto(imp_conn *c, const imp_msg *m)
 
 static void add_agent_caps(const imp_conn *c, imp_msg *m)
 {
-    if (c->cfg.agent)
-        imp_msg_set_s(m, IMP_T_AGENT, c->cfg.agent);
-    if (c->cfg.caps.len)
-        imp_msg_set_b(m, IMP_T_CAPS, c->cfg.caps.p, c->cfg.caps.len);
+    if (c->agent)
+        imp_msg_set_s(m, IMP_T_AGENT, c->agent);
+    if (c->caps_len)
+        imp_msg_set_b(m, IMP_T_CAPS, c->caps, c->caps_len);
 }
 
 /* Queue ERROR(code) for the peer when the state allows, then CLOSING (IMP-ERR-002). */
@@ -173,7 +190,7 @@ static int fail_req(imp_conn *c, int err, uint32_t request_id)
 {
     if (c->err)
         return c->err;
-    c->err = err;
+    c->err = (int16_t)err; /* IMP_ERR_* codes are > -1000 */
     send_error_and_close(c, err, imp_strerror(err), request_id);
     return err;
 }
@@ -199,8 +216,16 @@ imp_conn *imp_conn_new(imp_role role, const imp_config *cfg, uint64_t now_ms)
     if (!c)
         return NULL;
     memset(c, 0, sizeof *c);
-    c->role = role;
-    c->cfg = *cfg;
+    c->role = (uint8_t)role;
+    c->max_frame = cfg->max_frame;
+    c->max_frame_preauth = cfg->max_frame_preauth;
+    c->ping_interval_ms = cfg->ping_interval_ms;
+    c->ping_max_missed = cfg->ping_max_missed;
+    c->auth_timeout_ms = cfg->auth_timeout_ms;
+    c->max_output = cfg->max_output;
+    c->agent = cfg->agent;
+    c->caps = cfg->caps.p;
+    c->caps_len = (uint16_t)cfg->caps.len; /* config_valid: at most 1024 */
     c->alloc = alloc;
     c->now = now_ms;
     if (cfg->auth_timeout_ms)
@@ -235,8 +260,8 @@ uint32_t imp_conn_recv_limit(const imp_conn *c)
 {
     /* IMP-SESS-006, IMP-SEC-001: the small limit until authentication */
     if (c->role == IMP_ROLE_SERVER && !c->authed)
-        return c->cfg.max_frame_preauth;
-    return c->cfg.max_frame;
+        return c->max_frame_preauth;
+    return c->max_frame;
 }
 
 imp_ssize imp_conn_feed(imp_conn *c, const uint8_t *buf, size_t len)
@@ -256,15 +281,15 @@ imp_ssize imp_conn_feed(imp_conn *c, const uint8_t *buf, size_t len)
     if (r)
         return fail(c, r);
     memcpy(c->in.p + c->in.len, buf, take);
-    c->in.len += take;
+    c->in.len += (uint32_t)take; /* buf_reserve: fits */
     return (imp_ssize)take;
 }
 
 static void start_pings(imp_conn *c)
 {
     c->authed = 1;
-    if (c->cfg.ping_interval_ms)
-        c->next_ping = time_after(c->now, c->cfg.ping_interval_ms);
+    if (c->ping_interval_ms)
+        c->next_ping = time_after(c->now, c->ping_interval_ms);
 }
 
 static int send_welcome(imp_conn *c, uint32_t request_id)
@@ -273,10 +298,10 @@ static int send_welcome(imp_conn *c, uint32_t request_id)
     imp_msg_init(&w, IMP_WELCOME, request_id); /* IMP-FRAME-007 */
     imp_msg_set_u(&w, IMP_T_VERSION, IMP_PROTOCOL_VERSION);
     add_agent_caps(c, &w);
-    imp_msg_set_u(&w, IMP_T_MAX_FRAME, c->cfg.max_frame);
-    imp_msg_set_u(&w, IMP_T_MAX_FRAME_PREAUTH, c->cfg.max_frame_preauth);
-    imp_msg_set_u(&w, IMP_T_PING_INTERVAL, c->cfg.ping_interval_ms);
-    imp_msg_set_u(&w, IMP_T_AUTH_TIMEOUT, c->cfg.auth_timeout_ms);
+    imp_msg_set_u(&w, IMP_T_MAX_FRAME, c->max_frame);
+    imp_msg_set_u(&w, IMP_T_MAX_FRAME_PREAUTH, c->max_frame_preauth);
+    imp_msg_set_u(&w, IMP_T_PING_INTERVAL, c->ping_interval_ms);
+    imp_msg_set_u(&w, IMP_T_AUTH_TIMEOUT, c->auth_timeout_ms);
     return queue_auto(c, &w);
 }
 
@@ -318,7 +343,7 @@ static void apply(imp_conn *c, struct imp_cell cell, const imp_msg *m)
 {
     switch (cell.action) {
     case CELL_GO:
-        c->state = (imp_state)cell.arg;
+        c->state = (uint8_t)cell.arg;
         if (c->state == IMP_S_READY)
             start_pings(c);
         break;
@@ -326,7 +351,7 @@ static void apply(imp_conn *c, struct imp_cell cell, const imp_msg *m)
         if (imp_is_fatal(m->v[IMP_T_CODE].u > 0 ? (int)m->v[IMP_T_CODE].u : 700))
             c->state = IMP_S_CLOSING;
         else if (cell.arg >= 0)
-            c->state = (imp_state)cell.arg;
+            c->state = (uint8_t)cell.arg;
         break;
     case CELL_LOGOUT_OK: /* IMP-SESS-007 */
         if (m->request_id == c->logout_id)
@@ -358,9 +383,9 @@ int imp_conn_next_event(imp_conn *c, imp_msg *m)
     }
     if (n < 0)
         return fail(c, (int)n);
-    c->in.pos += (size_t)n;
+    c->in.pos += (uint32_t)n;
     /* IMP-SESS-002: the table is consulted on the header, before the payload is decoded. */
-    struct imp_cell cell = imp_state_cell(c->role, 0, c->state, f.type);
+    struct imp_cell cell = imp_state_cell((imp_role)c->role, 0, (imp_state)c->state, f.type);
     if (cell.action == CELL_FAIL)
         return fail_req(c, cell.arg, f.request_id); /* IMP-MSG-001, IMP-SESS-004 */
     int r = imp_msg_decode(&f, m);
@@ -376,7 +401,7 @@ int imp_conn_send(imp_conn *c, const imp_msg *m)
 {
     if (!imp_type_known(m->type))
         return IMP_ERR_INVAL;
-    struct imp_cell cell = imp_state_cell(c->role, 1, c->state, m->type);
+    struct imp_cell cell = imp_state_cell((imp_role)c->role, 1, (imp_state)c->state, m->type);
     if (cell.action == CELL_REFUSE)
         return cell.arg;
     imp_ssize size = imp_msg_encoded_size(m);
@@ -387,7 +412,7 @@ int imp_conn_send(imp_conn *c, const imp_msg *m)
         if (limit && (size_t)size > limit)
             return IMP_ERR_TOO_LARGE;
     }
-    if (c->cfg.max_output && c->out.len - c->out.pos + (size_t)size > c->cfg.max_output)
+    if (c->max_output && c->out.len - c->out.pos + (size_t)size > c->max_output)
         return IMP_ERR_OUTPUT_FULL;
     int r = queue(c, m, (size_t)size);
     if (r)
@@ -412,7 +437,7 @@ size_t imp_conn_pending_output(const imp_conn *c, const uint8_t **out)
 void imp_conn_consume_output(imp_conn *c, size_t n)
 {
     size_t pending = c->out.len - c->out.pos;
-    c->out.pos += n < pending ? n : pending;
+    c->out.pos += (uint32_t)(n < pending ? n : pending);
     if (c->out.pos == c->out.len) {
         c->out.pos = c->out.len = 0;
         if (c->out.cap > KEEP_BUFFER)
@@ -439,8 +464,8 @@ int imp_conn_tick(imp_conn *c, uint64_t now_ms)
         return 0;
     if (!c->authed && c->deadline && c->now >= c->deadline)
         return fail(c, IMP_ERR_AUTH_TIMEOUT); /* IMP-TIME-001 */
-    if (c->state == IMP_S_READY && c->cfg.ping_interval_ms && c->now >= c->next_ping) {
-        if (c->ping_outstanding && ++c->missed >= c->cfg.ping_max_missed)
+    if (c->state == IMP_S_READY && c->ping_interval_ms && c->now >= c->next_ping) {
+        if (c->ping_outstanding && ++c->missed >= c->ping_max_missed)
             return fail(c, IMP_ERR_PING_TIMEOUT); /* IMP-TIME-002 */
         int r = send_empty(c, IMP_PING, ++c->ping_id);
         if (r)
@@ -448,9 +473,9 @@ int imp_conn_tick(imp_conn *c, uint64_t now_ms)
         c->ping_outstanding = 1;
         /* IMP-TIME-002: every I ms on the original schedule, so that a tick that comes late
          * does not push every later PING back; more than one interval late restarts it. */
-        c->next_ping = time_after(c->next_ping, c->cfg.ping_interval_ms);
+        c->next_ping = time_after(c->next_ping, c->ping_interval_ms);
         if (c->next_ping <= c->now)
-            c->next_ping = time_after(c->now, c->cfg.ping_interval_ms);
+            c->next_ping = time_after(c->now, c->ping_interval_ms);
     }
     return 0;
 }
@@ -462,19 +487,19 @@ uint64_t imp_conn_next_deadline(const imp_conn *c)
         return t;
     if (!c->authed && c->deadline)
         t = c->deadline;
-    if (c->state == IMP_S_READY && c->cfg.ping_interval_ms && c->next_ping < t)
+    if (c->state == IMP_S_READY && c->ping_interval_ms && c->next_ping < t)
         t = c->next_ping;
     return t;
 }
 
 imp_state imp_conn_state(const imp_conn *c)
 {
-    return c->state;
+    return (imp_state)c->state;
 }
 
 imp_role imp_conn_role(const imp_conn *c)
 {
-    return c->role;
+    return (imp_role)c->role;
 }
 
 int imp_conn_error(const imp_conn *c)

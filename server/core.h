@@ -69,54 +69,61 @@ typedef struct ims_ouser ims_ouser;
 /* Where a client is in authentication (beyond what its imp_conn says). */
 enum { CL_PREAUTH = 0, CL_HASHING, CL_READY };
 
+/* Login-time state: from LOGIN/REGISTER until the password hash's result (session.c). */
+typedef struct ims_authing {
+    uint64_t last_seq; /* LOGIN's LAST_SEQ */
+    uint32_t req;
+    uint8_t reg;          /* REGISTER (else LOGIN) */
+    uint8_t has_last_seq; /* LOGIN had LAST_SEQ */
+    char user[33];        /* folded */
+} ims_authing;
+
+/* Kept small (issue 3: 10,000 idle logged-in connections, <= 1 KiB of server memory each):
+ * login-time state in a block of its own while the hash runs, the peer's text in one
+ * allocation with the client. */
 struct ims_client {
     ims_server *srv;
-    uint64_t id;   /* unique, never reused: the hash pool's cookie */
-    char peer[64]; /* "[v6 address]:port" fits */
-    char addr[64]; /* peer without the port: the per-address limit and throttle key */
+    uint64_t id; /* unique, never reused: the hash pool's cookie */
     void *io;
     imp_conn *conn;
-    int phase;               /* CL_* */
-    int reason;              /* close reason counted (wire code), 0 while open */
-    int ended;               /* session ended (presence, delivery) */
     ims_client *next, *prev; /* all clients */
     ims_client *hnext;       /* id hash chain */
-    /* authentication in progress */
-    uint32_t auth_req;
-    int auth_register;
-    char auth_user[33];
-    int auth_has_last_seq;
-    uint64_t auth_last_seq;
+    ims_authing *auth;       /* malloc'd while CL_HASHING, else NULL */
     /* session */
     ims_ouser *u;
-    ims_client *unext; /* the user's other sessions */
-    uint64_t session_id;
-    uint64_t sent; /* highest SEQ sent on this session (delivery cursor - 1) */
-    int monitor;
-    int active;       /* input or output since the last tick (idle ones release their buffers) */
-    char (*subs)[33]; /* presence subscriptions (folded names) */
-    int nsubs;
-    unsigned mark; /* recipient de-duplication during fan-out */
+    ims_client *unext; /* the user's other sessions (SESSION_ID is AUTH_OK's only) */
+    uint64_t sent;     /* highest SEQ sent on this session (delivery cursor - 1) */
+    char (*subs)[33];  /* presence subscriptions (folded names) */
     /* flow control */
     uint64_t soft_since; /* mono ms since the output is over output_soft, 0 = under */
     double tokens;       /* rate limit bucket */
     uint64_t tokens_ms;
+    unsigned mark;   /* recipient de-duplication during fan-out */
+    uint16_t reason; /* close reason counted (wire code), 0 while open */
+    uint16_t nsubs;  /* presence subscriptions (at most IMS_SUBS_MAX) */
+    uint8_t phase;   /* CL_* */
+    uint8_t ended;   /* session ended (presence, delivery) */
+    uint8_t monitor;
+    uint8_t active;   /* input or output since the last tick (idle ones release their buffers) */
+    uint8_t addr_off; /* the address (peer without the port: the per-address limit and */
+    uint8_t addr_len; /* throttle key) is peer[addr_off, addr_off + addr_len) */
+    char peer[];      /* "[v6 address]:port", at most 63 bytes, NUL-terminated */
 };
 
-/* A user with at least one session on this server. */
+/* A user with at least one session on this server (104 bytes: issue 3). */
 struct ims_ouser {
     int64_t id;
-    char name[33];
-    int admin;
     uint64_t last_seq, acked; /* mirrors of the store (IMP-DELIV-002/003) */
     ims_client *sessions;
-    int nsessions;
-    int status;        /* IMP_STATUS_* */
     char *status_text; /* malloc'd, at most 256 bytes; NULL: none */
-    int dirty;         /* delivery to do at the end of the turn */
     ims_ouser *dnext;
     ims_ouser *hnext; /* id hash chain */
     ims_ouser *nnext; /* name hash chain */
+    int nsessions;
+    char name[33];
+    uint8_t admin;
+    uint8_t status; /* IMP_STATUS_* */
+    uint8_t dirty;  /* delivery to do at the end of the turn */
 };
 
 /* An ACK held until the turn's commit (IMP-DELIV-001), or waiting for DELIVERED (ACK_MODE 2). */
@@ -179,6 +186,8 @@ extern const char *const ims_stat_names[ST_COUNT];
 uint64_t ims_now_mono(ims_server *srv);
 int64_t ims_now_wall(ims_server *srv);
 ims_client *ims_client_by_id(ims_server *srv, uint64_t id);
+/* c's address (its peer without the port), NUL-terminated in buf; returns buf. */
+const char *ims_client_addr(const ims_client *c, char buf[64]);
 ims_ouser *ims_ouser_find(ims_server *srv, int64_t id);
 /* An online (or pending-delivery) user by folded name, NULL if not in memory. */
 ims_ouser *ims_ouser_find_name(ims_server *srv, const char *name);

@@ -7,6 +7,7 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,23 +39,42 @@
 
 typedef struct netconn netconn;
 
+/* TLS connections' state (in a netconn's tail). */
+struct tls_state {
+    struct bufferevent *bev;          /* the OpenSSL filter */
+    struct bufferevent *under;        /* the socket bufferevent under it */
+    struct evbuffer_cb_entry *out_cb; /* on under's output (drained: flush more) */
+    struct event *hs_ev;              /* the handshake deadline */
+    int ok;                           /* handshake completed */
+    int flushing;                     /* inside tls_flush (libevent may call back) */
+    int broken;                       /* closed while flushing: the reason, freed after */
+    char peer[64];                    /* for the logs (a TLS connection costs far more anyway) */
+};
+
+/* One per connection, in one allocation with what follows it (the tail): a plain connection's
+ * one struct event (event_assign: its size is libevent's, event_get_struct_event_size), or a
+ * TLS connection's tls_state. An idle logged-in connection costs this, the core's client and
+ * libimp's connection object (issue 3: 10,000 idle connections, <= 1 KiB each): a plain
+ * connection watches both directions with the one event, re-assigned with EV_WRITE only while
+ * output waits for the socket. A plain connection's peer text is the core's only (a TLS one
+ * keeps a copy for its logs). */
 struct netconn {
     ims_net *net;
-    evutil_socket_t fd;
-    struct event *rev, *wev;          /* plain connections */
-    struct bufferevent *bev;          /* TLS connections: the OpenSSL filter (rev, wev are NULL) */
-    struct bufferevent *under;        /* TLS: the socket bufferevent under it */
-    struct evbuffer_cb_entry *out_cb; /* TLS: on under's output (drained: flush more) */
-    struct event *hs_ev;              /* TLS: the handshake deadline */
-    int tls_ok;                       /* TLS: handshake completed */
-    int tls_flushing;                 /* TLS: inside tls_flush (libevent may call back) */
-    int tls_broken;                   /* TLS: closed while flushing: the reason, freed after */
     ims_client *cl;
-    int dirty;            /* on the dirty list */
     netconn *dirty_next;  /* dirty list */
     netconn *prev, *next; /* all connections */
-    char peer[64];
+    evutil_socket_t fd;
+    uint8_t tls;     /* a TLS connection (the tail is a tls_state) */
+    uint8_t dirty;   /* on the dirty list */
+    uint8_t reading; /* plain: input is read (not once the connection is closing) */
+    uint8_t want;    /* plain: EV_READ | EV_WRITE the event is added with, 0 = not added */
 };
+
+/* the tail starts right after the netconn, aligned for anything */
+_Static_assert(sizeof(netconn) % _Alignof(max_align_t) == 0, "netconn tail alignment");
+#define TAIL(c) ((void *)((char *)(c) + sizeof(netconn)))
+#define T(c) ((struct tls_state *)TAIL(c))
+#define EV(c) ((struct event *)TAIL(c))
 
 typedef struct listener {
     ims_net *net;
@@ -131,15 +151,14 @@ static void conn_free(netconn *c, int reason)
     }
     if (c->cl)
         ims_client_closed(c->cl, reason);
-    if (c->bev) {
-        if (c->hs_ev)
-            event_free(c->hs_ev);
-        evbuffer_remove_cb_entry(bufferevent_get_output(c->under), c->out_cb);
+    if (c->tls) {
+        if (T(c)->hs_ev)
+            event_free(T(c)->hs_ev);
+        evbuffer_remove_cb_entry(bufferevent_get_output(T(c)->under), T(c)->out_cb);
         /* CLOSE_ON_FREE: frees the SSL and the socket bufferevent, which closes the socket */
-        bufferevent_free(c->bev);
+        bufferevent_free(T(c)->bev);
     } else {
-        event_free(c->rev);
-        event_free(c->wev);
+        event_del(EV(c));
         evutil_closesocket(c->fd);
     }
     if (c->prev)
@@ -155,11 +174,29 @@ static void conn_free(netconn *c, int reason)
 }
 
 static int tls_flush(netconn *c);
+static void on_io(evutil_socket_t fd, short what, void *arg);
+
+/* Plain connections: adds the event for want (EV_READ, EV_WRITE, both or none), re-assigned
+ * when that changes (only then: the hot path of a connection whose writes complete at once
+ * never touches the event). */
+static void plain_watch(netconn *c, short want)
+{
+    if (c->want == want)
+        return;
+    struct event *ev = EV(c);
+    event_del(ev);
+    c->want = (uint8_t)want;
+    if (!want)
+        return;
+    event_assign(ev, c->net->base, c->fd, (short)(want | EV_PERSIST), on_io, c);
+    event_priority_set(ev, 0);
+    event_add(ev, NULL);
+}
 
 /* Writes what the core has queued. Returns -1 when the connection was closed (freed). */
 static int conn_flush(netconn *c)
 {
-    if (c->bev)
+    if (c->tls)
         return tls_flush(c);
     for (;;) {
         const uint8_t *p;
@@ -169,7 +206,7 @@ static int conn_flush(netconn *c)
         ssize_t w = send(c->fd, p, len, MSG_NOSIGNAL);
         if (w < 0) {
             if (errno == EAGAIN || errno == EWOULDBLOCK) {
-                event_add(c->wev, NULL);
+                plain_watch(c, (short)(c->want | EV_WRITE));
                 return 0;
             }
             if (errno == EINTR)
@@ -180,11 +217,11 @@ static int conn_flush(netconn *c)
         ims_server_count_bytes(c->net->srv, 0, (uint64_t)w);
         ims_client_consumed(c->cl, (size_t)w); /* may queue more (flow control) */
         if ((size_t)w < len) {
-            event_add(c->wev, NULL);
+            plain_watch(c, (short)(c->want | EV_WRITE));
             return 0;
         }
     }
-    event_del(c->wev);
+    plain_watch(c, c->reading ? EV_READ : 0);
     if (ims_client_done(c->cl)) {
         /* Everything written: a clean close. The core already knows the reason. */
         shutdown(c->fd, SHUT_WR);
@@ -196,35 +233,38 @@ static int conn_flush(netconn *c)
 
 /* ---- connection callbacks ------------------------------------------------------------------ */
 
-static void on_read(evutil_socket_t fd, short what, void *arg)
+/* Returns -1 when the connection was closed (freed). */
+static int on_read(netconn *c)
 {
-    (void)what;
-    netconn *c = arg;
     static uint8_t buf[READ_CHUNK];
-    ssize_t r = recv(fd, buf, sizeof buf, 0);
+    ssize_t r = recv(c->fd, buf, sizeof buf, 0);
     if (r == 0) {
         conn_free(c, 733);
-        return;
+        return -1;
     }
     if (r < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
-            return;
+            return 0;
         conn_free(c, 733);
-        return;
+        return -1;
     }
     ims_server_count_bytes(c->net->srv, (uint64_t)r, 0);
     ims_client_input(c->cl, buf, (size_t)r);
-    if (ims_client_done(c->cl))
-        event_del(c->rev); /* nothing more is read from a closing connection */
+    if (ims_client_done(c->cl)) {
+        c->reading = 0; /* nothing more is read from a closing connection */
+        plain_watch(c, (short)(c->want & EV_WRITE));
+    }
     mark_dirty(c);
+    return 0;
 }
 
-static void on_write(evutil_socket_t fd, short what, void *arg)
+static void on_io(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
-    (void)what;
     netconn *c = arg;
-    if (conn_flush(c) == 0)
+    if ((what & EV_READ) && c->reading && on_read(c) < 0)
+        return;
+    if ((what & EV_WRITE) && (c->want & EV_WRITE) && conn_flush(c) == 0)
         schedule_turn(c->net); /* output drained: the core may have queued more deliveries */
 }
 
@@ -262,7 +302,7 @@ static int tls_error_text(netconn *c, short what, char *buf, size_t len)
     size_t n = 0;
     unsigned long e;
     buf[0] = 0;
-    while ((e = bufferevent_get_openssl_error(c->bev)) != 0) {
+    while ((e = bufferevent_get_openssl_error(T(c)->bev)) != 0) {
         const char *r = ERR_reason_error_string(e);
         char one[128];
         if (!r) {
@@ -286,13 +326,13 @@ static int tls_error_text(netconn *c, short what, char *buf, size_t len)
 /* Bytes handed to TLS and not yet written to the socket. */
 static size_t tls_pending(netconn *c)
 {
-    return evbuffer_get_length(bufferevent_get_output(c->bev)) +
-           evbuffer_get_length(bufferevent_get_output(c->under));
+    return evbuffer_get_length(bufferevent_get_output(T(c)->bev)) +
+           evbuffer_get_length(bufferevent_get_output(T(c)->under));
 }
 
 static int tls_flush(netconn *c)
 {
-    struct evbuffer *out = bufferevent_get_output(c->bev);
+    struct evbuffer *out = bufferevent_get_output(T(c)->bev);
     for (;;) {
         size_t have = tls_pending(c);
         if (have >= TLS_OUT_HIGH)
@@ -304,11 +344,11 @@ static int tls_flush(netconn *c)
         size_t k = len < TLS_OUT_HIGH - have ? len : TLS_OUT_HIGH - have;
         /* Adding encrypts at once (the filter's output callback), and an error there runs
          * tls_on_event from inside evbuffer_add: it leaves the free to us. */
-        c->tls_flushing = 1;
+        T(c)->flushing = 1;
         int r = evbuffer_add(out, p, k);
-        c->tls_flushing = 0;
-        if (r != 0 || c->tls_broken) {
-            conn_free(c, c->tls_broken ? c->tls_broken : 733);
+        T(c)->flushing = 0;
+        if (r != 0 || T(c)->broken) {
+            conn_free(c, T(c)->broken ? T(c)->broken : 733);
             return -1;
         }
         ims_server_count_bytes(c->net->srv, 0, (uint64_t)k);
@@ -317,11 +357,11 @@ static int tls_flush(netconn *c)
     if (ims_client_done(c->cl)) {
         /* Closing: free once everything went out. A connection still in its handshake has
          * nobody to tell when the server stops. */
-        if (tls_pending(c) == 0 || (!c->tls_ok && c->net->shutting_down)) {
+        if (tls_pending(c) == 0 || (!T(c)->ok && c->net->shutting_down)) {
             conn_free(c, 0);
             return -1;
         }
-        bufferevent_disable(c->bev, EV_READ);
+        bufferevent_disable(T(c)->bev, EV_READ);
     }
     return 0;
 }
@@ -357,8 +397,8 @@ static void tls_on_drain(struct evbuffer *b, const struct evbuffer_cb_info *info
 /* Frees c now, or after tls_flush when libevent called back from inside it. */
 static void tls_close(netconn *c, int reason)
 {
-    if (c->tls_flushing)
-        c->tls_broken = reason;
+    if (T(c)->flushing)
+        T(c)->broken = reason;
     else
         conn_free(c, reason);
 }
@@ -368,12 +408,12 @@ static void tls_on_event(struct bufferevent *bev, short what, void *arg)
     netconn *c = arg;
     ims_net *n = c->net;
     if (what & BEV_EVENT_CONNECTED) {
-        c->tls_ok = 1;
+        T(c)->ok = 1;
         n->tls_handshakes++;
-        event_del(c->hs_ev);
+        event_del(T(c)->hs_ev);
         if (ims_log_enabled(IMS_LOG_DEBUG)) {
             SSL *ssl = bufferevent_openssl_get_ssl(bev);
-            ims_log(IMS_LOG_DEBUG, "tls_handshake", "peer=%s version=%s cipher=%s", c->peer,
+            ims_log(IMS_LOG_DEBUG, "tls_handshake", "peer=%s version=%s cipher=%s", T(c)->peer,
                     SSL_get_version(ssl), SSL_get_cipher_name(ssl));
         }
         mark_dirty(c); /* what the core queued meanwhile is on its way; look again */
@@ -383,23 +423,23 @@ static void tls_on_event(struct bufferevent *bev, short what, void *arg)
         return;
     char why[256];
     int ssl_err = tls_error_text(c, what, why, sizeof why);
-    if (!c->tls_ok) {
+    if (!T(c)->ok) {
         /* OpenSSL's alert (protocol version, ...) tells the peer why: one best-effort
          * non-blocking write of it before the socket closes */
         struct evbuffer_iovec v[2]; /* (peek: the socket bufferevent's output is frozen) */
-        int nv = evbuffer_peek(bufferevent_get_output(c->under), 512, NULL, v, 2);
+        int nv = evbuffer_peek(bufferevent_get_output(T(c)->under), 512, NULL, v, 2);
         for (int i = 0; i < nv && i < 2; i++)
-            if (send(bufferevent_getfd(c->under), v[i].iov_base, v[i].iov_len, MSG_NOSIGNAL) < 0)
+            if (send(bufferevent_getfd(T(c)->under), v[i].iov_base, v[i].iov_len, MSG_NOSIGNAL) < 0)
                 break;
         n->tls_handshake_failures++;
-        ims_log(IMS_LOG_INFO, "tls_handshake_failed", "peer=%s reason=\"%s\"", c->peer,
+        ims_log(IMS_LOG_INFO, "tls_handshake_failed", "peer=%s reason=\"%s\"", T(c)->peer,
                 why[0] ? why : "closed by the peer");
         /* a failed handshake is a protocol close; a peer that just went away is not */
         tls_close(c, ssl_err ? 700 : 733);
         return;
     }
     if ((what & BEV_EVENT_ERROR) && ims_log_enabled(IMS_LOG_DEBUG))
-        ims_log(IMS_LOG_DEBUG, "tls_error", "peer=%s reason=\"%s\"", c->peer, why);
+        ims_log(IMS_LOG_DEBUG, "tls_error", "peer=%s reason=\"%s\"", T(c)->peer, why);
     tls_close(c, 733); /* CONNECTION_LOST */
 }
 
@@ -409,8 +449,8 @@ static void tls_on_handshake_timeout(evutil_socket_t fd, short what, void *arg)
     (void)what;
     netconn *c = arg;
     c->net->tls_handshake_failures++;
-    ims_log(IMS_LOG_INFO, "tls_handshake_failed", "peer=%s reason=\"timeout after %u ms\"", c->peer,
-            (unsigned)c->net->tls_hs_timeout_ms);
+    ims_log(IMS_LOG_INFO, "tls_handshake_failed", "peer=%s reason=\"timeout after %u ms\"",
+            T(c)->peer, (unsigned)c->net->tls_hs_timeout_ms);
     conn_free(c, 600); /* counted as close.auth_timeout */
 }
 
@@ -423,39 +463,39 @@ static int tls_attach(ims_net *n, netconn *c, int fd)
         close(fd);
         return -1;
     }
-    c->under = bufferevent_socket_new(n->base, fd, BEV_OPT_CLOSE_ON_FREE);
-    if (!c->under) {
+    T(c)->under = bufferevent_socket_new(n->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    if (!T(c)->under) {
         SSL_free(ssl);
         close(fd);
         return -1;
     }
-    bufferevent_priority_set(c->under, 0);
-    c->bev = bufferevent_openssl_filter_new(n->base, c->under, ssl, BUFFEREVENT_SSL_ACCEPTING,
-                                            BEV_OPT_CLOSE_ON_FREE);
-    if (!c->bev)
+    bufferevent_priority_set(T(c)->under, 0);
+    T(c)->bev = bufferevent_openssl_filter_new(n->base, T(c)->under, ssl, BUFFEREVENT_SSL_ACCEPTING,
+                                               BEV_OPT_CLOSE_ON_FREE);
+    if (!T(c)->bev)
         return -1;
-    c->hs_ev = evtimer_new(n->base, tls_on_handshake_timeout, c);
-    c->out_cb = evbuffer_add_cb(bufferevent_get_output(c->under), tls_on_drain, c);
-    if (!c->hs_ev || !c->out_cb) {
-        if (c->out_cb)
-            evbuffer_remove_cb_entry(bufferevent_get_output(c->under), c->out_cb);
-        if (c->hs_ev)
-            event_free(c->hs_ev);
-        bufferevent_free(c->bev);
-        c->bev = NULL;
+    T(c)->hs_ev = evtimer_new(n->base, tls_on_handshake_timeout, c);
+    T(c)->out_cb = evbuffer_add_cb(bufferevent_get_output(T(c)->under), tls_on_drain, c);
+    if (!T(c)->hs_ev || !T(c)->out_cb) {
+        if (T(c)->out_cb)
+            evbuffer_remove_cb_entry(bufferevent_get_output(T(c)->under), T(c)->out_cb);
+        if (T(c)->hs_ev)
+            event_free(T(c)->hs_ev);
+        bufferevent_free(T(c)->bev);
+        T(c)->bev = NULL;
         return -1;
     }
-    event_priority_set(c->hs_ev, 0);
-    bufferevent_priority_set(c->bev, 0);
-    bufferevent_set_max_single_read(c->under, READ_CHUNK);
+    event_priority_set(T(c)->hs_ev, 0);
+    bufferevent_priority_set(T(c)->bev, 0);
+    bufferevent_set_max_single_read(T(c)->under, READ_CHUNK);
     /* the filter encrypts into the socket's output up to TLS_OUT_HIGH, no further */
-    bufferevent_setwatermark(c->under, EV_WRITE, 0, TLS_OUT_HIGH);
+    bufferevent_setwatermark(T(c)->under, EV_WRITE, 0, TLS_OUT_HIGH);
     /* a peer that closes without close_notify has just gone away (CONNECTION_LOST) */
-    bufferevent_openssl_set_allow_dirty_shutdown(c->bev, 1);
-    bufferevent_setcb(c->bev, tls_on_read, NULL, tls_on_event, c);
+    bufferevent_openssl_set_allow_dirty_shutdown(T(c)->bev, 1);
+    bufferevent_setcb(T(c)->bev, tls_on_read, NULL, tls_on_event, c);
     uint32_t ms = n->tls_hs_timeout_ms ? n->tls_hs_timeout_ms : 5000;
     struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
-    event_add(c->hs_ev, &tv);
+    event_add(T(c)->hs_ev, &tv);
     return 0;
 }
 
@@ -564,7 +604,8 @@ static void on_accept(evutil_socket_t lfd, short what, void *arg)
             ims_log(IMS_LOG_WARN, "accept_error", "reason=%s", strerror(errno));
             return;
         }
-        netconn *c = calloc(1, sizeof *c);
+        size_t tail = l->tls ? sizeof(struct tls_state) : event_get_struct_event_size();
+        netconn *c = calloc(1, sizeof *c + tail);
         if (!c) {
             close(fd);
             ims_server_count_accept_error(n->srv);
@@ -576,8 +617,11 @@ static void on_accept(evutil_socket_t lfd, short what, void *arg)
         }
         c->net = n;
         c->fd = fd;
-        format_peer((struct sockaddr *)&ss, sl, c->peer, sizeof c->peer);
+        char peer[64];
+        format_peer((struct sockaddr *)&ss, sl, peer, sizeof peer);
         if (l->tls) {
+            c->tls = 1;
+            memcpy(T(c)->peer, peer, sizeof peer);
             if (tls_attach(n, c, fd) != 0) {
                 free(c);
                 ims_server_count_accept_error(n->srv);
@@ -588,40 +632,29 @@ static void on_accept(evutil_socket_t lfd, short what, void *arg)
                 n->conns->prev = c;
             n->conns = c;
             n->nconns++;
-            c->cl = ims_server_accept(n->srv, c->peer, c);
+            c->cl = ims_server_accept(n->srv, peer, c);
             if (!c->cl) {
                 conn_free(c, 201);
                 continue;
             }
-            bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+            bufferevent_enable(T(c)->bev, EV_READ | EV_WRITE);
             mark_dirty(c); /* a connection over a limit is born closing with output */
             continue;
         }
-        c->rev = event_new(n->base, fd, EV_READ | EV_PERSIST, on_read, c);
-        c->wev = event_new(n->base, fd, EV_WRITE, on_write, c);
-        if (!c->rev || !c->wev) {
-            if (c->rev)
-                event_free(c->rev);
-            if (c->wev)
-                event_free(c->wev);
-            close(fd);
-            free(c);
-            ims_server_count_accept_error(n->srv);
-            return;
-        }
-        event_priority_set(c->rev, 0);
-        event_priority_set(c->wev, 0);
+        /* assigned now (not added): conn_free may event_del it */
+        event_assign(EV(c), n->base, fd, EV_READ | EV_PERSIST, on_io, c);
         c->next = n->conns;
         if (n->conns)
             n->conns->prev = c;
         n->conns = c;
         n->nconns++;
-        c->cl = ims_server_accept(n->srv, c->peer, c);
+        c->cl = ims_server_accept(n->srv, peer, c);
         if (!c->cl) {
             conn_free(c, 201);
             continue;
         }
-        event_add(c->rev, NULL);
+        c->reading = 1;
+        plain_watch(c, EV_READ);
         mark_dirty(c); /* a connection over a limit is born closing with output */
     }
 }

@@ -99,6 +99,13 @@ ims_client *ims_client_by_id(ims_server *srv, uint64_t id)
     return NULL;
 }
 
+const char *ims_client_addr(const ims_client *c, char buf[64])
+{
+    memcpy(buf, c->peer + c->addr_off, c->addr_len);
+    buf[c->addr_len] = '\0';
+    return buf;
+}
+
 ims_ouser *ims_ouser_find(ims_server *srv, int64_t id)
 {
     for (ims_ouser *u = srv->ubucket[(uint64_t)id % IMS_USER_BUCKETS]; u; u = u->hnext)
@@ -313,7 +320,7 @@ static void mark_closed(ims_client *c, int code)
 {
     if (c->reason)
         return;
-    c->reason = code ? code : -1; /* -1: logout */
+    c->reason = code > 0 && code < 0xFFFF ? (uint16_t)code : 0xFFFF; /* 0xFFFF: logout */
     c->srv->st[reason_stat(code)]++;
     if (c->phase == CL_READY)
         ims_monitor(c->srv, "close", c->u ? c->u->name : NULL, reason_name(code));
@@ -444,6 +451,7 @@ static void client_free(ims_client *c)
     if (srv->cur == c)
         srv->cur = NULL;
     imp_conn_free(c->conn);
+    free(c->auth);
     free(c->subs);
     free(c);
 }
@@ -471,11 +479,14 @@ void ims_server_free(ims_server *srv)
     free(srv);
 }
 
-/* "1.2.3.4:5" -> "1.2.3.4", "[::1]:5" -> "::1", "unix:/p" -> "unix" */
-static void peer_addr(const char *peer, char *out, size_t cap)
+/* Where the address is in a peer: "1.2.3.4:5" -> "1.2.3.4", "[::1]:5" -> "::1", "unix:/p" ->
+ * "unix". */
+static void peer_addr(const ims_client *c, size_t *off, size_t *len)
 {
+    const char *peer = c->peer;
     if (strncmp(peer, "unix", 4) == 0) {
-        snprintf(out, cap, "unix");
+        *off = 0;
+        *len = 4;
         return;
     }
     const char *start = peer, *end = strrchr(peer, ':');
@@ -483,22 +494,26 @@ static void peer_addr(const char *peer, char *out, size_t cap)
         start = peer + 1;
         end = strchr(peer, ']');
     }
-    size_t n = end && end > start ? (size_t)(end - start) : strlen(start);
-    if (n >= cap)
-        n = cap - 1;
-    memcpy(out, start, n);
-    out[n] = '\0';
+    *off = (size_t)(start - peer);
+    *len = end && end > start ? (size_t)(end - start) : strlen(start);
 }
 
 ims_client *ims_server_accept(ims_server *srv, const char *peer, void *io_ctx)
 {
-    ims_client *c = calloc(1, sizeof *c);
+    if (!peer)
+        peer = "?";
+    size_t plen = strnlen(peer, 63); /* at most 63 bytes kept, as ever */
+    ims_client *c = calloc(1, sizeof *c + plen + 1);
     if (!c)
         return NULL;
     c->srv = srv;
     c->io = io_ctx;
-    snprintf(c->peer, sizeof c->peer, "%s", peer ? peer : "?");
-    peer_addr(c->peer, c->addr, sizeof c->addr);
+    memcpy(c->peer, peer, plen);
+    c->peer[plen] = '\0';
+    size_t aoff, alen;
+    peer_addr(c, &aoff, &alen);
+    c->addr_off = (uint8_t)aoff;
+    c->addr_len = (uint8_t)alen;
     imp_config ic;
     imp_config_default(&ic, IMP_ROLE_SERVER);
     ic.max_frame = srv->cfg.max_frame;
@@ -521,7 +536,8 @@ ims_client *ims_server_accept(ims_server *srv, const char *peer, void *io_ctx)
         if (o->reason)
             continue;
         total++;
-        if (strcmp(o->addr, c->addr) == 0)
+        if (o->addr_len == c->addr_len &&
+            memcmp(o->peer + o->addr_off, c->peer + c->addr_off, c->addr_len) == 0)
             same++;
     }
     c->id = srv->next_client_id++;
@@ -560,7 +576,7 @@ static void monitor_req(ims_client *c, const imp_msg *m)
     }
     int on = (int)imp_msg_u(m, IMP_T_ENABLE, 0);
     c->srv->monitors += on - c->monitor;
-    c->monitor = on;
+    c->monitor = (uint8_t)on;
     ims_client_ok(c, m->request_id, 0, 0, 0);
 }
 

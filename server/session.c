@@ -31,7 +31,9 @@
 static int throttled(ims_client *c, uint32_t req, const char *user)
 {
     uint32_t retry = 0;
-    int r = ims_throttle_check(c->srv->throttle, c->addr, user, ims_now_mono(c->srv), &retry);
+    char addr[64];
+    int r = ims_throttle_check(c->srv->throttle, ims_client_addr(c, addr), user,
+                               ims_now_mono(c->srv), &retry);
     if (r == 0)
         return 0;
     if (r == IMP_ERR_BANNED)
@@ -42,10 +44,23 @@ static int throttled(ims_client *c, uint32_t req, const char *user)
     return 1;
 }
 
-static int submit(ims_client *c, uint32_t req, ims_auth_kind kind, int64_t user_id, imp_bytes pw,
-                  const char *hash)
+/* Hands the password to the hash pool; a holds what the result needs (kept in c->auth, a
+ * block of its own, until then). */
+static int submit(ims_client *c, const ims_authing *a, ims_auth_kind kind, int64_t user_id,
+                  imp_bytes pw, const char *hash)
 {
+    uint32_t req = a->req;
+    c->auth = malloc(sizeof *c->auth);
+    if (!c->auth) {
+        ims_client_error(c, req, IMP_ERR_INTERNAL, NULL, 0);
+        return IMP_ERR_NOMEM;
+    }
+    *c->auth = *a;
     int r = ims_auth_submit(c->srv->auth, kind, c->id, user_id, pw.p, pw.len, hash);
+    if (r != 0) {
+        free(c->auth);
+        c->auth = NULL;
+    }
     if (r == IMP_ERR_BUSY) {
         c->srv->st[ST_HASH_BUSY]++;
         ims_client_error(c, req, IMP_ERR_BUSY, "server busy, retry later", BUSY_RETRY_MS);
@@ -56,7 +71,6 @@ static int submit(ims_client *c, uint32_t req, ims_auth_kind kind, int64_t user_
         return r;
     }
     c->phase = CL_HASHING;
-    c->auth_req = req;
     return 0;
 }
 
@@ -84,7 +98,8 @@ void ims_session_register(ims_client *c, const imp_msg *m)
     int r = ims_store_user_get(srv->store, name, &u);
     if (r == 0) {
         /* counted against the address: enumerating names through REGISTER is throttled too */
-        ims_throttle_record(srv->throttle, c->addr, NULL, 0, ims_now_mono(srv));
+        char addr[64];
+        ims_throttle_record(srv->throttle, ims_client_addr(c, addr), NULL, 0, ims_now_mono(srv));
         ims_client_error(c, req, IMP_ERR_USER_EXISTS, NULL, 0);
         return;
     }
@@ -92,13 +107,15 @@ void ims_session_register(ims_client *c, const imp_msg *m)
         ims_client_error(c, req, IMP_ERR_STORAGE, NULL, 0);
         return;
     }
-    if (submit(c, req, IMS_AUTH_HASH, 0, pw, NULL) == 0) {
-        c->auth_register = 1;
-        memcpy(c->auth_user, name, sizeof name);
-    }
+    ims_authing a;
+    memset(&a, 0, sizeof a);
+    a.req = req;
+    a.reg = 1;
+    memcpy(a.user, name, sizeof name);
+    submit(c, &a, IMS_AUTH_HASH, 0, pw, NULL);
 }
 
-static void complete_login(ims_client *c, ims_user *su);
+static void complete_login(ims_client *c, ims_user *su, const ims_authing *a);
 
 void ims_session_login(ims_client *c, const imp_msg *m)
 {
@@ -117,11 +134,12 @@ void ims_session_login(ims_client *c, const imp_msg *m)
      * under a password-guessing attack (backoff) stays reachable for its own devices. */
     if (throttled(c, req, imp_msg_has(m, IMP_T_TOKEN) ? NULL : name))
         return;
-    c->auth_register = 0;
-    memcpy(c->auth_user, name, sizeof name);
-    c->auth_has_last_seq = imp_msg_has(m, IMP_T_LAST_SEQ);
-    c->auth_last_seq = imp_msg_u(m, IMP_T_LAST_SEQ, 0);
-    c->auth_req = req;
+    ims_authing a;
+    memset(&a, 0, sizeof a);
+    a.req = req;
+    memcpy(a.user, name, sizeof name);
+    a.has_last_seq = imp_msg_has(m, IMP_T_LAST_SEQ) != 0;
+    a.last_seq = imp_msg_u(m, IMP_T_LAST_SEQ, 0);
     ims_user u;
     if (imp_msg_has(m, IMP_T_TOKEN)) {
         /* a resume token: no hashing on the pool, a one-way hash to look it up */
@@ -135,13 +153,15 @@ void ims_session_login(ims_client *c, const imp_msg *m)
         if (r == 0 && strcmp(u.name, name) != 0)
             r = IMP_ERR_TOKEN_INVALID;
         if (r != 0) {
-            ims_throttle_record(srv->throttle, c->addr, NULL, 0, ims_now_mono(srv));
+            char addr[64];
+            ims_throttle_record(srv->throttle, ims_client_addr(c, addr), NULL, 0,
+                                ims_now_mono(srv));
             srv->st[ST_LOGINS_FAILED]++;
             ims_client_error(c, req, r == IMP_ERR_STORAGE ? IMP_ERR_STORAGE : IMP_ERR_TOKEN_INVALID,
                              NULL, 0);
             return;
         }
-        complete_login(c, &u);
+        complete_login(c, &u, &a);
         return;
     }
     /* IMP-SEC-003: an unknown user is verified against the dummy hash, so that both fail
@@ -151,63 +171,69 @@ void ims_session_login(ims_client *c, const imp_msg *m)
         ims_client_error(c, req, IMP_ERR_STORAGE, NULL, 0);
         return;
     }
-    submit(c, req, IMS_AUTH_VERIFY, r == 0 ? u.id : 0, imp_msg_b(m, IMP_T_PASSWORD),
+    submit(c, &a, IMS_AUTH_VERIFY, r == 0 ? u.id : 0, imp_msg_b(m, IMP_T_PASSWORD),
            r == 0 ? u.hash : "");
 }
 
-static void auth_failed(ims_client *c)
+static void auth_failed(ims_client *c, const ims_authing *a)
 {
     ims_server *srv = c->srv;
-    ims_throttle_record(srv->throttle, c->addr, c->auth_user, 0, ims_now_mono(srv));
+    char addr[64];
+    ims_throttle_record(srv->throttle, ims_client_addr(c, addr), a->user, 0, ims_now_mono(srv));
     srv->st[ST_LOGINS_FAILED]++;
     ims_monitor(srv, "login_failed", NULL, c->peer);
-    ims_client_error(c, c->auth_req, IMP_ERR_AUTH_FAILED, "authentication failed", 0);
+    ims_client_error(c, a->req, IMP_ERR_AUTH_FAILED, "authentication failed", 0);
 }
 
 void ims_session_auth_result(void *ud, const ims_auth_result *r)
 {
     ims_server *srv = ud;
     ims_client *c = ims_client_by_id(srv, r->cookie);
-    if (!c || c->reason || c->phase != CL_HASHING)
+    if (!c || c->reason || c->phase != CL_HASHING || !c->auth)
         return; /* the client went away while its hash was computed */
     c->phase = CL_PREAUTH;
+    /* the login-time state is not kept past this */
+    ims_authing a = *c->auth;
+    free(c->auth);
+    c->auth = NULL;
     ims_user u;
-    if (c->auth_register) {
+    if (a.reg) {
         if (!r->ok || r->kind != IMS_AUTH_HASH) {
-            ims_client_error(c, c->auth_req, IMP_ERR_INTERNAL, NULL, 0);
+            ims_client_error(c, a.req, IMP_ERR_INTERNAL, NULL, 0);
             return;
         }
         int64_t id = 0;
         int e = ims_store_begin(srv->store);
         if (e == 0) /* USER_EXISTS is checked again here: a race with another REGISTER */
-            e = ims_store_user_create(srv->store, c->auth_user, r->hash, 0, ims_now_wall(srv), &id);
+            e = ims_store_user_create(srv->store, a.user, r->hash, 0, ims_now_wall(srv), &id);
         if (e == 0)
             e = ims_store_user_get_id(srv->store, id, &u);
         if (e != 0) {
-            ims_client_error(c, c->auth_req,
+            ims_client_error(c, a.req,
                              e == IMP_ERR_USER_EXISTS ? IMP_ERR_USER_EXISTS : IMP_ERR_STORAGE, NULL,
                              0);
             return;
         }
         srv->st[ST_REGISTRATIONS]++;
         ims_monitor(srv, "register", u.name, c->peer);
-        complete_login(c, &u);
+        complete_login(c, &u, &a);
         return;
     }
     if (!r->ok || r->user_id == 0 || ims_store_user_get_id(srv->store, r->user_id, &u) != 0) {
-        auth_failed(c);
+        auth_failed(c, &a);
         return;
     }
     if (r->needs_rehash && r->hash[0] && ims_store_begin(srv->store) == 0)
         (void)ims_store_user_set_hash(srv->store, u.id, r->hash);
-    ims_throttle_record(srv->throttle, c->addr, u.name, 1, ims_now_mono(srv));
-    complete_login(c, &u);
+    char addr[64];
+    ims_throttle_record(srv->throttle, ims_client_addr(c, addr), u.name, 1, ims_now_mono(srv));
+    complete_login(c, &u, &a);
 }
 
-static void complete_login(ims_client *c, ims_user *su)
+static void complete_login(ims_client *c, ims_user *su, const ims_authing *a)
 {
     ims_server *srv = c->srv;
-    uint32_t req = c->auth_req;
+    uint32_t req = a->req;
     ims_ouser *ou = ims_ouser_find(srv, su->id);
     if (ou && ou->nsessions >= srv->cfg.max_sessions_per_user) {
         ims_client_error(c, req, IMP_ERR_FORBIDDEN, "session limit reached", 0);
@@ -217,9 +243,9 @@ static void complete_login(ims_client *c, ims_user *su)
         ims_client_error(c, req, IMP_ERR_STORAGE, NULL, 0);
         return;
     }
-    if (c->auth_has_last_seq) {
+    if (a->has_last_seq) {
         /* IMP-DELIV-004: LOGIN's LAST_SEQ is a DELIVERED(LAST_SEQ) first */
-        uint64_t upto = c->auth_last_seq < su->last_seq ? c->auth_last_seq : su->last_seq;
+        uint64_t upto = a->last_seq < su->last_seq ? a->last_seq : su->last_seq;
         uint64_t acked = su->acked_seq;
         if (ims_store_queue_ack(srv->store, su->id, upto, &acked) == 0)
             su->acked_seq = acked;
@@ -258,7 +284,6 @@ static void complete_login(ims_client *c, ims_user *su)
         return;
     }
     c->phase = CL_READY;
-    c->session_id = sid;
     c->u = ou;
     c->unext = ou->sessions;
     ou->sessions = c;

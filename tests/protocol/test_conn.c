@@ -1730,6 +1730,31 @@ static void test_allocations_through_hook(void **state)
     assert_int_equal(k.live, 0);
 }
 
+/* Issue 3 (10,000 idle logged-in connections, <= 1 KiB of server memory each): a connection
+ * holds one block of at most 152 bytes (the connection object) when it has no buffered input
+ * or output, before and after authentication and trimming. */
+static void test_idle_object_small(void **state)
+{
+    (void)state;
+    counting k;
+    counting_init(&k);
+    imp_config cfg;
+    imp_config_default(&cfg, IMP_ROLE_SERVER);
+    cfg.alloc = &k.a;
+    cfg.agent = "imd/test";
+    imp_conn *s = imp_conn_new(IMP_ROLE_SERVER, &cfg, 0);
+    assert_non_null(s);
+    assert_int_equal(k.live, 1);
+    print_message("imp_conn object: %zu bytes\n", k.largest);
+    assert_true(k.largest <= 152);
+    rx(s, IMP_HELLO, 1);
+    drain(s);
+    imp_conn_trim(s);
+    assert_int_equal(k.live, 1);
+    imp_conn_free(s);
+    assert_int_equal(k.live, 0);
+}
+
 /* IMP-LIB-003: imp_conn_trim releases empty buffers, so an idle connection holds only the
  * connection object itself; buffers with unread input or unwritten output are kept; the
  * connection works as before afterwards. */
@@ -1959,6 +1984,7 @@ int main(void)
         cmocka_unit_test(test_time_backwards),
         cmocka_unit_test(test_allocations_through_hook),
         cmocka_unit_test(test_trim),
+        cmocka_unit_test(test_idle_object_small),
         cmocka_unit_test(test_allocation_failure_whole),
         cmocka_unit_test(test_allocation_failure_chunked),
         cmocka_unit_test(test_no_allocation_before_size_check),

@@ -6,6 +6,10 @@
  */
 #include "server_harness.h"
 
+#include <malloc.h>
+
+#include "core.h"
+
 static void test_register_and_login(void **state)
 {
     (void)state;
@@ -453,6 +457,47 @@ static void test_reload(void **state)
     h_free(h);
 }
 
+/* Issue 3 (10,000 idle logged-in connections, <= 1 KiB of server memory each): an idle
+ * logged-in client keeps only the core's client object and libimp's connection object (no
+ * I/O buffers, no login-time state), at most 352 bytes of heap together, whatever its
+ * peer's address (the longest one here). The network layer's netconn with its one embedded
+ * event (net.c) and the user's ims_ouser come on top. The client works as before. */
+static void test_idle_client_memory(void **state)
+{
+    (void)state;
+    th *h = h_new();
+    h_start_cfg(h);
+    tc *a = tc_open_peer(h, "[ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255]:65535");
+    tc_flush(a);
+    imp_msg m;
+    tc_expect(a, IMP_WELCOME, &m);
+    tc_auth(a, IMP_REGISTER, "alice", PW, &m);
+    assert_int_equal(m.type, IMP_AUTH_OK);
+    h_tick(h, 100); /* active in this tick */
+    h_tick(h, 100); /* idle for a whole tick: buffers released */
+    ims_client *c = a->sc;
+    const uint8_t *p;
+    assert_int_equal(imp_conn_pending_output(c->conn, &p), 0);
+    assert_null(c->subs);
+    size_t bytes = malloc_usable_size(c) + malloc_usable_size(c->conn);
+    print_message("idle logged-in client: %zu bytes (ims_client %zu, imp_conn %zu)\n", bytes,
+                  malloc_usable_size(c), malloc_usable_size(c->conn));
+    assert_true(bytes <= 352);
+    /* still a working session, both ways */
+    tc *b = tc_user(h, "bob", 1);
+    uint32_t req = tc_sendmsg(a, IMP_TARGET_USER, "bob", "c1", "hello", -1, -1);
+    turn(h);
+    tc_ack(a, req, IMP_OUTCOME_STORED, 0);
+    tc_deliver(b, 1, "hello");
+    req = tc_sendmsg(b, IMP_TARGET_USER, "alice", "c2", "hi", -1, -1);
+    turn(h);
+    tc_ack(b, req, IMP_OUTCOME_STORED, 0);
+    tc_deliver(a, 1, "hi");
+    tc_close(b);
+    tc_close(a);
+    h_free(h);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -471,6 +516,7 @@ int main(void)
         cmocka_unit_test(test_logout),
         cmocka_unit_test(test_shutdown),
         cmocka_unit_test(test_reload),
+        cmocka_unit_test(test_idle_client_memory),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
