@@ -946,8 +946,10 @@ static void test_repl_rooms(void **state)
     size_t at = pty_expect(&t, 0, "imsend> ", 10000);
 
     /* room name completion after /join, then a message to the room */
+    /* The completion is proven by the prompt: "/join o" + Tab + Enter must join "ops" (the echo
+     * of the completed line is not checked: a notice printed meanwhile may split it). */
     pty_type(&t, "/join o\t");
-    at = pty_expect(&t, at, "/join ops", 5000);
+    pty_read(&t, 200);
     pty_type(&t, "\r");
     at = pty_expect(&t, at, "#ops>", 5000);
     pty_type(&t, "hello room\r");
