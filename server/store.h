@@ -53,9 +53,24 @@ typedef struct ims_store_options {
  * loss): the open then runs the full ims_store_integrity_check (PRAGMA integrity_check, which
  * also compares every index with its table, foreign keys, the queue invariant) instead of
  * PRAGMA quick_check. An existing empty database file without the marker (truncated or
- * replaced behind imd's back) is refused instead of becoming a new, empty store. An admin
- * command opening the store while imd runs sees the marker (full check) and removes it on
- * close: imd's next start after a crash then runs quick_check only.
+ * replaced behind imd's back) is refused instead of becoming a new, empty store. The store that
+ * made or found the marker holds an flock on it while open; a second process on the same files
+ * (an admin command while imd runs) finds it locked: it runs the full check, and leaves the
+ * marker on close (the holder removes it).
+ *
+ * The committed mark (IMP-DELIV-007, no silent loss): after every commit that returned (with
+ * sync_full: after its fsync) the store writes into the marker one fixed-size record (magic,
+ * version, the highest msg_id and user id ever given, checksum) with a single pwrite at offset
+ * 0, not synced. Both values never go backwards (AUTOINCREMENT). When the marker is there at
+ * open and its record checks out, a database whose values are lower has lost committed
+ * transactions (a write-ahead log cut short, or the database restored from an older copy
+ * without its log, or gone): the open is refused, files untouched, with a message naming the
+ * database, the marker, both marks and what to do (restore from backup, or remove the marker to
+ * accept the loss). A record that does not check out (torn, garbage) is ignored and logged; an
+ * empty marker (no commit yet, or an older imd's) means nothing. Every value the record ever
+ * holds was durable before it was written, so a crash (kill -9, or power loss with
+ * synchronous=FULL) cannot cause a refusal: an unsynced record is at most older than the
+ * database. With sync_full = 0 no record is written.
  *
  * Before SQLite opens (and replays) it, a non-empty write-ahead log "<path>-wal" is scanned
  * (store_wal.h; IMP-DELIV-007, no silent loss). SQLite ends the log at the first frame whose
@@ -65,8 +80,8 @@ typedef struct ims_store_options {
  * transactions whose commit had returned: the log's header is damaged while committed frames
  * follow it, or at least two commit frames check out after the damaged frame. Limits: a log
  * truncated (the frames are gone) and damage inside its last transaction cannot be told from
- * a crash during that transaction without a record outside the log: they are opened, and what
- * the log lost is lost. */
+ * a crash during that transaction without a record outside the log: that record is the
+ * committed mark above (refused when the marker holds the last commits' mark). */
 ims_store *ims_store_open(const ims_store_options *opt, char *err, size_t errlen);
 /* Commits an open batch, then closes. */
 void ims_store_close(ims_store *s);

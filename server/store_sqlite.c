@@ -33,6 +33,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -89,8 +90,16 @@ enum {
     ST_HISTORY,
     ST_HISTORY_EXCESS,
     ST_HISTORY_DROP,
+    ST_MARK,
     ST_COUNT
 };
+
+/* The highest msg_id and user id ever given: AUTOINCREMENT keeps them in sqlite_sequence, and
+ * never gives an id twice, even after the row is deleted (an acknowledged message): they never
+ * go backwards. NULL (no row yet) reads as 0. */
+#define MARK_SQL                                                         \
+    "SELECT (SELECT seq FROM sqlite_sequence WHERE name = 'messages'), " \
+    "(SELECT seq FROM sqlite_sequence WHERE name = 'users')"
 
 #define MSG_COLS \
     "m.msg_id, m.sender_id, m.sender, m.target_kind, m.target, m.ts_ms, m.headers, m.body"
@@ -155,6 +164,8 @@ static const char *const st_sql[ST_COUNT] = {
     [ST_HISTORY_EXCESS] = "SELECT msg_id FROM messages WHERE hist = 1 AND target = ?1 "
                           "ORDER BY msg_id DESC LIMIT -1 OFFSET ?2",
     [ST_HISTORY_DROP] = "UPDATE messages SET hist = 0 WHERE msg_id = ?1",
+    /* The committed high-water mark (see "the committed mark" below). */
+    [ST_MARK] = MARK_SQL,
 };
 
 static const char schema_sql[] =
@@ -206,7 +217,11 @@ static const char schema_sql[] =
 
 struct ims_store {
     sqlite3 *db;
-    char *marker; /* "<path>-running" while open (file databases), NULL otherwise */
+    char *marker;   /* "<path>-running" while open (file databases), NULL otherwise */
+    int mark_fd;    /* the marker, open (-1: none): the committed mark is written into it */
+    int mark_owner; /* 1: this store holds the marker's lock and removes it on a clean close */
+    int mark_write; /* 1: commits write the mark (sync_full only: it needs the commit's fsync) */
+    int64_t mark_msg, mark_user; /* the mark last written (-1: none yet) */
     sqlite3_stmt *st[ST_COUNT];
     int in_batch;
     void (*log)(void *ud, const char *msg);
@@ -323,6 +338,109 @@ static void copy_col_text(char *dst, size_t cap, sqlite3_stmt *q, int col)
 
 /* ---- transactions --------------------------------------------------------------------------- */
 
+/* ---- the committed mark ----------------------------------------------------------------------
+ *
+ * IMP-DELIV-007 (no silent loss): after every commit the store writes the committed high-water
+ * mark (MARK_SQL: the highest msg_id and user id ever given, read inside the transaction just
+ * before its COMMIT) into the running marker, one fixed-size record at offset 0, one pwrite and
+ * no fsync. At the next open, when the marker is still there (the store was not closed), a
+ * database whose mark is lower than the record's has lost committed transactions: a
+ * write-ahead log cut short (which SQLite replays as far as it goes, and which the log scan of
+ * store_wal.h cannot tell from a crash), or a database file put back from an older copy without
+ * its log. The open refuses then (store.h).
+ *
+ * Why this cannot refuse a store that merely crashed (kill -9 or power loss): the record is
+ * written only after COMMIT returned, and with synchronous=FULL in WAL mode COMMIT returns after
+ * the log's fsync: every value the record ever holds was durable before the pwrite was even
+ * issued. The record itself is not synced: after a power loss it holds an older value, or is
+ * torn or missing (fixed size plus a checksum: a record that does not check out is ignored), so
+ * it can only be lower than the truth, never higher. A checkpoint moves the transactions into
+ * the database file (synced before the log restarts) and the mark moves with them; AUTOINCREMENT
+ * values never decrease, deleted rows included. Another process on the same files (an admin
+ * command while imd runs) writes the values of its own commits: also committed values, whatever
+ * order the two pwrites land in. A transaction that fails or is rolled back writes nothing: the
+ * record is written only when COMMIT returned success. With synchronous=OFF (tests only) no
+ * record is written: the commit is not durable there. */
+
+enum { MARK_LEN = 40, MARK_VERSION = 1 };
+static const char mark_magic[8] = {'I', 'M', 'D', 'M', 'A', 'R', 'K', '1'};
+
+static void put_le(uint8_t *p, uint64_t v, int n)
+{
+    for (int i = 0; i < n; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static uint64_t get_le(const uint8_t *p, int n)
+{
+    uint64_t v = 0;
+    for (int i = n - 1; i >= 0; i--)
+        v = v << 8 | p[i];
+    return v;
+}
+
+/* FNV-1a, 64 bits: enough to tell a torn or garbage record (no adversary here). */
+static uint64_t mark_sum(const uint8_t *p, size_t n)
+{
+    uint64_t h = 0xcbf29ce484222325u;
+    for (size_t i = 0; i < n; i++) {
+        h ^= p[i];
+        h *= 0x100000001b3u;
+    }
+    return h;
+}
+
+/* The record: magic (8), version (u32), 0 (u32), msg_id mark (u64), user id mark (u64),
+ * FNV-1a of the 32 bytes before (u64); little-endian. */
+static void mark_encode(uint8_t rec[MARK_LEN], int64_t msg, int64_t user)
+{
+    memcpy(rec, mark_magic, 8);
+    put_le(rec + 8, MARK_VERSION, 4);
+    put_le(rec + 12, 0, 4);
+    put_le(rec + 16, (uint64_t)msg, 8);
+    put_le(rec + 24, (uint64_t)user, 8);
+    put_le(rec + 32, mark_sum(rec, 32), 8);
+}
+
+static int mark_decode(const uint8_t *rec, size_t n, int64_t *msg, int64_t *user)
+{
+    if (n != MARK_LEN || memcmp(rec, mark_magic, 8) != 0 || get_le(rec + 8, 4) != MARK_VERSION ||
+        get_le(rec + 12, 4) != 0 || get_le(rec + 32, 8) != mark_sum(rec, 32))
+        return -1;
+    *msg = (int64_t)get_le(rec + 16, 8);
+    *user = (int64_t)get_le(rec + 24, 8);
+    return *msg >= 0 && *user >= 0 ? 0 : -1;
+}
+
+/* COMMIT, then (when it returned, i.e. after the fsync) the mark read just before it into the
+ * marker. Cost per commit: one SELECT of two rows of sqlite_sequence (cached pages) and one
+ * pwrite when the mark changed. */
+static int commit_marked(ims_store *s)
+{
+    int64_t msg = -1, user = -1;
+    if (s->mark_write) {
+        sqlite3_stmt *q = st_get(s, ST_MARK);
+        if (q != NULL && sqlite3_step(q) == SQLITE_ROW) {
+            msg = sqlite3_column_int64(q, 0);
+            user = sqlite3_column_int64(q, 1);
+        }
+        st_put(s, ST_MARK, q);
+    }
+    int r = st_run(s, ST_COMMIT);
+    if (r != 0 || msg < 0 || user < 0 || (msg == s->mark_msg && user == s->mark_user))
+        return r;
+    uint8_t rec[MARK_LEN];
+    mark_encode(rec, msg, user);
+    if (pwrite(s->mark_fd, rec, sizeof rec, 0) != (ssize_t)sizeof rec) {
+        /* not fatal (the commit stands); the next open just knows less */
+        logf_(s, "store: commit: %s: %s", s->marker, strerror(errno));
+        return 0;
+    }
+    s->mark_msg = msg;
+    s->mark_user = user;
+    return 0;
+}
+
 /* Starts one writing operation: a SAVEPOINT inside a batch, its own transaction outside. */
 static int op_begin(ims_store *s)
 {
@@ -356,7 +474,7 @@ static int op_end(ims_store *s, int rc)
         return rc;
     }
     if (rc == 0) {
-        int r = st_run(s, ST_COMMIT);
+        int r = commit_marked(s);
         if (r == 0)
             return 0;
         rc = r;
@@ -389,7 +507,7 @@ int ims_store_commit(ims_store *s)
         logf_(s, "store: commit: the batch was rolled back by SQLite");
         return IMP_ERR_STORAGE;
     }
-    int r = st_run(s, ST_COMMIT); /* IMP-DELIV-001: the fsync with synchronous=FULL */
+    int r = commit_marked(s); /* IMP-DELIV-001: the fsync with synchronous=FULL */
     if (r != 0 && !sqlite3_get_autocommit(s->db))
         st_run(s, ST_ROLLBACK);
     return r;
@@ -542,6 +660,11 @@ ims_store *ims_store_open(const ims_store_options *opt, char *err, size_t errlen
     }
     s->log = opt->log;
     s->log_ud = opt->log_ud;
+    s->mark_fd = -1;
+    s->mark_msg = s->mark_user = -1;
+    int have_mark = 0; /* the marker holds a record that checks out: mk_msg, mk_user */
+    int64_t mk_msg = 0, mk_user = 0;
+    char *side[2] = {NULL, NULL}; /* "-wal", "-shm" that SQLite made for a refused open */
     /* The running marker (store.h): its presence at open means the last process that had the
      * store open did not close it. It is made before the database file, so that a file imd
      * created and died before giving a schema is told apart from one emptied behind its back. */
@@ -558,9 +681,25 @@ ims_store *ims_store_open(const ims_store_options *opt, char *err, size_t errlen
         }
         snprintf(wal, wn, "%s-wal", opt->path);
         int wrc = ims_wal_scan(wal, NULL, err, errlen);
-        free(wal);
-        if (wrc != IMS_WAL_OK)
+        if (wrc != IMS_WAL_OK) {
+            free(wal);
             goto fail;
+        }
+        struct stat wst;
+        if (stat(wal, &wst) != 0)
+            side[0] = wal;
+        else
+            free(wal);
+        wn = strlen(opt->path) + sizeof "-shm";
+        wal = malloc(wn);
+        if (wal != NULL) {
+            snprintf(wal, wn, "%s-shm", opt->path);
+            if (stat(wal, &wst) == 0) {
+                free(wal);
+                wal = NULL;
+            }
+            side[1] = wal;
+        }
         size_t n = strlen(opt->path) + sizeof "-running";
         s->marker = malloc(n);
         if (s->marker == NULL) {
@@ -570,6 +709,35 @@ ims_store *ims_store_open(const ims_store_options *opt, char *err, size_t errlen
         snprintf(s->marker, n, "%s-running", opt->path);
         struct stat st;
         unclean = stat(s->marker, &st) == 0;
+        if (unclean) {
+            /* Read first, before the database: a commit by another process in between only
+             * makes the database's mark higher. */
+            s->mark_fd = open(s->marker, O_RDWR | O_CLOEXEC);
+            if (s->mark_fd < 0) {
+                logf_(s, "store: open: %s: %s", s->marker, strerror(errno));
+            } else {
+                uint8_t rec[MARK_LEN + 1];
+                ssize_t got = pread(s->mark_fd, rec, sizeof rec, 0);
+                if (got > 0 && mark_decode(rec, (size_t)got, &mk_msg, &mk_user) == 0)
+                    have_mark = mk_msg > 0 || mk_user > 0;
+                else if (got != 0) /* 0: made, no commit yet (or an older imd's marker) */
+                    logf_(s,
+                          "store: open: %s: its record (%zd bytes) does not check out (torn "
+                          "or damaged): ignored",
+                          s->marker, got);
+            }
+        }
+        int db_missing = stat(opt->path, &st) != 0 || (S_ISREG(st.st_mode) && st.st_size == 0);
+        if (have_mark && db_missing) {
+            set_err(err, errlen,
+                    "%s: damaged or rolled back, committed data missing: %s records msg_id %lld "
+                    "and user id %lld as committed, but the database file is %s. Nothing was "
+                    "changed: restore the database from a backup, or remove %s to accept the "
+                    "loss",
+                    opt->path, s->marker, (long long)mk_msg, (long long)mk_user,
+                    stat(opt->path, &st) != 0 ? "gone" : "empty", s->marker);
+            goto fail;
+        }
         if (!unclean && stat(opt->path, &st) == 0 && S_ISREG(st.st_mode) && st.st_size == 0) {
             set_err(err, errlen,
                     "%s: the database file is empty, and imd did not just create it (truncated "
@@ -581,11 +749,11 @@ ims_store *ims_store_open(const ims_store_options *opt, char *err, size_t errlen
             goto fail;
         }
         if (!unclean) {
-            int fd = open(s->marker, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+            int fd = open(s->marker, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
             if (fd >= 0) {
                 /* durable before anything is written, so that a power loss leaves it */
                 (void)fsync(fd);
-                close(fd);
+                s->mark_fd = fd;
                 made_marker = 1;
                 fsync_parent(s->marker);
             } else {
@@ -595,6 +763,15 @@ ims_store *ims_store_open(const ims_store_options *opt, char *err, size_t errlen
                 s->marker = NULL;
             }
         }
+        /* The marker belongs to the store that holds its lock: a second process on the same
+         * files (an admin command while imd runs) finds it locked, writes its commits' marks
+         * into it too (committed values) and leaves it on close. Without the lock (a file
+         * system without flock) the store behaves as the owner. */
+        if (s->mark_fd >= 0)
+            s->mark_owner = flock(s->mark_fd, LOCK_EX | LOCK_NB) == 0 || errno != EWOULDBLOCK;
+        else
+            s->mark_owner = s->marker != NULL;
+        s->mark_write = s->mark_fd >= 0 && opt->sync_full;
     }
     /* One thread uses the connection (store.h): no per-call connection mutex. */
     int rc = sqlite3_open_v2(
@@ -606,6 +783,39 @@ ims_store *ims_store_open(const ims_store_options *opt, char *err, size_t errlen
     }
     sqlite3_extended_result_codes(s->db, 1);
     sqlite3_busy_timeout(s->db, IMS_BUSY_DEFAULT_MS);
+    if (have_mark) {
+        /* The committed mark (see above), before anything can write: SQLite replays the log
+         * for this read. A database it cannot read is left to the checks below. */
+        int64_t seqs = 0, db_msg = 0, db_user = 0;
+        char merr[200];
+        if (pragma_int(s->db, "SELECT count(*) FROM sqlite_schema WHERE name = 'sqlite_sequence'",
+                       &seqs, merr, sizeof merr) == 0 &&
+            (seqs == 0 ||
+             (pragma_int(s->db, MARK_SQL, &db_msg, merr, sizeof merr) == 0 &&
+              pragma_int(s->db, "SELECT (SELECT seq FROM sqlite_sequence WHERE name = 'users')",
+                         &db_user, merr, sizeof merr) == 0)) &&
+            (db_msg < mk_msg || db_user < mk_user)) {
+            set_err(err, errlen,
+                    "%s: damaged or rolled back, committed data missing: %s records msg_id %lld "
+                    "and user id %lld as committed, the database has msg_id %lld and user id "
+                    "%lld (write-ahead log cut short, or database restored from an older "
+                    "copy?). Nothing was changed: restore the database and its -wal from a "
+                    "backup, or remove %s to accept the loss",
+                    opt->path, s->marker, (long long)mk_msg, (long long)mk_user, (long long)db_msg,
+                    (long long)db_user, s->marker);
+            /* leave the log as it is: no checkpoint into the database on close; and the empty
+             * log and index SQLite made for this read go again */
+            sqlite3_db_config(s->db, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, NULL);
+            sqlite3_close(s->db);
+            s->db = NULL;
+            struct stat wst;
+            if (side[0] != NULL && stat(side[0], &wst) == 0 && wst.st_size == 0)
+                unlink(side[0]);
+            if (side[1] != NULL)
+                unlink(side[1]);
+            goto fail;
+        }
+    }
     if (exec_sql(s->db, "PRAGMA foreign_keys = ON", err, errlen) != 0)
         goto fail;
     /* journal_mode answers the mode in effect: "wal", or "memory" for ":memory:". */
@@ -656,6 +866,8 @@ ims_store *ims_store_open(const ims_store_options *opt, char *err, size_t errlen
             goto fail;
         }
     }
+    free(side[0]);
+    free(side[1]);
     return s;
 fail:
     if (err != NULL && errlen > 0 && err[0] == '\0')
@@ -667,6 +879,10 @@ fail:
      * unclean, the next open checks in full again. */
     if (made_marker)
         unlink(s->marker);
+    if (s->mark_fd >= 0)
+        close(s->mark_fd);
+    free(side[0]);
+    free(side[1]);
     free(s->marker);
     free(s);
     return NULL;
@@ -682,8 +898,10 @@ void ims_store_close(ims_store *s)
         sqlite3_finalize(s->st[i]);
     if (sqlite3_close(s->db) != SQLITE_OK)
         db_fail(s, "close");
-    else if (s->marker != NULL && unlink(s->marker) != 0 && errno != ENOENT)
+    else if (s->marker != NULL && s->mark_owner && unlink(s->marker) != 0 && errno != ENOENT)
         logf_(s, "store: close: %s: %s", s->marker, strerror(errno));
+    if (s->mark_fd >= 0)
+        close(s->mark_fd); /* after the unlink: the lock is held until the marker is gone */
     free(s->marker);
     free(s->ids);
     free(s);

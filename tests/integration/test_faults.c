@@ -1073,15 +1073,17 @@ static void write_bytes(const char *path, const uint8_t *p, size_t n)
 
 typedef struct cq_out {
     int refused, exit_code, started, login, delivered, intact;
-    char msg[300]; /* imd's "imd: store ..." line when it refused */
+    char msg[600]; /* imd's "imd: store ..." line when it refused */
 } cq_out;
 
 /* imd on a copy (db, and wal when not NULL): refuses with a clear message, or starts; then the
  * offline recipient's queue is read. */
-/* sql: run on the copy with plain SQLite first (NULL: none); marker: leave the store's
- * "imd.db-running" marker as a process that died with the store open does. */
+/* sql: run on the copy with plain SQLite first (NULL: none); mk: the store's "imd.db-running"
+ * marker with these mklen bytes, as a process that died with the store open leaves it (NULL:
+ * none). */
 static void cq_run_ex(const char *what, const uint8_t *db, size_t dblen, const uint8_t *wal,
-                      size_t wallen, const char *const *sql, int marker, int expect, cq_out *o)
+                      size_t wallen, const char *const *sql, const uint8_t *mk, size_t mklen,
+                      int expect, cq_out *o)
 {
     memset(o, 0, sizeof *o);
     imd_proc *q = it_create_imd(NULL);
@@ -1101,9 +1103,9 @@ static void cq_run_ex(const char *what, const uint8_t *db, size_t dblen, const u
                  err ? err : "?");
         sqlite3_close(h);
     }
-    if (marker) {
+    if (mk) {
         snprintf(path, sizeof path, "%s/imd.db-running", q->data);
-        write_bytes(path, (const uint8_t *)"", 0);
+        write_bytes(path, mk, mklen);
     }
     fprintf(stderr,
             "   [itest] corrupt store: %s: starting imd (a failure to start below is "
@@ -1117,7 +1119,7 @@ static void cq_run_ex(const char *what, const uint8_t *db, size_t dblen, const u
         o->exit_code = st >= 0 && WIFEXITED(st) ? WEXITSTATUS(st) : -1;
         char *log = it_slurp(q->errlog, NULL);
         const char *line = strstr(log, "imd: store ");
-        char msg[300] = "";
+        char msg[600] = "";
         if (line)
             snprintf(msg, sizeof msg, "%.*s", (int)strcspn(line, "\n"), line);
         free(log);
@@ -1179,7 +1181,7 @@ static void cq_run_ex(const char *what, const uint8_t *db, size_t dblen, const u
 static void cq_run(const char *what, const uint8_t *db, size_t dblen, const uint8_t *wal,
                    size_t wallen, int expect, cq_out *o)
 {
-    cq_run_ex(what, db, dblen, wal, wallen, NULL, 0, expect, o);
+    cq_run_ex(what, db, dblen, wal, wallen, NULL, NULL, 0, expect, o);
 }
 
 static uint8_t *read_all(const char *path, size_t *len)
@@ -1228,9 +1230,15 @@ static void test_corrupt_store(void **state)
     uint8_t *db = read_all(path, &dblen);
     snprintf(path, sizeof path, "%s/imd.db-wal", p->data);
     uint8_t *wal = read_all(path, &wallen);
-    it_note("corrupt store: database %zu bytes (%d messages queued), WAL %zu bytes (%d more)",
-            dblen, CQ_CLEAN, wallen, CQ_WAL);
+    /* The marker stays after kill -9, with the committed mark of the last commit (store.h). */
+    size_t mklen = 0;
+    snprintf(path, sizeof path, "%s/imd.db-running", p->data);
+    uint8_t *mk = read_all(path, &mklen);
+    it_note("corrupt store: database %zu bytes (%d messages queued), WAL %zu bytes (%d more), "
+            "marker %zu bytes",
+            dblen, CQ_CLEAN, wallen, CQ_WAL, mklen);
     IT_CHECK(dblen > 8192 && wallen > 32 + 24 + 4096, "no WAL after kill -9 (%zu bytes)", wallen);
+    IT_CHECK(mklen > 0, "the marker after kill -9 holds no committed mark");
 
     static uint8_t work[1 << 24];
     IT_CHECK(dblen <= sizeof work && wallen <= sizeof work, "store too large");
@@ -1246,9 +1254,10 @@ static void test_corrupt_store(void **state)
     cq_run("db alone (clean stop), intact", db, dblen, NULL, 0, CQ_CLEAN, &o);
     IT_CHECK(o.started && o.login && o.delivered == CQ_CLEAN && o.intact == CQ_CLEAN,
              "the intact copy: %d of %d", o.delivered, CQ_CLEAN);
-    cq_run("db + WAL (kill -9), intact", db, dblen, wal, wallen, CQ_CLEAN + CQ_WAL, &o);
+    cq_run_ex("db + WAL + marker (kill -9), intact", db, dblen, wal, wallen, NULL, mk, mklen,
+              CQ_CLEAN + CQ_WAL, &o);
     IT_CHECK(o.started && o.login && o.delivered == CQ_CLEAN + CQ_WAL,
-             "the intact copy with its WAL: %d of %d", o.delivered, CQ_CLEAN + CQ_WAL);
+             "the intact copy with its WAL and marker: %d of %d", o.delivered, CQ_CLEAN + CQ_WAL);
 
     /* The database truncated. */
     const size_t cuts[] = {0, 100, 4096, dblen / 2, dblen - 4096};
@@ -1290,10 +1299,11 @@ static void test_corrupt_store(void **state)
         const char *const stale[] = {
             "PRAGMA writable_schema = ON; DELETE FROM sqlite_schema WHERE name = 'queue_msg'",
             "DELETE FROM queue WHERE seq = 100", put_back, NULL};
-        cq_run_ex("stale index, clean shutdown", db, dblen, NULL, 0, stale, 0, CQ_CLEAN, &o);
+        cq_run_ex("stale index, clean shutdown", db, dblen, NULL, 0, stale, NULL, 0, CQ_CLEAN, &o);
         CQ_TALLY();
         silent += o.started && o.delivered < CQ_CLEAN;
-        cq_run_ex("stale index, unclean shutdown", db, dblen, NULL, 0, stale, 1, CQ_CLEAN, &o);
+        cq_run_ex("stale index, unclean shutdown", db, dblen, NULL, 0, stale, (const uint8_t *)"",
+                  0, CQ_CLEAN, &o);
         CQ_TALLY();
         IT_CHECK(o.refused, "a stale index after an unclean shutdown was not refused");
     }
@@ -1318,26 +1328,32 @@ static void test_corrupt_store(void **state)
         silent += o.started && (o.delivered < CQ_CLEAN || o.intact < o.delivered);
     }
     /* The WAL truncated or bit-flipped (its checksums end the log at the first bad frame: SQLite
-     * takes it for a crash before that commit). */
+     * takes it for a crash before that commit). The copies keep the marker that kill -9 left:
+     * it records the last commit's mark, which a log cut short no longer reaches: imd refuses,
+     * naming the database, the marker and what to do (store.h). */
     const size_t wcuts[] = {32, wallen / 2, wallen - 1000};
     for (size_t k = 0; k < sizeof wcuts / sizeof wcuts[0]; k++) {
         char what[64];
         snprintf(what, sizeof what, "WAL truncated to %zu bytes", wcuts[k]);
-        cq_run(what, db, dblen, wal, wcuts[k], CQ_CLEAN + CQ_WAL, &o);
+        cq_run_ex(what, db, dblen, wal, wcuts[k], NULL, mk, mklen, CQ_CLEAN + CQ_WAL, &o);
         CQ_TALLY();
         silent += o.started && o.delivered < CQ_CLEAN + CQ_WAL;
+        IT_CHECK(o.refused, "%s: imd started with committed transactions lost", what);
+        IT_CHECK(strstr(o.msg, "imd.db-running") && strstr(o.msg, "committed data missing") &&
+                     strstr(o.msg, "backup"),
+                 "%s: the message names neither the marker nor what to do ('%s')", what, o.msg);
     }
     /* A flip in the WAL's header (10: its page size), in its first frame (156) or in its middle
      * would drop committed (acknowledged) transactions: imd refuses, naming the WAL and the
      * frame (store_wal.h). A flip in the last transaction (wallen - 100) looks like a crash
-     * during it and is accepted (a documented limit). */
+     * during it to the log scan; the marker's committed mark tells it apart: refused too. */
     const size_t wflips[] = {10, 32 + 24 + 100, wallen / 2, wallen - 100};
     for (size_t k = 0; k < sizeof wflips / sizeof wflips[0]; k++) {
         memcpy(work, wal, wallen);
         work[wflips[k]] ^= 0x10;
         char what[64];
         snprintf(what, sizeof what, "WAL bit flipped at %zu", wflips[k]);
-        cq_run(what, db, dblen, work, wallen, CQ_CLEAN + CQ_WAL, &o);
+        cq_run_ex(what, db, dblen, work, wallen, NULL, mk, mklen, CQ_CLEAN + CQ_WAL, &o);
         CQ_TALLY();
         silent += o.started && (o.delivered < CQ_CLEAN + CQ_WAL || o.intact < o.delivered);
         if (wflips[k] < wallen - 100) {
@@ -1345,6 +1361,10 @@ static void test_corrupt_store(void **state)
             IT_CHECK(strstr(o.msg, "imd.db-wal") && strstr(o.msg, "frame") &&
                          strstr(o.msg, "backup"),
                      "%s: the message names neither the WAL nor the frame ('%s')", what, o.msg);
+        } else {
+            IT_CHECK(o.refused, "%s: imd started with the last transaction lost", what);
+            IT_CHECK(strstr(o.msg, "imd.db-running") && strstr(o.msg, "committed data missing"),
+                     "%s: the message does not name the marker ('%s')", what, o.msg);
         }
     }
     it_note("corrupt store: %d cases: %d refused with a message, %d started; %d of the started "
@@ -1352,6 +1372,7 @@ static void test_corrupt_store(void **state)
             refused + started, refused, started, silent);
     free(db);
     free(wal);
+    free(mk);
     /* The original store after kill -9 recovers everything. */
     it_start(p);
     tc *b = it_login(p->port, "cqb", "cqb password", NULL);
