@@ -177,6 +177,7 @@ struct ims_server {
     int (*commit)(void *ud, ims_store *s);
     void *commit_ud;
     uint64_t last_expire_ms;
+    uint64_t dedupe_next_ms; /* next dedupe expiry pass (monotonic ms) */
     uint64_t st[ST_COUNT];
 };
 

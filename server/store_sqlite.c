@@ -104,6 +104,9 @@ enum {
 #define MSG_COLS \
     "m.msg_id, m.sender_id, m.sender, m.target_kind, m.target, m.ts_ms, m.headers, m.body"
 
+#define IMS_STR_(x) #x
+#define IMS_STR(x) IMS_STR_(x)
+
 static const char *const st_sql[ST_COUNT] = {
     [ST_BEGIN] = "BEGIN IMMEDIATE",
     [ST_COMMIT] = "COMMIT",
@@ -136,7 +139,10 @@ static const char *const st_sql[ST_COUNT] = {
                       "client_msg_id = ?2",
     [ST_DEDUPE_INSERT] = "INSERT INTO dedupe(sender_id, client_msg_id, msg_id, digest, ts_ms) "
                          "VALUES (?1, ?2, ?3, ?4, ?5)",
-    [ST_DEDUPE_EXPIRE] = "DELETE FROM dedupe WHERE ts_ms < ?1",
+    [ST_DEDUPE_EXPIRE] =
+        "DELETE FROM dedupe WHERE (sender_id, client_msg_id) IN (SELECT sender_id, "
+        "client_msg_id FROM dedupe WHERE ts_ms < ?1 ORDER BY ts_ms LIMIT " IMS_STR(
+            IMS_DEDUPE_EXPIRE_BATCH) ")",
     [ST_MSG_INSERT] = "INSERT INTO messages(sender_id, sender, target_kind, target, ts_ms, "
                       "headers, body, hist) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     [ST_MSG_DELETE_UNUSED] = "DELETE FROM messages WHERE msg_id = ?1 AND hist = 0 AND "
@@ -206,6 +212,7 @@ static const char schema_sql[] =
     " digest BLOB,"
     " ts_ms INTEGER NOT NULL,"
     " PRIMARY KEY(sender_id, client_msg_id)) WITHOUT ROWID;"
+    "CREATE INDEX dedupe_ts ON dedupe(ts_ms);"
     "CREATE TABLE rooms("
     " name TEXT PRIMARY KEY NOT NULL,"
     " created_ms INTEGER NOT NULL) WITHOUT ROWID;"
@@ -609,6 +616,9 @@ static int schema_setup(sqlite3 *db, char *err, size_t errlen)
                 (long long)version, IMS_SCHEMA_VERSION);
         goto fail;
     }
+    /* Added to schema version 1 later (dedupe_window_ms): created once in older databases. */
+    if (exec_sql(db, "CREATE INDEX IF NOT EXISTS dedupe_ts ON dedupe(ts_ms)", err, errlen) != 0)
+        goto fail;
     if (exec_sql(db, "COMMIT", err, errlen) != 0)
         goto fail;
     return 0;

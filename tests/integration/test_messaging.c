@@ -419,6 +419,41 @@ static void test_dedupe(void **state)
     it_finish(p);
 }
 
+/* The dedupe window (dedupe_window_ms): a retry within it is a duplicate (IMP-DELIV-005); the
+ * server forgets a CLIENT_MSG_ID once the window has passed (its dedupe table does not grow
+ * forever), and a retry after that is stored as a new message. */
+static void test_dedupe_window(void **state)
+{
+    (void)state;
+    static const char *const args[] = {"--set", "dedupe_window_ms=1500", NULL};
+    imd_proc *p = it_start_imd(args);
+    long pid = (long)p->pid;
+    tc *alice = it_register(p->port, "alice", "alice password", NULL);
+    tc *bob = it_register(p->port, "bob", "bob password", NULL);
+    tc_ack a1, a2, a3;
+    send_ok(alice, "bob", "win-id", "once", &a1);
+    IT_EQ(a1.duplicate, 0);
+    send_ok(alice, "bob", "win-id", "once", &a2);
+    IT_EQ(a2.duplicate, 1);
+    IT_EQ(a2.msg_id, a1.msg_id);
+    /* past the window (and a few expiry passes of the server's tick) */
+    it_sleep_ms(4000);
+    send_ok(alice, "bob", "win-id", "once", &a3);
+    IT_CHECK(a3.duplicate == 0 && a3.msg_id != a1.msg_id,
+             "retry after the window: duplicate %d msg_id %llu (first %llu)", a3.duplicate,
+             (unsigned long long)a3.msg_id, (unsigned long long)a1.msg_id);
+    tc_frame *d = deliver(bob, "bob");
+    IT_EQ(imp_msg_u(&d->m, IMP_T_MSG_ID, 0), a1.msg_id);
+    tc_frame_free(d);
+    d = deliver(bob, "bob");
+    IT_EQ(imp_msg_u(&d->m, IMP_T_MSG_ID, 0), a3.msg_id);
+    tc_frame_free(d);
+    tc_close(alice);
+    tc_close(bob);
+    it_liveness(p, pid, NULL, NULL, NULL, NULL);
+    it_finish(p);
+}
+
 static void test_quota(void **state)
 {
     (void)state;
@@ -610,6 +645,7 @@ int main(void)
         cmocka_unit_test_teardown(test_direct_online, it_teardown),
         cmocka_unit_test_teardown(test_offline_and_redelivery, it_teardown),
         cmocka_unit_test_teardown(test_dedupe, it_teardown),
+        cmocka_unit_test_teardown(test_dedupe_window, it_teardown),
         cmocka_unit_test_teardown(test_quota, it_teardown),
         cmocka_unit_test_teardown(test_transient_and_ack_modes, it_teardown),
         cmocka_unit_test_teardown(test_broadcast_and_sessions, it_teardown),

@@ -145,6 +145,7 @@ static void assert_cfg_equal(const ims_cfg *a, const ims_cfg *b)
     EQ(page_size);
     EQ(page_max);
     EQ(sync_full);
+    EQ(dedupe_window_ms);
     EQ(shutdown_grace_ms);
 #undef EQ
 }
@@ -210,6 +211,8 @@ static const numcase nums[] = {
     {F(page_size), "10", 10, "1", 1, "0", "1000000", 1000000, "1000001", 'i'},
     {F(page_max), "20", 20, "1", 1, "0", "1000000", 1000000, "1000001", 'i'},
     {F(shutdown_grace_ms), "10s", 10000, "0", 0, NULL, "4294967295", 4294967295u, "4294967296",
+     'd'},
+    {F(dedupe_window_ms), "2h", 7200000, "0", 0, NULL, "4294967295", 4294967295u, "4294967296",
      'd'},
 };
 #define NNUMS (sizeof nums / sizeof nums[0])
@@ -301,6 +304,7 @@ static void test_defaults(void **state)
     assert_int_equal(c.page_size, 100);
     assert_int_equal(c.page_max, 1000);
     assert_int_equal(c.sync_full, 1);
+    assert_int_equal(c.dedupe_window_ms, 24u * 3600 * 1000);
     assert_int_equal(c.shutdown_grace_ms, 5000);
     char err[256] = "";
     assert_int_equal(ims_cfg_validate(&c, err, sizeof err), 0);

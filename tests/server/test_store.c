@@ -822,6 +822,33 @@ static void test_ack_deletes_message_after_last_recipient(void **state)
 }
 
 /* IMP-DELIV-005: a sender's CLIENT_MSG_ID maps to the first message and its digest. */
+/* Expiry works in bounded batches (IMS_DEDUPE_EXPIRE_BATCH rows at most per call), so that
+ * the server's tick never stalls on a large table; what remains goes on the next calls. */
+static void test_dedupe_expire_batches(void **state)
+{
+    fx *f = *state;
+    ims_store *s = f->s;
+    int64_t a = mk_user(s, "alice"), b = mk_user(s, "bob");
+    int64_t r[] = {b};
+    int n = IMS_DEDUPE_EXPIRE_BATCH + 500;
+    for (int i = 0; i < n; i++) {
+        char cmid[32];
+        snprintf(cmid, sizeof cmid, "b-%d", i);
+        int64_t id = 0;
+        assert_int_equal(put_rc(s, a, "alice", 1, "bob", "x", cmid, r, 1, &id, NULL), 0);
+    }
+    int64_t first = 0;
+    assert_int_equal(ims_store_dedupe_get(s, a, "b-0", &first, NULL), 1);
+    assert_int_equal(ims_store_dedupe_expire(s, 5000), 0); /* none older than 5000 */
+    assert_int_equal(ims_store_dedupe_expire(s, 5001), IMS_DEDUPE_EXPIRE_BATCH);
+    assert_int_equal(ims_store_dedupe_expire(s, 5001), 500);
+    assert_int_equal(ims_store_dedupe_expire(s, 5001), 0);
+    assert_int_equal(ims_store_dedupe_get(s, a, "b-0", &first, NULL), 0);
+    char last[32];
+    snprintf(last, sizeof last, "b-%d", n - 1);
+    assert_int_equal(ims_store_dedupe_get(s, a, last, &first, NULL), 0);
+}
+
 static void test_dedupe(void **state)
 {
     fx *f = *state;
@@ -1670,6 +1697,7 @@ int main(void)
         BOTH(test_queue_ack),
         BOTH(test_ack_deletes_message_after_last_recipient),
         BOTH(test_dedupe),
+        BOTH(test_dedupe_expire_batches),
         BOTH(test_rooms_membership),
         BOTH(test_room_history_and_prune),
         BOTH(test_user_delete_removes_everything),
