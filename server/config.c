@@ -128,6 +128,8 @@ static const ims_kdef keys[] = {
     NUM(page_max, K_INT, 1, 1, 1000000, 1, "largest LIMIT a client may ask for"),
     NUM(sync_full, K_BOOL, 1, 0, 1, 0,
         "SQLite synchronous=FULL: no acknowledged message lost on power failure"),
+    NUM(startup_full_check, K_BOOL, 1, 0, 1, 0,
+        "PRAGMA integrity_check at every start, not only after a crash"),
     NUM(dedupe_window_ms, K_DUR, 0, 0, UINT32_MAX, 1,
         "how long a CLIENT_MSG_ID is remembered for retries; 0: forever"),
     NUM(shutdown_grace_ms, K_DUR, 0, 0, UINT32_MAX, 1,
@@ -724,6 +726,7 @@ void ims_cfg_default(ims_cfg *c)
     c->page_size = 100;
     c->page_max = 1000;
     c->sync_full = 1;
+    c->startup_full_check = 1;
     c->dedupe_window_ms = 24u * 3600 * 1000;
     c->shutdown_grace_ms = 5000;
 }

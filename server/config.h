@@ -79,6 +79,7 @@ typedef struct ims_cfg {
     int page_size;              /* default page for WHO/MEMBERS/ROOMS/HISTORY, default 100 */
     int page_max;               /* default 1000 */
     int sync_full;              /* synchronous=FULL, default 1 */
+    int startup_full_check;     /* integrity_check at every start, default 1 */
     uint32_t dedupe_window_ms;  /* CLIENT_MSG_IDs kept for retries, default 24 h; 0 = forever */
     uint32_t shutdown_grace_ms; /* default 5000 */
 } ims_cfg;

@@ -151,7 +151,7 @@ static ims_store *open_store(const ims_cfg *cfg)
     }
     char path[600], err[512];
     snprintf(path, sizeof path, "%s/imd.db", cfg->data_dir);
-    ims_store_options so = {path, cfg->sync_full, store_log, NULL};
+    ims_store_options so = {path, cfg->sync_full, store_log, NULL, cfg->startup_full_check};
     ims_store *s = ims_store_open(&so, err, sizeof err);
     if (!s) { /* the store's messages usually start with the path already */
         if (strncmp(err, path, strlen(path)) == 0)

@@ -42,6 +42,8 @@ typedef struct ims_store_options {
                          (tests and fuzzing only) */
     void (*log)(void *ud, const char *msg); /* error details; NULL: silent */
     void *log_ud;
+    int full_check; /* 1: the full check (below) at every open, not only after an unclean
+                       shutdown (imd: startup_full_check, default yes) */
 } ims_store_options;
 
 /* Opens (creating the schema on first use) and checks the database; NULL on failure with a

@@ -848,9 +848,10 @@ ims_store *ims_store_open(const ims_store_options *opt, char *err, size_t errlen
         exec_sql(s->db, "PRAGMA temp_store = MEMORY; PRAGMA cache_size = -16384", err, errlen) != 0)
         goto fail;
     char cerr[200] = "";
-    /* After a clean close PRAGMA quick_check (fast); after an unclean one the full check below,
-     * once the statements are prepared. */
-    if (!unclean && run_check(s->db, "PRAGMA quick_check", cerr, sizeof cerr) != 0) {
+    /* After a clean close PRAGMA quick_check (fast) unless opt->full_check; after an unclean one
+     * the full check below, once the statements are prepared. */
+    int full = unclean || opt->full_check;
+    if (!full && run_check(s->db, "PRAGMA quick_check", cerr, sizeof cerr) != 0) {
         set_err(err, errlen, "%s: damaged database: %s", opt->path, cerr);
         goto fail;
     }
@@ -865,14 +866,14 @@ ims_store *ims_store_open(const ims_store_options *opt, char *err, size_t errlen
             goto fail;
         }
     }
-    if (unclean) {
+    if (full) {
         /* PRAGMA integrity_check (indexes against their tables too), foreign keys and the
-         * queue invariant: a store that was not closed cleanly is checked in full. */
+         * queue invariant: a store that was not closed cleanly is checked in full (and every
+         * store with opt->full_check). */
         char ierr[200] = "";
         if (ims_store_integrity_check(s, ierr, sizeof ierr) != 0) {
-            set_err(err, errlen,
-                    "%s: damaged database (checked in full after an unclean shutdown): %s",
-                    opt->path, ierr);
+            set_err(err, errlen, "%s: damaged database (checked in full%s): %s", opt->path,
+                    unclean ? " after an unclean shutdown" : "", ierr);
             goto fail;
         }
     }

@@ -1302,6 +1302,8 @@ static void test_corrupt_store(void **state)
         cq_run_ex("stale index, clean shutdown", db, dblen, NULL, 0, stale, NULL, 0, CQ_CLEAN, &o);
         CQ_TALLY();
         silent += o.started && o.delivered < CQ_CLEAN;
+        /* startup_full_check (default yes): the full check runs after a clean stop too */
+        IT_CHECK(o.refused, "a stale index after a clean shutdown was not refused");
         cq_run_ex("stale index, unclean shutdown", db, dblen, NULL, 0, stale, (const uint8_t *)"",
                   0, CQ_CLEAN, &o);
         CQ_TALLY();

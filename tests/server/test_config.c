@@ -145,6 +145,7 @@ static void assert_cfg_equal(const ims_cfg *a, const ims_cfg *b)
     EQ(page_size);
     EQ(page_max);
     EQ(sync_full);
+    EQ(startup_full_check);
     EQ(dedupe_window_ms);
     EQ(shutdown_grace_ms);
 #undef EQ
@@ -217,18 +218,10 @@ static const numcase nums[] = {
 };
 #define NNUMS (sizeof nums / sizeof nums[0])
 
-static const char *const other_keys[] = {"listen",
-                                         "metrics_listen",
-                                         "tls_listen",
-                                         "tls_cert",
-                                         "tls_key",
-                                         "tls_min_version",
-                                         "allow_insecure_listen",
-                                         "data_dir",
-                                         "log_level",
-                                         "log_format",
-                                         "registration",
-                                         "sync_full"};
+static const char *const other_keys[] = {
+    "listen",          "metrics_listen",        "tls_listen",         "tls_cert", "tls_key",
+    "tls_min_version", "allow_insecure_listen", "startup_full_check", "data_dir", "log_level",
+    "log_format",      "registration",          "sync_full"};
 #define NOTHER (sizeof other_keys / sizeof other_keys[0])
 
 /* A config in which every key differs from the default. */
@@ -304,6 +297,7 @@ static void test_defaults(void **state)
     assert_int_equal(c.page_size, 100);
     assert_int_equal(c.page_max, 1000);
     assert_int_equal(c.sync_full, 1);
+    assert_int_equal(c.startup_full_check, 1);
     assert_int_equal(c.dedupe_window_ms, 24u * 3600 * 1000);
     assert_int_equal(c.shutdown_grace_ms, 5000);
     char err[256] = "";
@@ -501,12 +495,16 @@ static void test_bool_keys(void **state)
         int v;
     } ok[] = {{"yes", 1}, {"no", 0}, {"true", 1}, {"false", 0}, {"on", 1},
               {"off", 0}, {"1", 1},  {"0", 0},    {"YES", 1},   {"Off", 0}};
-    const char *keys[] = {"registration", "sync_full", "allow_insecure_listen"};
-    for (size_t k = 0; k < 3; k++) {
+    const char *keys[] = {"registration", "sync_full", "allow_insecure_listen",
+                          "startup_full_check"};
+    for (size_t k = 0; k < 4; k++) {
         for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
             ims_cfg c;
             ims_cfg_default(&c);
-            int *f = k == 0 ? &c.registration : k == 1 ? &c.sync_full : &c.allow_insecure_listen;
+            int *f = k == 0   ? &c.registration
+                     : k == 1 ? &c.sync_full
+                     : k == 2 ? &c.allow_insecure_listen
+                              : &c.startup_full_check;
             *f = !ok[i].v;
             set_ok(&c, keys[k], ok[i].s);
             assert_int_equal(*f, ok[i].v);
