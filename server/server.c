@@ -796,13 +796,13 @@ void ims_server_tick(ims_server *srv)
             (void)ims_store_token_expire(srv->store, ims_now_wall(srv));
     }
     /* IMP-DELIV-005 within dedupe_window_ms: forgotten CLIENT_MSG_IDs are removed a bounded
-     * batch per tick while there are more, else every few seconds */
+     * batch per tick while there are any, else once a second */
     if (srv->cfg.dedupe_window_ms && now >= srv->dedupe_next_ms) {
         int n = -1;
         if (ims_store_begin(srv->store) == 0)
             n = ims_store_dedupe_expire(srv->store, (int64_t)ims_now_wall(srv) -
                                                         (int64_t)srv->cfg.dedupe_window_ms);
-        srv->dedupe_next_ms = now + (n == IMS_DEDUPE_EXPIRE_BATCH ? 0 : 1000);
+        srv->dedupe_next_ms = now + (n > 0 ? 0 : 1000);
     }
 }
 

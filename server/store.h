@@ -228,11 +228,12 @@ int ims_store_all_user_ids(ims_store *s, int64_t **ids, size_t *n);
 /* Stored messages (still queued for someone or kept as room history). A message is deleted once
  * no queue holds it and it is not in its room's kept history (on ack, prune, user delete). */
 int ims_store_message_count(ims_store *s, int64_t *count);
-/* Removes dedupe entries of messages with ts_ms < before_ms, the oldest first, at most
- * IMS_DEDUPE_EXPIRE_BATCH of them (an index on ts_ms: bounded work per call; call again while
- * it returns the full batch); returns the number removed or < 0. After that, a retried SEND
- * with such a CLIENT_MSG_ID is stored again (IMP-DELIV-005 holds for retries within the kept
- * window, dedupe_window_ms). */
+/* Removes dedupe entries of messages with ts_ms < before_ms, the oldest first, fewer than
+ * IMS_DEDUPE_EXPIRE_BATCH of them (those below the timestamp of the BATCH-th oldest; all
+ * entries of one timestamp when more than a batch share it): a range of the index on ts_ms,
+ * bounded work per call; call again while it returns > 0. Returns the number removed or < 0. After
+ * that, a retried SEND with such a CLIENT_MSG_ID is stored again (IMP-DELIV-005 holds for retries
+ * within the kept window, dedupe_window_ms). */
 #define IMS_DEDUPE_EXPIRE_BATCH 2000
 int ims_store_dedupe_expire(ims_store *s, int64_t before_ms);
 

@@ -70,6 +70,7 @@ enum {
     ST_TOKEN_EXPIRE,
     ST_DEDUPE_GET,
     ST_DEDUPE_INSERT,
+    ST_DEDUPE_CUT,
     ST_DEDUPE_EXPIRE,
     ST_MSG_INSERT,
     ST_MSG_DELETE_UNUSED,
@@ -139,10 +140,11 @@ static const char *const st_sql[ST_COUNT] = {
                       "client_msg_id = ?2",
     [ST_DEDUPE_INSERT] = "INSERT INTO dedupe(sender_id, client_msg_id, msg_id, digest, ts_ms) "
                          "VALUES (?1, ?2, ?3, ?4, ?5)",
-    [ST_DEDUPE_EXPIRE] =
-        "DELETE FROM dedupe WHERE (sender_id, client_msg_id) IN (SELECT sender_id, "
-        "client_msg_id FROM dedupe WHERE ts_ms < ?1 ORDER BY ts_ms LIMIT " IMS_STR(
-            IMS_DEDUPE_EXPIRE_BATCH) ")",
+    /* the timestamp of the BATCH-th oldest entry: expiry deletes below it (the index range) */
+    [ST_DEDUPE_CUT] =
+        "SELECT ts_ms FROM dedupe WHERE ts_ms < ?1 ORDER BY ts_ms LIMIT 1 OFFSET " IMS_STR(
+            IMS_DEDUPE_EXPIRE_BATCH) " - 1",
+    [ST_DEDUPE_EXPIRE] = "DELETE FROM dedupe WHERE ts_ms < ?1",
     [ST_MSG_INSERT] = "INSERT INTO messages(sender_id, sender, target_kind, target, ts_ms, "
                       "headers, body, hist) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     [ST_MSG_DELETE_UNUSED] = "DELETE FROM messages WHERE msg_id = ?1 AND hist = 0 AND "
@@ -1360,7 +1362,30 @@ int ims_store_dedupe_expire(ims_store *s, int64_t before_ms)
 {
     if (s == NULL)
         return IMP_ERR_INVAL;
-    return simple_delete(s, ST_DEDUPE_EXPIRE, NULL, before_ms);
+    /* Bounded through the index on ts_ms: below the timestamp of the BATCH-th oldest entry (a
+     * DELETE ... WHERE (sender_id, client_msg_id) IN (subquery) searched the primary key by
+     * sender only: a scan of the sender's entries per row). */
+    int64_t cut = before_ms;
+    int r = op_begin(s);
+    if (r != 0)
+        return r;
+    sqlite3_stmt *q = st_get(s, ST_DEDUPE_CUT);
+    if (q == NULL)
+        return op_end(s, IMP_ERR_STORAGE);
+    sqlite3_bind_int64(q, 1, before_ms);
+    int rc = sqlite3_step(q);
+    if (rc == SQLITE_ROW)
+        cut = sqlite3_column_int64(q, 0);
+    else if (rc != SQLITE_DONE)
+        r = db_fail(s, st_sql[ST_DEDUPE_CUT]);
+    st_put(s, ST_DEDUPE_CUT, q);
+    r = op_end(s, r);
+    if (r != 0)
+        return r;
+    int n = simple_delete(s, ST_DEDUPE_EXPIRE, NULL, cut);
+    if (n == 0 && cut < before_ms) /* more than a batch share the oldest timestamp */
+        n = simple_delete(s, ST_DEDUPE_EXPIRE, NULL, cut + 1);
+    return n;
 }
 
 /* ---- messages and queues -------------------------------------------------------------------- */
