@@ -11,6 +11,11 @@
 
 #define INPUT_SLACK 65536u /* feed accepts a frame's worth plus this much unread input */
 #define KEEP_BUFFER 4096u  /* empty buffers larger than this are released */
+/* The output buffer is kept up to this size once written: a busy connection (a room member
+ * receiving a burst of DELIVERs each turn) would otherwise free and grow it again, with its
+ * copies, page faults and heap trims, for every burst (issue 3: room fan-out). An idle one
+ * holds none after imp_conn_trim. */
+#define KEEP_OUTPUT 65536u
 
 /* A buffer: nothing allocated while empty and trimmed. 32-bit offsets: a buffer holds at
  * most BUF_MAX bytes (input: a frame of at most 16 MiB plus INPUT_SLACK; output beyond that
@@ -423,6 +428,89 @@ int imp_conn_send(imp_conn *c, const imp_msg *m)
     return 0;
 }
 
+/* ---- prepared frames (a room's fan-out) ------------------------------------------------ */
+
+struct imp_prepared {
+    imp_allocator alloc;
+    imp_msg m; /* decoded from bytes: the views point there (the state table's effects) */
+    size_t len;
+    uint8_t bytes[]; /* the whole frame */
+};
+
+imp_prepared *imp_prepared_new(const imp_msg *m, const imp_allocator *alloc, int *err)
+{
+    int dummy;
+    if (!err)
+        err = &dummy;
+    if (!imp_type_known(m->type)) {
+        *err = IMP_ERR_INVAL; /* as imp_conn_send */
+        return NULL;
+    }
+    imp_ssize size = imp_msg_encoded_size(m); /* validates */
+    if (size < 0) {
+        *err = (int)size;
+        return NULL;
+    }
+    imp_allocator a = {libc_realloc, NULL};
+    if (alloc)
+        a = *alloc;
+    imp_prepared *p = a.realloc(a.ud, NULL, sizeof *p + (size_t)size);
+    if (!p) {
+        *err = IMP_ERR_NOMEM;
+        return NULL;
+    }
+    p->alloc = a;
+    p->len = (size_t)size;
+    imp_msg_write(m, p->bytes, p->len);
+    /* decoded back from the bytes: the message the frame carries, with views into p */
+    imp_frame f;
+    int r = imp_frame_parse(p->bytes, p->len, 0, &f, NULL) == (imp_ssize)p->len
+                ? imp_msg_decode(&f, &p->m)
+                : IMP_ERR_INTERNAL;
+    if (r) { /* cannot happen for a validated message (IMP-FIELD-008) */
+        a.realloc(a.ud, p, 0);
+        *err = r;
+        return NULL;
+    }
+    *err = 0;
+    return p;
+}
+
+void imp_prepared_free(imp_prepared *p)
+{
+    if (p)
+        p->alloc.realloc(p->alloc.ud, p, 0);
+}
+
+size_t imp_prepared_size(const imp_prepared *p)
+{
+    return p->len;
+}
+
+int imp_conn_send_prepared(imp_conn *c, const imp_prepared *p)
+{
+    const imp_msg *m = &p->m;
+    struct imp_cell cell = imp_state_cell((imp_role)c->role, 1, (imp_state)c->state, m->type);
+    if (cell.action == CELL_REFUSE)
+        return cell.arg;
+    if (c->role == IMP_ROLE_CLIENT) { /* IMP-MSG-003 */
+        uint32_t limit = c->authed ? c->peer_max_frame : c->peer_max_preauth;
+        if (limit && p->len > limit)
+            return IMP_ERR_TOO_LARGE;
+    }
+    if (c->max_output && c->out.len - c->out.pos + p->len > c->max_output)
+        return IMP_ERR_OUTPUT_FULL;
+    int r = buf_reserve(c, &c->out, p->len);
+    if (r)
+        return fail(c, r);
+    memcpy(c->out.p + c->out.len, p->bytes, p->len);
+    c->out.len += (uint32_t)p->len; /* buf_reserve: fits */
+    if (m->type == IMP_LOGOUT)
+        c->logout_id = m->request_id;
+    apply(c, cell, m);
+    return 0;
+}
+
 void imp_conn_close(imp_conn *c, int code, const char *text)
 {
     send_error_and_close(c, code, text, 0);
@@ -440,7 +528,7 @@ void imp_conn_consume_output(imp_conn *c, size_t n)
     c->out.pos += (uint32_t)(n < pending ? n : pending);
     if (c->out.pos == c->out.len) {
         c->out.pos = c->out.len = 0;
-        if (c->out.cap > KEEP_BUFFER)
+        if (c->out.cap > KEEP_OUTPUT)
             buf_release(c, &c->out);
     }
 }

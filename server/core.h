@@ -170,6 +170,9 @@ struct ims_server {
     uint64_t next_client_id;
     uint64_t next_session_id;
     uint64_t next_transient_id;
+    /* the DELIVER of the transient message being fanned out, encoded once (deliver.c) */
+    imp_prepared *tprep;
+    int64_t tprep_id;
     unsigned mark;
     int monitors;    /* sessions with MONITOR on (monitor events cost nothing without) */
     int subscribers; /* sessions with presence subscriptions */
@@ -199,6 +202,8 @@ void ims_ouser_release(ims_server *srv, ims_ouser *u);        /* frees when no s
 void ims_ouser_dirty(ims_server *srv, ims_ouser *u);
 /* Queues a frame for c; handles an output cap overrun (slow consumer). 0 or < 0. */
 int ims_client_send(ims_client *c, const imp_msg *m);
+/* The same for a frame encoded once for many clients (fan-out). */
+int ims_client_send_prepared(ims_client *c, const imp_prepared *p);
 int ims_client_error(ims_client *c, uint32_t req, int code, const char *text,
                      uint32_t retry_after_ms);
 int ims_client_ok(ims_client *c, uint32_t req, int has_count, uint32_t count, int more);

@@ -106,23 +106,44 @@ static void refuse(ims_client *c, uint32_t req, const char *cmid, int code)
 
 /* ---- DELIVER ------------------------------------------------------------------------------ */
 
+static void build_deliver(imp_msg *d, const ims_message *msg, int transient)
+{
+    imp_msg_init(d, IMP_DELIVER, 0);
+    imp_msg_set_u(d, IMP_T_TARGET_KIND, (uint64_t)msg->target_kind);
+    if (msg->target_kind != IMP_TARGET_BROADCAST)
+        imp_msg_set_s(d, IMP_T_TARGET, msg->target);
+    if (transient)
+        imp_msg_set_u(d, IMP_T_CLASS, IMP_CLASS_TRANSIENT);
+    if (msg->headers && msg->headers_len)
+        imp_msg_set_b(d, IMP_T_HEADERS, msg->headers, msg->headers_len);
+    imp_msg_set_b(d, IMP_T_BODY, msg->body, msg->body_len);
+    imp_msg_set_u(d, IMP_T_MSG_ID, (uint64_t)msg->msg_id);
+    imp_msg_set_u(d, IMP_T_SEQ, msg->seq);       /* IMP-DELIV-002: 0 for transient */
+    imp_msg_set_s(d, IMP_T_SENDER, msg->sender); /* IMP-SEC-004: from the session */
+    imp_msg_set_u(d, IMP_T_TIMESTAMP, (uint64_t)(msg->ts_ms < 0 ? 0 : msg->ts_ms));
+}
+
 static int send_deliver(ims_client *c, const ims_message *msg, int transient)
 {
     imp_msg d;
-    imp_msg_init(&d, IMP_DELIVER, 0);
-    imp_msg_set_u(&d, IMP_T_TARGET_KIND, (uint64_t)msg->target_kind);
-    if (msg->target_kind != IMP_TARGET_BROADCAST)
-        imp_msg_set_s(&d, IMP_T_TARGET, msg->target);
-    if (transient)
-        imp_msg_set_u(&d, IMP_T_CLASS, IMP_CLASS_TRANSIENT);
-    if (msg->headers && msg->headers_len)
-        imp_msg_set_b(&d, IMP_T_HEADERS, msg->headers, msg->headers_len);
-    imp_msg_set_b(&d, IMP_T_BODY, msg->body, msg->body_len);
-    imp_msg_set_u(&d, IMP_T_MSG_ID, (uint64_t)msg->msg_id);
-    imp_msg_set_u(&d, IMP_T_SEQ, msg->seq);       /* IMP-DELIV-002: 0 for transient */
-    imp_msg_set_s(&d, IMP_T_SENDER, msg->sender); /* IMP-SEC-004: from the session */
-    imp_msg_set_u(&d, IMP_T_TIMESTAMP, (uint64_t)(msg->ts_ms < 0 ? 0 : msg->ts_ms));
+    build_deliver(&d, msg, transient);
     return ims_client_send(c, &d);
+}
+
+/* The DELIVER of a transient message, the same bytes for every recipient (SEQ 0): built,
+ * validated and encoded once per message and copied into each session's output (issue 3:
+ * room fan-out). Kept while one message fans out (transient ids are never reused); NULL when
+ * it cannot be allocated: then each recipient's DELIVER is encoded on its own. */
+static const imp_prepared *transient_frame(ims_server *srv, const ims_message *msg)
+{
+    if (srv->tprep && srv->tprep_id == msg->msg_id)
+        return srv->tprep;
+    imp_prepared_free(srv->tprep);
+    imp_msg d;
+    build_deliver(&d, msg, 1);
+    srv->tprep = imp_prepared_new(&d, NULL, NULL);
+    srv->tprep_id = msg->msg_id;
+    return srv->tprep;
 }
 
 struct pump_ctx {
@@ -247,7 +268,8 @@ static void transient_to_user(ims_server *srv, ims_ouser *u, ims_bus_event *ev)
             srv->st[ST_TRANSIENT_DROPPED]++; /* IMP-DELIV-007: counted and dropped */
             continue;
         }
-        if (send_deliver(c, ev->msg, 1) == 0) {
+        const imp_prepared *p = transient_frame(srv, ev->msg);
+        if ((p ? ims_client_send_prepared(c, p) : send_deliver(c, ev->msg, 1)) == 0) {
             srv->st[ST_TRANSIENT_DELIVERED]++;
             ev->ack_count++;
         } else {
@@ -359,6 +381,8 @@ void ims_deliver_free(ims_server *srv)
     }
     srv->held = srv->waiting = NULL;
     srv->held_tail = &srv->held;
+    imp_prepared_free(srv->tprep);
+    srv->tprep = NULL;
     free(srv->notes);
     srv->notes = NULL;
     srv->nnotes = srv->capnotes = 0;
@@ -422,6 +446,8 @@ static void send_transient(ims_client *c, const imp_msg *m, ims_message *msg, co
         ims_bus_event ev = {IMS_BUS_TRANSIENT, ids[i], 0, msg, c->id, 0};
         ims_bus_publish(srv->bus, &ev);
     }
+    imp_prepared_free(srv->tprep); /* the fan-out is over */
+    srv->tprep = NULL;
     if (mode == IMP_ACK_NONE)
         return;
     ims_held h;

@@ -228,11 +228,25 @@ static void flow_check(ims_client *c)
     }
 }
 
+static int client_sent(ims_client *c, int r);
+
 int ims_client_send(ims_client *c, const imp_msg *m)
 {
     if (c->reason)
         return IMP_ERR_CLOSED;
-    int r = imp_conn_send(c->conn, m);
+    return client_sent(c, imp_conn_send(c->conn, m));
+}
+
+int ims_client_send_prepared(ims_client *c, const imp_prepared *p)
+{
+    if (c->reason)
+        return IMP_ERR_CLOSED;
+    return client_sent(c, imp_conn_send_prepared(c->conn, p));
+}
+
+/* What follows a send's result r: the hard cap closes, success wakes the writer. */
+static int client_sent(ims_client *c, int r)
+{
     if (r == IMP_ERR_OUTPUT_FULL) {
         /* IMP-DELIV-007: over the hard cap, the consumer is too slow; what it has not
          * acknowledged stays queued. */

@@ -1950,6 +1950,246 @@ static void test_event_views(void **state)
     imp_conn_free(s);
 }
 
+/* A busy connection's output buffer of up to 64 KiB is kept when its output has been written
+ * (issue 3: a room's fan-out queues a burst of DELIVERs on every member each turn; releasing
+ * and growing the buffer again for each burst cost more than the copy); a larger one is
+ * released; imp_conn_trim still releases a kept one (an idle connection holds no buffer). */
+static void test_output_buffer_kept_while_busy(void **state)
+{
+    (void)state;
+    counting k;
+    counting_init(&k);
+    imp_config cfg;
+    imp_config_default(&cfg, IMP_ROLE_SERVER);
+    cfg.alloc = &k.a;
+    imp_conn *s = server_at(&cfg, IMP_S_READY, 0);
+    imp_conn_trim(s);
+    size_t base = k.live; /* the connection object */
+    imp_msg m;
+    build(&m, IMP_DELIVER, 0);
+    static uint8_t body[200 * 1024];
+    imp_msg_set_b(&m, IMP_T_BODY, body, 1000);
+    for (int burst = 0; burst < 3; burst++) {
+        for (int i = 0; i < 40; i++) /* ~40 KiB */
+            assert_int_equal(imp_conn_send(s, &m), 0);
+        if (burst == 0)
+            assert_int_equal(k.live, base + 1);
+        size_t calls = k.calls;
+        drain(s);
+        assert_int_equal(k.live, base + 1); /* kept */
+        if (burst > 0)
+            assert_int_equal(k.calls, calls); /* the burst needed no allocation */
+    }
+    size_t calls = k.calls;
+    for (int i = 0; i < 40; i++)
+        assert_int_equal(imp_conn_send(s, &m), 0);
+    assert_int_equal(k.calls, calls);
+    drain(s);
+    imp_conn_trim(s);
+    assert_int_equal(k.live, base);
+    /* over 64 KiB: released once written */
+    imp_msg_set_b(&m, IMP_T_BODY, body, sizeof body);
+    assert_int_equal(imp_conn_send(s, &m), 0);
+    assert_int_equal(k.live, base + 1);
+    drain(s);
+    assert_int_equal(k.live, base);
+    imp_conn_free(s);
+    assert_int_equal(k.live, 0);
+}
+
+/* ---- prepared frames ----------------------------------------------------------------------- */
+
+/* The pending output bytes of c, copied. */
+static uint8_t *out_copy(const imp_conn *c, size_t *len)
+{
+    const uint8_t *p;
+    *len = imp_conn_pending_output(c, &p);
+    uint8_t *b = malloc(*len ? *len : 1);
+    assert_non_null(b);
+    if (*len)
+        memcpy(b, p, *len);
+    return b;
+}
+
+/* imp_conn_send_prepared queues exactly the bytes imp_conn_send queues for the same message,
+ * on as many connections as it is sent to; the prepared frame does not depend on the message
+ * or the buffers it viewed once made. */
+static void test_prepared_same_bytes(void **state)
+{
+    (void)state;
+    imp_msg m;
+    build(&m, IMP_DELIVER, 0);
+    char body[] = "hello, room";
+    imp_msg_set_b(&m, IMP_T_BODY, body, strlen(body));
+    imp_msg_set_u(&m, IMP_T_CLASS, IMP_CLASS_TRANSIENT);
+    imp_msg_set_u(&m, IMP_T_SEQ, 0);
+    int err = 1;
+    imp_prepared *p = imp_prepared_new(&m, NULL, &err);
+    assert_non_null(p);
+    assert_int_equal(err, 0);
+    assert_int_equal(imp_prepared_size(p), (size_t)imp_msg_encoded_size(&m));
+
+    imp_conn *a = server_at(NULL, IMP_S_READY, 0);
+    assert_int_equal(imp_conn_send(a, &m), 0);
+    assert_int_equal(imp_conn_send(a, &m), 0);
+    size_t na;
+    uint8_t *ba = out_copy(a, &na);
+    memset(body, 'x', strlen(body)); /* the prepared frame holds its own bytes */
+    build(&m, IMP_OK, 9);
+    for (int i = 0; i < 3; i++) {
+        imp_conn *b = server_at(NULL, IMP_S_READY, 0);
+        assert_int_equal(imp_conn_send_prepared(b, p), 0);
+        assert_int_equal(imp_conn_send_prepared(b, p), 0);
+        size_t nb;
+        uint8_t *bb = out_copy(b, &nb);
+        assert_int_equal(nb, na);
+        assert_memory_equal(bb, ba, na);
+        outlist o;
+        out_decode(b, &o);
+        assert_int_equal(o.n, 2);
+        assert_int_equal(o.m[1].type, IMP_DELIVER);
+        imp_bytes got = imp_msg_b(&o.m[1], IMP_T_BODY);
+        assert_int_equal(got.len, strlen("hello, room"));
+        assert_memory_equal(got.p, "hello, room", got.len);
+        assert_int_equal(imp_conn_state(b), IMP_S_READY);
+        free(bb);
+        imp_conn_free(b);
+    }
+    free(ba);
+    imp_conn_free(a);
+    imp_prepared_free(p);
+    imp_prepared_free(NULL);
+}
+
+/* imp_prepared_new validates as imp_conn_send does: nothing is made from an invalid message. */
+static void test_prepared_validates(void **state)
+{
+    (void)state;
+    imp_msg m;
+    int err = 0;
+    imp_msg_init(&m, 0x99, 1); /* not a frame type */
+    assert_null(imp_prepared_new(&m, NULL, &err));
+    assert_int_equal(err, IMP_ERR_INVAL);
+    build(&m, IMP_DELIVER, 0);
+    imp_msg_clear(&m, IMP_T_SENDER); /* required */
+    assert_null(imp_prepared_new(&m, NULL, &err));
+    assert_int_equal(err, IMP_ERR_MISSING_FIELD);
+    build(&m, IMP_DELIVER, 0);
+    imp_msg_set_s(&m, IMP_T_SENDER, "no spaces");
+    assert_null(imp_prepared_new(&m, NULL, NULL));
+    assert_null(imp_prepared_new(&m, NULL, &err));
+    assert_int_equal(err, IMP_ERR_BAD_NAME);
+    build(&m, IMP_OK, 1);
+    imp_msg_set_u(&m, IMP_T_USER, 1); /* a field OK does not have */
+    assert_null(imp_prepared_new(&m, NULL, &err));
+    assert_int_not_equal(err, 0);
+}
+
+/* The send table (SPEC 7.2/7.4) and the output cap still apply to every connection a prepared
+ * frame is queued on; a refusal queues nothing and is not fatal; a fatal ERROR closes. */
+static void test_prepared_state_and_cap(void **state)
+{
+    (void)state;
+    imp_msg m;
+    const uint8_t *out;
+    build(&m, IMP_DELIVER, 0);
+    imp_prepared *p = imp_prepared_new(&m, NULL, NULL);
+    assert_non_null(p);
+    size_t size = imp_prepared_size(p);
+
+    /* DELIVER before READY: refused as imp_conn_send refuses it */
+    imp_state early[] = {IMP_S_AWAIT_HELLO, IMP_S_AWAIT_AUTH, IMP_S_AUTHENTICATING};
+    for (size_t i = 0; i < sizeof early / sizeof early[0]; i++) {
+        imp_conn *s = server_at(NULL, early[i], 0);
+        int want = imp_conn_send(s, &m);
+        assert_true(want < 0);
+        assert_int_equal(imp_conn_send_prepared(s, p), want);
+        assert_int_equal(imp_conn_pending_output(s, &out), 0);
+        assert_int_equal(imp_conn_state(s), early[i]);
+        assert_int_equal(imp_conn_error(s), 0);
+        imp_conn_free(s);
+    }
+    /* a client never sends DELIVER */
+    imp_conn *cl = client_at(NULL, IMP_S_READY, 0, NULL);
+    assert_int_equal(imp_conn_send_prepared(cl, p), IMP_ERR_NOT_ALLOWED);
+    assert_int_equal(imp_conn_pending_output(cl, &out), 0);
+    imp_conn_free(cl);
+
+    /* the output cap: two fit, the third is refused (not fatal) until output is consumed */
+    imp_config cfg;
+    imp_config_default(&cfg, IMP_ROLE_SERVER);
+    cfg.max_output = 2 * size + 1;
+    imp_conn *s = server_at(&cfg, IMP_S_READY, 0);
+    assert_int_equal(imp_conn_send_prepared(s, p), 0);
+    assert_int_equal(imp_conn_send_prepared(s, p), 0);
+    assert_int_equal(imp_conn_send_prepared(s, p), IMP_ERR_OUTPUT_FULL);
+    assert_int_equal(imp_conn_pending_output(s, &out), 2 * size);
+    assert_int_equal(imp_conn_state(s), IMP_S_READY);
+    assert_int_equal(imp_conn_error(s), 0);
+    imp_conn_consume_output(s, size);
+    assert_int_equal(imp_conn_send_prepared(s, p), 0);
+    assert_int_equal(imp_conn_pending_output(s, &out), 2 * size);
+    imp_conn_free(s);
+
+    /* a fatal ERROR sent prepared moves to CLOSING; after it, CLOSED */
+    imp_msg e;
+    build(&e, IMP_ERROR, 0);
+    imp_msg_set_u(&e, IMP_T_CODE, 731);
+    imp_prepared *pe = imp_prepared_new(&e, NULL, NULL);
+    assert_non_null(pe);
+    s = server_at(NULL, IMP_S_READY, 0);
+    assert_int_equal(imp_conn_send_prepared(s, pe), 0);
+    assert_int_equal(imp_conn_state(s), IMP_S_CLOSING);
+    expect_output_error(s, 731);
+    assert_int_equal(imp_conn_send_prepared(s, p), IMP_ERR_CLOSED);
+    imp_conn_free(s);
+    imp_prepared_free(pe);
+    imp_prepared_free(p);
+}
+
+/* IMP-LIB-003: the prepared frame is allocated through the hook (one block, freed by
+ * imp_prepared_free); allocation failure gives NULL and NOMEM with nothing leaked; a
+ * connection whose output buffer cannot grow fails with NOMEM (fatal), as imp_conn_send. */
+static void test_prepared_allocation(void **state)
+{
+    (void)state;
+    counting k;
+    counting_init(&k);
+    imp_msg m;
+    build(&m, IMP_DELIVER, 0);
+    imp_prepared *p = imp_prepared_new(&m, &k.a, NULL);
+    assert_non_null(p);
+    assert_int_equal(k.live, 1);
+    assert_true(k.largest >= imp_prepared_size(p));
+    imp_prepared_free(p);
+    assert_int_equal(k.live, 0);
+
+    int err = 0;
+    k.fail_at = k.calls + 1;
+    assert_null(imp_prepared_new(&m, &k.a, &err));
+    assert_int_equal(err, IMP_ERR_NOMEM);
+    assert_int_equal(k.failures, 1);
+    assert_int_equal(k.live, 0);
+
+    p = imp_prepared_new(&m, NULL, NULL);
+    assert_non_null(p);
+    counting kc;
+    counting_init(&kc);
+    imp_config cfg;
+    imp_config_default(&cfg, IMP_ROLE_SERVER);
+    cfg.alloc = &kc.a;
+    imp_conn *s = server_at(&cfg, IMP_S_READY, 0);
+    imp_conn_trim(s); /* no output buffer: the next send allocates one */
+    kc.fail_at = kc.calls + 1;
+    assert_int_equal(imp_conn_send_prepared(s, p), IMP_ERR_NOMEM);
+    assert_int_equal(kc.failures, 1);
+    assert_int_equal(imp_conn_error(s), IMP_ERR_NOMEM);
+    assert_int_equal(imp_conn_send_prepared(s, p), IMP_ERR_CLOSED);
+    imp_conn_free(s);
+    assert_int_equal(kc.live, 0);
+    imp_prepared_free(p);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1989,6 +2229,11 @@ int main(void)
         cmocka_unit_test(test_allocation_failure_chunked),
         cmocka_unit_test(test_no_allocation_before_size_check),
         cmocka_unit_test(test_event_views),
+        cmocka_unit_test(test_output_buffer_kept_while_busy),
+        cmocka_unit_test(test_prepared_same_bytes),
+        cmocka_unit_test(test_prepared_validates),
+        cmocka_unit_test(test_prepared_state_and_cap),
+        cmocka_unit_test(test_prepared_allocation),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -167,6 +167,95 @@ static void test_rooms(void **state)
     h_free(h);
 }
 
+/* The next non-PRESENCE frame must be a transient room DELIVER from alice in "den" with this
+ * body; returns its MSG_ID. */
+static uint64_t expect_transient(tc *t, const char *kind_target, int kind, const char *body)
+{
+    imp_msg m;
+    assert_int_equal(next_non_presence(t, &m), 1);
+    assert_int_equal(m.type, IMP_DELIVER);
+    assert_int_equal(m.request_id, 0);
+    assert_int_equal(imp_msg_u(&m, IMP_T_TARGET_KIND, 0), kind);
+    assert_true(bytes_is(imp_msg_b(&m, IMP_T_TARGET), kind_target));
+    assert_true(bytes_is(imp_msg_b(&m, IMP_T_SENDER), "alice"));
+    assert_int_equal(imp_msg_u(&m, IMP_T_CLASS, 0), IMP_CLASS_TRANSIENT);
+    assert_int_equal(imp_msg_u(&m, IMP_T_SEQ, 99), 0); /* IMP-DELIV-002 */
+    if (!bytes_is(imp_msg_b(&m, IMP_T_BODY), body))
+        fail_msg("DELIVER body is not \"%s\"", body);
+    uint64_t id = imp_msg_u(&m, IMP_T_MSG_ID, 0);
+    assert_true(id >> 63); /* a transient id */
+    return id;
+}
+
+/* Issue 3 (room fan-out, each transient DELIVER encoded once per message and copied to every
+ * recipient): every online session of every member but the sending one gets each message once,
+ * in order, with that message's own body and id (consecutive messages, a direct message in
+ * between, and a second session of the sender); a non-member gets nothing; a session over the
+ * soft cap drops it (counted) while the others still get it. */
+static void test_transient_room_fanout(void **state)
+{
+    (void)state;
+    th *h = h_new();
+    h_start_cfg(h);
+    tc *a = tc_user(h, "alice", 1);
+    tc *a2 = tc_user(h, "alice", 0);
+    tc *b1 = tc_user(h, "bob", 1);
+    tc *b2 = tc_user(h, "bob", 0);
+    tc *c = tc_user(h, "carol", 1);
+    tc *d = tc_user(h, "dave", 1);
+    tc *e = tc_user(h, "eve", 1); /* online, not a member */
+    tc *members[] = {a, b1, c, d};
+    for (size_t i = 0; i < 4; i++)
+        tc_join(members[i], "den");
+    turn(h);
+    tc *recv[] = {a2, b1, b2, c, d};
+    imp_msg m;
+    for (size_t i = 0; i < 5; i++)
+        assert_int_equal(next_non_presence(recv[i], &m), 0);
+    uint64_t before = st_get(h, "transient_delivered");
+
+    tc_sendmsg(a, IMP_TARGET_ROOM, "Den", NULL, "one", IMP_CLASS_TRANSIENT, 0);
+    tc_sendmsg(a, IMP_TARGET_ROOM, "den", NULL, "two, longer", IMP_CLASS_TRANSIENT, 0);
+    tc_sendmsg(a, IMP_TARGET_USER, "bob", NULL, "direct", IMP_CLASS_TRANSIENT, 0);
+    tc_sendmsg(a, IMP_TARGET_ROOM, "den", NULL, "3", IMP_CLASS_TRANSIENT, 0);
+    uint64_t ids[5][3];
+    for (size_t i = 0; i < 5; i++) {
+        tc *t = recv[i];
+        ids[i][0] = expect_transient(t, "den", IMP_TARGET_ROOM, "one");
+        ids[i][1] = expect_transient(t, "den", IMP_TARGET_ROOM, "two, longer");
+        if (t == b1 || t == b2)
+            expect_transient(t, "bob", IMP_TARGET_USER, "direct");
+        ids[i][2] = expect_transient(t, "den", IMP_TARGET_ROOM, "3");
+        assert_int_equal(next_non_presence(t, &m), 0);
+        assert_true(ids[i][0] < ids[i][1] && ids[i][1] < ids[i][2]);
+        for (int k = 0; k < 3; k++)
+            assert_int_equal(ids[i][k], ids[0][k]); /* one message, one id */
+    }
+    assert_int_equal(next_non_presence(a, &m), 0); /* not the sending session */
+    assert_int_equal(next_non_presence(e, &m), 0);
+    assert_int_equal(st_get(h, "transient_delivered") - before, 3 * 5 + 2);
+
+    /* dave's output holds an unread DELIVER: over a small soft cap, he drops the next one */
+    ims_cfg cfg = h->cfg;
+    cfg.output_soft = 10;
+    ims_server_reload(h->srv, &cfg, NULL, NULL);
+    tc_sendmsg(a, IMP_TARGET_USER, "dave", NULL, "fill", -1, 0);
+    turn(h);
+    uint64_t dropped = st_get(h, "transient_dropped");
+    tc_sendmsg(a, IMP_TARGET_ROOM, "den", NULL, "four", IMP_CLASS_TRANSIENT, 0);
+    assert_int_equal(st_get(h, "transient_dropped") - dropped, 1);
+    for (size_t i = 0; i < 4; i++) {
+        expect_transient(recv[i], "den", IMP_TARGET_ROOM, "four");
+        assert_int_equal(next_non_presence(recv[i], &m), 0);
+    }
+    tc_deliver(d, 1, "fill");
+    assert_int_equal(next_non_presence(d, &m), 0);
+    tc *all[] = {a, a2, b1, b2, c, d, e};
+    for (size_t i = 0; i < 7; i++)
+        tc_close(all[i]);
+    h_free(h);
+}
+
 static void test_room_history_pruned(void **state)
 {
     (void)state;
@@ -386,6 +475,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_rooms),
         cmocka_unit_test(test_room_history_pruned),
+        cmocka_unit_test(test_transient_room_fanout),
         cmocka_unit_test(test_broadcast),
         cmocka_unit_test(test_presence_and_who),
         cmocka_unit_test(test_stats_and_monitor),

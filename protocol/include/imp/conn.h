@@ -108,6 +108,25 @@ int imp_conn_next_event(imp_conn *c, imp_msg *m);
  * Returns 0 when queued. Sending a fatal ERROR moves the connection to CLOSING. */
 int imp_conn_send(imp_conn *c, const imp_msg *m);
 
+/* A frame validated and encoded once, to queue the same bytes on many connections (a room's
+ * fan-out) without building, validating and encoding the message again for each. Opaque: its
+ * bytes cannot change after validation, so queuing it keeps imp_conn_send's guarantees. */
+typedef struct imp_prepared imp_prepared;
+
+/* Validate m (as imp_msg_validate; IMP_ERR_INVAL for a type IMP/1 does not define) and encode
+ * it into a new prepared frame allocated through alloc (NULL: the C library). Returns NULL on
+ * failure with *err (when err != NULL) set to the validation error, IMP_ERR_TOO_LARGE or
+ * IMP_ERR_NOMEM; m's views are copied, m may change or go away afterwards. */
+imp_prepared *imp_prepared_new(const imp_msg *m, const imp_allocator *alloc, int *err);
+void imp_prepared_free(imp_prepared *p); /* NULL: nothing */
+/* The size of the encoded frame (header included). */
+size_t imp_prepared_size(const imp_prepared *p);
+
+/* Queue a prepared frame: the same checks and effects as imp_conn_send of the message it was
+ * prepared from (the send table, IMP_ERR_CLOSED, the client's frame limit, max_output:
+ * IMP_ERR_OUTPUT_FULL, IMP_ERR_NOMEM fatal), with its bytes copied instead of encoded. */
+int imp_conn_send_prepared(imp_conn *c, const imp_prepared *p);
+
 /* Close with an error for the peer: queues ERROR(code, text) when the state allows sending,
  * and enters CLOSING. code is a wire code (e.g. 730) or a negative imp_err. */
 void imp_conn_close(imp_conn *c, int code, const char *text);
