@@ -8,7 +8,6 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include <dirent.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <signal.h>
@@ -23,6 +22,7 @@
 #include <unistd.h>
 
 #include "imp/imp.h"
+#include "files.h"
 #include "store.h"
 
 /* ---- fixture -------------------------------------------------------------------------------- */
@@ -56,23 +56,6 @@ static ims_store *fx_open(fx *f)
     return s;
 }
 
-static void rm_tree(const char *dir)
-{
-    DIR *d = opendir(dir);
-    if (d == NULL)
-        return;
-    struct dirent *e;
-    char p[512];
-    while ((e = readdir(d)) != NULL) {
-        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
-            continue;
-        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
-        unlink(p);
-    }
-    closedir(d);
-    rmdir(dir);
-}
-
 static int setup(void **state)
 {
     fx *f = *state;
@@ -92,7 +75,7 @@ static int teardown(void **state)
     fx *f = *state;
     ims_store_close(f->s);
     f->s = NULL;
-    rm_tree(f->dir);
+    tf_rm_tree(f->dir);
     return 0;
 }
 

@@ -11,7 +11,6 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include <dirent.h>
 #include <fcntl.h>
 #include <sqlite3.h>
 #include <stdio.h>
@@ -21,6 +20,7 @@
 #include <unistd.h>
 
 #include "imp/imp.h"
+#include "files.h"
 #include "store.h"
 #include "store_wal.h"
 
@@ -45,47 +45,6 @@ static void log_hook(void *ud, const char *msg)
     (void)ud;
     size_t n = strlen(logged);
     snprintf(logged + n, sizeof logged - n, "%s\n", msg);
-}
-
-static void rm_tree(const char *dir)
-{
-    DIR *d = opendir(dir);
-    if (d == NULL)
-        return;
-    struct dirent *e;
-    char p[512];
-    while ((e = readdir(d)) != NULL) {
-        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
-            continue;
-        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
-        unlink(p);
-    }
-    closedir(d);
-    rmdir(dir);
-}
-
-static uint8_t *slurp(const char *path, size_t *len)
-{
-    FILE *fp = fopen(path, "rb");
-    assert_non_null(fp);
-    assert_int_equal(fseek(fp, 0, SEEK_END), 0);
-    long n = ftell(fp);
-    assert_true(n >= 0);
-    rewind(fp);
-    uint8_t *b = malloc((size_t)n + 1);
-    assert_non_null(b);
-    assert_int_equal(fread(b, 1, (size_t)n, fp), (size_t)n);
-    fclose(fp);
-    *len = (size_t)n;
-    return b;
-}
-
-static void spit(const char *path, const uint8_t *b, size_t n)
-{
-    FILE *fp = fopen(path, "wb");
-    assert_non_null(fp);
-    assert_int_equal(fwrite(b, 1, n, fp), n);
-    fclose(fp);
 }
 
 static int exists(const char *path)
@@ -143,12 +102,12 @@ static void make_store(mfx *f)
     for (int i = 0; i < NMSG; i++) {
         put_one(s, alice, f->bob, i);
         if (i + 1 == NMSG / 2)
-            f->mk_early = slurp(p, &f->mk_early_len);
+            f->mk_early = tf_slurp(p, &f->mk_early_len);
     }
-    f->db = slurp(f->path, &f->dblen);
-    f->mk = slurp(p, &f->mklen);
+    f->db = tf_slurp(f->path, &f->dblen);
+    f->mk = tf_slurp(p, &f->mklen);
     snprintf(p, sizeof p, "%s-wal", f->path);
-    f->wal = slurp(p, &f->wallen);
+    f->wal = tf_slurp(p, &f->wallen);
     ims_store_close(s);
     /* The log's commit frames (frame header bytes 4..7: the database size after a commit). */
     assert_true(f->wallen > 32);
@@ -167,7 +126,7 @@ static void mfx_free(mfx *f)
     free(f->wal);
     free(f->mk);
     free(f->mk_early);
-    rm_tree(f->dir);
+    tf_rm_tree(f->dir);
 }
 
 /* The copy as dir/c.db: db (NULL: no file), log of wallen bytes (0: none), marker (NULL: none). */
@@ -182,15 +141,15 @@ static void put_copy(const mfx *f, const uint8_t *db, size_t dblen, size_t walle
     }
     if (db) {
         snprintf(p, sizeof p, "%s/c.db", f->dir);
-        spit(p, db, dblen);
+        tf_spit(p, db, dblen);
     }
     if (wallen) {
         snprintf(p, sizeof p, "%s/c.db-wal", f->dir);
-        spit(p, f->wal, wallen);
+        tf_spit(p, f->wal, wallen);
     }
     if (mk) {
         snprintf(p, sizeof p, "%s/c.db-running", f->dir);
-        spit(p, mk, mklen);
+        tf_spit(p, mk, mklen);
     }
 }
 
@@ -212,7 +171,7 @@ static int64_t open_copy(const mfx *f, const uint8_t *db, size_t dblen, size_t w
     }
     size_t l = 0;
     if (db) {
-        uint8_t *b = slurp(p, &l);
+        uint8_t *b = tf_slurp(p, &l);
         assert_true(l == dblen && memcmp(b, db, l) == 0);
         free(b);
     } else {
@@ -220,7 +179,7 @@ static int64_t open_copy(const mfx *f, const uint8_t *db, size_t dblen, size_t w
     }
     snprintf(p, sizeof p, "%s/c.db-wal", f->dir);
     if (wallen) {
-        uint8_t *b = slurp(p, &l);
+        uint8_t *b = tf_slurp(p, &l);
         assert_true(l == wallen && memcmp(b, f->wal, l) == 0);
         free(b);
     } else {
@@ -228,7 +187,7 @@ static int64_t open_copy(const mfx *f, const uint8_t *db, size_t dblen, size_t w
     }
     snprintf(p, sizeof p, "%s/c.db-running", f->dir);
     if (mk) {
-        uint8_t *b = slurp(p, &l);
+        uint8_t *b = tf_slurp(p, &l);
         assert_true(l == mklen && memcmp(b, mk, l) == 0);
         free(b);
     } else {
@@ -390,17 +349,17 @@ static void test_mark_survives_deletes_and_second_store(void **state)
     snprintf(f.dir, sizeof f.dir, "%s", dir);
     f.bob = b;
     char p[200];
-    f.db = slurp(path, &f.dblen);
+    f.db = tf_slurp(path, &f.dblen);
     snprintf(p, sizeof p, "%s-wal", path);
-    f.wal = slurp(p, &f.wallen);
-    f.mk = slurp(mk, &f.mklen);
+    f.wal = tf_slurp(p, &f.wallen);
+    f.mk = tf_slurp(mk, &f.mklen);
     assert_true(f.mklen > 0);
     assert_int_equal(open_copy(&f, f.db, f.dblen, f.wallen, f.mk, f.mklen, err, sizeof err), 1);
     ims_store_close(s);
     assert_false(exists(mk));
     f.dir[0] = '\0';
     mfx_free(&f);
-    rm_tree(dir);
+    tf_rm_tree(dir);
 }
 
 int main(void)

@@ -9,7 +9,6 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include <dirent.h>
 #include <fcntl.h>
 #include <sqlite3.h>
 #include <stdio.h>
@@ -19,6 +18,7 @@
 #include <unistd.h>
 
 #include "imp/imp.h"
+#include "files.h"
 #include "store.h"
 #include "store_wal.h"
 
@@ -34,47 +34,6 @@ typedef struct wfx {
     uint64_t commit[512]; /* 1-based numbers of the commit frames, in order */
     size_t ncommit;
 } wfx;
-
-static void rm_tree(const char *dir)
-{
-    DIR *d = opendir(dir);
-    if (d == NULL)
-        return;
-    struct dirent *e;
-    char p[512];
-    while ((e = readdir(d)) != NULL) {
-        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
-            continue;
-        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
-        unlink(p);
-    }
-    closedir(d);
-    rmdir(dir);
-}
-
-static uint8_t *slurp(const char *path, size_t *len)
-{
-    FILE *fp = fopen(path, "rb");
-    assert_non_null(fp);
-    assert_int_equal(fseek(fp, 0, SEEK_END), 0);
-    long n = ftell(fp);
-    assert_true(n >= 0);
-    rewind(fp);
-    uint8_t *b = malloc((size_t)n + 1);
-    assert_non_null(b);
-    assert_int_equal(fread(b, 1, (size_t)n, fp), (size_t)n);
-    fclose(fp);
-    *len = (size_t)n;
-    return b;
-}
-
-static void spit(const char *path, const uint8_t *b, size_t n)
-{
-    FILE *fp = fopen(path, "wb");
-    assert_non_null(fp);
-    assert_int_equal(fwrite(b, 1, n, fp), n);
-    fclose(fp);
-}
 
 static uint32_t be32(const uint8_t *p)
 {
@@ -162,9 +121,9 @@ static void make_wal(wfx *f, int restart)
         write_tx(h, 0, NTX);
     }
     char p[200];
-    f->db = slurp(f->path, &f->dblen);
+    f->db = tf_slurp(f->path, &f->dblen);
     snprintf(p, sizeof p, "%s-wal", f->path);
-    f->wal = slurp(p, &f->wallen);
+    f->wal = tf_slurp(p, &f->wallen);
     sqlite3_close(h);
     layout(f);
 }
@@ -173,7 +132,7 @@ static void wfx_free(wfx *f)
 {
     free(f->db);
     free(f->wal);
-    rm_tree(f->dir);
+    tf_rm_tree(f->dir);
 }
 
 /* The copy (db and log of wallen bytes, from wal) as dir/c.db; returns the log's path. */
@@ -181,13 +140,13 @@ static const char *put_copy(const wfx *f, const uint8_t *wal, size_t wallen)
 {
     static char p[200];
     snprintf(p, sizeof p, "%s/c.db", f->dir);
-    spit(p, f->db, f->dblen);
+    tf_spit(p, f->db, f->dblen);
     snprintf(p, sizeof p, "%s/c.db-running", f->dir);
     unlink(p);
     snprintf(p, sizeof p, "%s/c.db-shm", f->dir);
     unlink(p);
     snprintf(p, sizeof p, "%s/c.db-wal", f->dir);
-    spit(p, wal, wallen);
+    tf_spit(p, wal, wallen);
     return p;
 }
 
@@ -230,7 +189,7 @@ static int store_open_copy(const wfx *f, const uint8_t *wal, size_t wallen, char
         return 1;
     }
     size_t l1 = 0, l2 = 0;
-    uint8_t *b1 = slurp(db, &l1), *b2 = slurp(wp, &l2);
+    uint8_t *b1 = tf_slurp(db, &l1), *b2 = tf_slurp(wp, &l2);
     assert_true(l1 == f->dblen && memcmp(b1, f->db, l1) == 0);
     assert_true(l2 == wallen && memcmp(b2, wal, l2) == 0);
     free(b1);
