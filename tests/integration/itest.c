@@ -333,6 +333,73 @@ void it_make_cert(const char *dir, char *cert, size_t certlen, char *key, size_t
              rc == 127 ? ": openssl is not installed (ci/deps installs it)" : "");
 }
 
+void it_write_file(const char *path, const void *data, size_t len)
+{
+    char tmp[600];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *f = fopen(tmp, "wb");
+    IT_CHECK(f != NULL, "cannot write %s: %s", tmp, strerror(errno));
+    IT_CHECK(fwrite(data, 1, len, f) == len, "write %s", tmp);
+    IT_CHECK(fclose(f) == 0, "write %s", tmp);
+    IT_CHECK(rename(tmp, path) == 0, "rename %s: %s", tmp, strerror(errno));
+}
+
+void it_write_text(const char *path, const char *text)
+{
+    it_write_file(path, text, strlen(text));
+}
+
+char *it_slurp_from(const char *path, long from)
+{
+    FILE *f = fopen(path, "rb");
+    char *buf = NULL;
+    size_t n = 0, cap = 0;
+    if (f) {
+        if (from > 0)
+            fseek(f, from, SEEK_SET);
+        for (;;) {
+            if (cap - n < 4096) {
+                cap = cap ? cap * 2 : 65536;
+                char *nb = realloc(buf, cap);
+                IT_CHECK(nb != NULL, "realloc");
+                buf = nb;
+            }
+            size_t r = fread(buf + n, 1, cap - n - 1, f);
+            if (r == 0)
+                break;
+            n += r;
+        }
+        fclose(f);
+    }
+    if (!buf) {
+        buf = malloc(1);
+        IT_CHECK(buf != NULL, "malloc");
+    }
+    buf[n] = 0;
+    return buf;
+}
+
+int it_wait_log(const imd_proc *p, long from, const char *needle, int timeout_ms)
+{
+    uint64_t end = it_now_ms() + (uint64_t)timeout_ms;
+    for (;;) {
+        char *s = it_slurp_from(p->errlog, from);
+        int found = strstr(s, needle) != NULL;
+        free(s);
+        if (found)
+            return 1;
+        if (it_now_ms() >= end)
+            return 0;
+        it_sleep_ms(20);
+    }
+}
+
+int it_cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
 /* 1 if the file contains the string. */
 static int file_has(const char *path, const char *needle)
 {

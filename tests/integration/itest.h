@@ -76,6 +76,18 @@ int it_fd_count(pid_t pid);
  * missing or fails. */
 void it_make_cert(const char *dir, char *cert, size_t certlen, char *key, size_t keylen);
 
+/* Writes len bytes as the whole file, through a temporary file and a rename (a reader never
+ * sees half a file); fails the test on error. */
+void it_write_file(const char *path, const void *data, size_t len);
+/* The same for a string (a config file). */
+void it_write_text(const char *path, const char *text);
+/* A file from offset from to its end, NUL-terminated (the caller frees; "" when missing). */
+char *it_slurp_from(const char *path, long from);
+/* Waits until imd's stderr log, after offset from, contains needle: 1 found, 0 timeout. */
+int it_wait_log(const imd_proc *p, long from, const char *needle, int timeout_ms);
+/* qsort comparison of uint64_t values. */
+int it_cmp_u64(const void *a, const void *b);
+
 /* Start imd with the fast hashing parameters (hash_opslimit=1, hash_memlimit=8m) and the given
  * extra arguments (NULL-terminated, may be NULL). Fails the test when it does not start. */
 imd_proc *it_start_imd(const char *const *extra);

@@ -328,12 +328,6 @@ typedef struct bomber {
     int closed, err;
 } bomber;
 
-static int cmp_u64(const void *a, const void *b)
-{
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return x < y ? -1 : x > y;
-}
-
 /* 16 connections in state st each send a header declaring the largest frame IMP allows (16
  * MiB) and then stream up to 100 MB of payload, all at once: every one is closed right after
  * its header (within 1 s; FRAME_TOO_LARGE unless the close reset the connection first), and
@@ -416,7 +410,7 @@ static long bomb_round(imd_proc *p, imp_state st, session_key *key, const char *
         snprintf(list + strlen(list), sizeof list - strlen(list), "%s%llu", i ? " " : "",
                  (unsigned long long)sent[i]);
     it_note("%s: bytes each bomber wrote before its close: %s", what, list);
-    qsort(sent, NBOMBS, sizeof sent[0], cmp_u64);
+    qsort(sent, NBOMBS, sizeof sent[0], it_cmp_u64);
     it_note("%s: %d bombs of 16 MiB, each closed within %llu ms of its header (%d with ERROR "
             "704, the others reset); bytes written before the close: min %llu, median %llu, "
             "max %llu; imd RSS %ld -> %ld KiB (%+ld KiB)",

@@ -103,17 +103,11 @@ static void db_path(const imd_proc *p, char *out, size_t len)
     snprintf(out, len, "%s/imd.db", p->data);
 }
 
-static int cmp_u64(const void *a, const void *b)
-{
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return x < y ? -1 : x > y;
-}
-
 static uint64_t pct(uint64_t *v, size_t n, double q)
 {
     if (n == 0)
         return 0;
-    qsort(v, n, sizeof *v, cmp_u64);
+    qsort(v, n, sizeof *v, it_cmp_u64);
     size_t i = (size_t)(q * (double)(n - 1) + 0.5);
     return v[i < n ? i : n - 1];
 }

@@ -53,14 +53,6 @@ static const char *tmp_path(const char *name)
     return p;
 }
 
-static void write_file(const char *path, const void *data, size_t len)
-{
-    FILE *f = fopen(path, "wb");
-    IT_CHECK(f != NULL, "open %s", path);
-    IT_CHECK(fwrite(data, 1, len, f) == len, "write %s", path);
-    fclose(f);
-}
-
 typedef struct proc {
     pid_t pid;
     int in_fd; /* write end of stdin (pipe mode), else -1 */
@@ -264,9 +256,9 @@ static void test_roundtrip(void **state)
     /* -f FILE: binary-safe (NUL, 0xff, no trailing newline), password from a file, headers */
     const uint8_t bin[] = {'a', 0, 0xff, 0xfe, '\n', 'z'};
     const char *bf = tmp_path("body.bin");
-    write_file(bf, bin, sizeof bin);
+    it_write_file(bf, bin, sizeof bin);
     const char *pwf = tmp_path("pw");
-    write_file(pwf, PW_ALICE "\n", strlen(PW_ALICE) + 1);
+    it_write_file(pwf, PW_ALICE "\n", strlen(PW_ALICE) + 1);
     const char *a2[] = {"-u",        "alice", "--password-file", pwf, "-t", "bob", "-f", bf, "-H",
                         "prio=high", "-H",    "trace-id=abc=1",  NULL};
     r = run(p->port, NULL, a2, IN_NULL, NULL, 15000);
@@ -288,7 +280,7 @@ static void test_roundtrip(void **state)
 
     /* --stdin: all of stdin as one message, newline kept */
     const char *sf = tmp_path("stdin.txt");
-    write_file(sf, "line 1\nline 2\n", 14);
+    it_write_file(sf, "line 1\nline 2\n", 14);
     const char *a3[] = {"-u", "alice", "-t", "bob", "--stdin", "--transient", NULL};
     r = run(p->port, PW_ALICE, a3, IN_FILE, sf, 15000);
     EXPECT_STATUS(r, 0);
@@ -425,7 +417,7 @@ static void test_lines_10000(void **state)
 
     /* -l from a regular file (not pollable), last line without a newline */
     const char *lf = tmp_path("lines.txt");
-    write_file(lf, "r1\nr2\n\nr4", 9);
+    it_write_file(lf, "r1\nr2\n\nr4", 9);
     const char *a2[] = {"-u", "alice", "-t", "bob", "-l", NULL};
     result r = run(p->port, PW_ALICE, a2, IN_FILE, lf, 15000);
     EXPECT_STATUS(r, 0);

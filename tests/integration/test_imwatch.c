@@ -1053,14 +1053,6 @@ static size_t put(uint8_t *buf, size_t off, imp_msg *m)
     return off + (size_t)n;
 }
 
-static void write_file(const char *path, const uint8_t *p, size_t n)
-{
-    FILE *f = fopen(path, "wb");
-    IT_CHECK(f != NULL, "%s: %s", path, strerror(errno));
-    IT_EQ(fwrite(p, 1, n, f), n);
-    fclose(f);
-}
-
 static void test_decode(void **state)
 {
     (void)state;
@@ -1119,7 +1111,7 @@ static void test_decode(void **state)
     snprintf(path, sizeof path, "/tmp/imwatch-decode-%d.bin", (int)getpid());
     snprintf(bad, sizeof bad, "/tmp/imwatch-decode-%d-bad.bin", (int)getpid());
     snprintf(hdrbad, sizeof hdrbad, "/tmp/imwatch-decode-%d-hdr.bin", (int)getpid());
-    write_file(path, buf, good_len);
+    it_write_file(path, buf, good_len);
 
     const char *args[] = {"--decode", path, NULL};
     iwp *p;
@@ -1165,7 +1157,7 @@ static void test_decode(void **state)
     off = put(buf, off, &m);
     memcpy(buf + off, buf, 7); /* 7 bytes of a HELLO header */
     off += 7;
-    write_file(bad, buf, off);
+    it_write_file(bad, buf, off);
     const char *a4[] = {"--decode", bad, NULL};
     iw_run(0, NULL, a4, &p);
     IW_EXPECT(p, 7);
@@ -1184,7 +1176,7 @@ static void test_decode(void **state)
     off = put(buf, off, &m);
     buf[40 + 2] = 0x80; /* reserved flag bit in the PING at 40 */
     off = put(buf, off, &m);
-    write_file(hdrbad, buf, off);
+    it_write_file(hdrbad, buf, off);
     const char *a5[] = {"--decode", hdrbad, NULL};
     iw_run(0, NULL, a5, &p);
     IW_EXPECT(p, 7);
@@ -1236,7 +1228,7 @@ static void test_decode(void **state)
         "01 10 0000 00000018 00000007 0011 00000001 01 0012 00000003 626f62 0017 00000002 6869\n"
         "01 50 0000 00000000 00000005   # PING\n"
         "01 08 0000 00000008 00000000 001a 00000002 02c0\n";
-    write_file(path, (const uint8_t *)spec_hex, sizeof spec_hex - 1);
+    it_write_file(path, (const uint8_t *)spec_hex, sizeof spec_hex - 1);
     const char *ah[] = {"--decode", path, "--hex", NULL};
     iw_run(0, NULL, ah, &p);
     IW_EXPECT(p, 0);
@@ -1247,7 +1239,7 @@ static void test_decode(void **state)
     IW_HAS(p,
            "offset 88: ERROR (0x08) request 0, 8 bytes payload\n  CODE = 704 (FRAME_TOO_LARGE)\n");
     iw_free(p);
-    write_file(path, (const uint8_t *)"01 5", 4);
+    it_write_file(path, (const uint8_t *)"01 5", 4);
     iw_run(0, NULL, ah, &p);
     IW_EXPECT(p, 2); /* an odd number of digits */
     iw_free(p);

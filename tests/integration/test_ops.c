@@ -195,69 +195,10 @@ static int ipv6_loopback_available(void)
 
 /* ---- support: files, logs ------------------------------------------------------------------ */
 
-/* The file's bytes from offset `from` (NUL-terminated, malloc'd; "" when missing). */
-static char *slurp_from(const char *path, long from)
-{
-    FILE *f = fopen(path, "rb");
-    char *buf = NULL;
-    size_t n = 0, cap = 0;
-    if (f) {
-        if (from > 0)
-            fseek(f, from, SEEK_SET);
-        for (;;) {
-            if (cap - n < 4096) {
-                cap = cap ? cap * 2 : 65536;
-                char *nb = realloc(buf, cap);
-                IT_CHECK(nb != NULL, "realloc");
-                buf = nb;
-            }
-            size_t r = fread(buf + n, 1, cap - n - 1, f);
-            if (r == 0)
-                break;
-            n += r;
-        }
-        fclose(f);
-    }
-    if (!buf) {
-        buf = malloc(1);
-        IT_CHECK(buf != NULL, "malloc");
-    }
-    buf[n] = 0;
-    return buf;
-}
-
 static long file_size(const char *path)
 {
     struct stat st;
     return stat(path, &st) == 0 ? (long)st.st_size : 0;
-}
-
-static void write_file(const char *path, const char *text)
-{
-    /* written to a new file and renamed: imd never reads half a file */
-    char tmp[400];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    FILE *f = fopen(tmp, "w");
-    IT_CHECK(f != NULL, "cannot write %s: %s", tmp, strerror(errno));
-    fputs(text, f);
-    IT_CHECK(fclose(f) == 0, "write %s", tmp);
-    IT_CHECK(rename(tmp, path) == 0, "rename %s: %s", tmp, strerror(errno));
-}
-
-/* Wait until imd's stderr log, after offset from, contains needle. 1 found, 0 timeout. */
-static int wait_log(const imd_proc *p, long from, const char *needle, int timeout_ms)
-{
-    uint64_t end = it_now_ms() + (uint64_t)timeout_ms;
-    for (;;) {
-        char *s = slurp_from(p->errlog, from);
-        int found = strstr(s, needle) != NULL;
-        free(s);
-        if (found)
-            return 1;
-        if (it_now_ms() >= end)
-            return 0;
-        it_sleep_ms(20);
-    }
 }
 
 /* The addresses of the "imd: listening on " lines of imd's stdout, in order; 1 if the last line
@@ -265,7 +206,7 @@ static int wait_log(const imd_proc *p, long from, const char *needle, int timeou
 static int listening_lines(const imd_proc *p, char addrs[][160], int max, int *n)
 {
     static const char prefix[] = "imd: listening on ";
-    char *s = slurp_from(p->outlog, 0);
+    char *s = it_slurp_from(p->outlog, 0);
     *n = 0;
     int ready_last = 0;
     for (char *line = s, *nl; *line; line = nl + 1) {
@@ -459,7 +400,7 @@ static int dist_keys(char keys[][64], int max)
 {
     char path[1024];
     snprintf(path, sizeof path, "%s/dist/imd.conf", IMP_SRCDIR);
-    char *s = slurp_from(path, 0);
+    char *s = it_slurp_from(path, 0);
     int n = 0;
     for (char *line = s, *nl; *line && n < max; line = nl + 1) {
         nl = strchr(line, '\n');
@@ -499,14 +440,14 @@ static void test_check_config(void **state)
     char conf[400], dump[400];
     snprintf(conf, sizeof conf, "%s/ok.conf", p->dir);
     snprintf(dump, sizeof dump, "%s/dump.conf", p->dir);
-    write_file(conf, "# a comment\n"
-                     "; another\n"
-                     "[accounts]\n"
-                     "registration = no\n"
-                     "max_frame = 64k\n"
-                     "ping_interval_ms = 2s\n"
-                     "\n"
-                     "max_sessions_per_user = 5\n");
+    it_write_text(conf, "# a comment\n"
+                        "; another\n"
+                        "[accounts]\n"
+                        "registration = no\n"
+                        "max_frame = 64k\n"
+                        "ping_interval_ms = 2s\n"
+                        "\n"
+                        "max_sessions_per_user = 5\n");
 
     /* OK: exit 0, every key of dist/imd.conf printed as "key = value", the file applied and
      * --set applied after it, "configuration OK" on stderr */
@@ -528,23 +469,23 @@ static void test_check_config(void **state)
              "--set max_frame=128k does not win over the file:\n%s", out);
     IT_CHECK(has_line(out, "ping_interval_ms = 2s\n") || has_line(out, "ping_interval_ms = 2000"),
              "file's ping_interval_ms:\n%s", out);
-    char *err = slurp_from(p->errlog, off);
+    char *err = it_slurp_from(p->errlog, off);
     IT_CHECK(strstr(err, "configuration OK") != NULL, "no 'configuration OK' on stderr: %s", err);
     free(err);
 
     /* the dump reads back as a configuration file and dumps the same */
-    write_file(dump, out);
+    it_write_text(dump, out);
     const char *rb_args[] = {"--config", dump, "--check-config", NULL};
     IT_EQ(it_admin(p, NULL, out2, sizeof out2, rb_args), 0);
     IT_CHECK(strcmp(out, out2) == 0, "the dump does not read back the same:\n%s\n----\n%s", out,
              out2);
 
     /* a bad value on line 3: exit 2, "FILE:3: max_frame: reason" on stderr, nothing on stdout */
-    write_file(conf, "registration = yes\n\nmax_frame = 12q\n");
+    it_write_text(conf, "registration = yes\n\nmax_frame = 12q\n");
     off = file_size(p->errlog);
     const char *bad_args[] = {"--config", conf, "--check-config", NULL};
     IT_EQ(it_admin(p, NULL, out, sizeof out, bad_args), 2);
-    err = slurp_from(p->errlog, off);
+    err = it_slurp_from(p->errlog, off);
     char want[500];
     snprintf(want, sizeof want, "%s:3: max_frame: ", conf);
     const char *at = strstr(err, want);
@@ -553,10 +494,10 @@ static void test_check_config(void **state)
     IT_CHECK(strstr(out, "registration =") == NULL, "a bad file still printed a config:\n%s", out);
     free(err);
     /* an unknown key on line 2 */
-    write_file(conf, "registration = yes\nno_such_key = 1\n");
+    it_write_text(conf, "registration = yes\nno_such_key = 1\n");
     off = file_size(p->errlog);
     IT_EQ(it_admin(p, NULL, out, sizeof out, bad_args), 2);
-    err = slurp_from(p->errlog, off);
+    err = it_slurp_from(p->errlog, off);
     snprintf(want, sizeof want, "%s:2: no_such_key: ", conf);
     IT_CHECK(strstr(err, want) != NULL, "stderr lacks '%s<reason>': %s", want, err);
     free(err);
@@ -576,7 +517,7 @@ static void test_check_config(void **state)
     const char *bogus[] = {"--no-such-option", NULL};
     IT_EQ(it_admin(p, NULL, out, sizeof out, bogus), 2);
     IT_EQ(strlen(out), 0);
-    err = slurp_from(p->errlog, off);
+    err = it_slurp_from(p->errlog, off);
     IT_CHECK(strstr(err, "--help") != NULL, "no usage hint on stderr: %s", err);
     free(err);
 
@@ -593,7 +534,7 @@ static void test_sighup_reload(void **state)
     imd_proc *p = it_create_imd(NULL);
     char conf[400];
     snprintf(conf, sizeof conf, "%s/imd.conf", p->dir);
-    write_file(conf, "registration = yes\n");
+    it_write_text(conf, "registration = yes\n");
     const char *args[] = {"--config", conf, NULL};
     imd_add_args(p, args);
     it_start(p);
@@ -603,11 +544,11 @@ static void test_sighup_reload(void **state)
     tc_close(it_register(p->port, "hupb", "hupb password", NULL));
 
     /* registration = no, SIGHUP: REGISTER is refused (402), LOGIN still works */
-    write_file(conf, "# reloaded\nregistration = no\n");
+    it_write_text(conf, "# reloaded\nregistration = no\n");
     long off = file_size(p->errlog);
     IT_EQ(kill((pid_t)pid, SIGHUP), 0);
-    IT_CHECK(wait_log(p, off, "reloaded", T), "no 'reloaded' log line after SIGHUP");
-    IT_CHECK(wait_log(p, off, "key=registration", 0), "the reload does not log the change");
+    IT_CHECK(it_wait_log(p, off, "reloaded", T), "no 'reloaded' log line after SIGHUP");
+    IT_CHECK(it_wait_log(p, off, "key=registration", 0), "the reload does not log the change");
     tc *c = tc_connect(p->port, T);
     IT_CHECK(c != NULL, "connect");
     IT_EQ(tc_register(c, "hupc", "hupc password", NULL, T), 402);
@@ -617,11 +558,11 @@ static void test_sighup_reload(void **state)
 
     /* a broken file: the reload fails with a logged error and nothing changes, not even the
      * line before the bad one (registration = yes) */
-    write_file(conf, "registration = yes\nmax_frame = 12q\n");
+    it_write_text(conf, "registration = yes\nmax_frame = 12q\n");
     off = file_size(p->errlog);
     IT_EQ(kill((pid_t)pid, SIGHUP), 0);
-    IT_CHECK(wait_log(p, off, "reload_failed", T), "no 'reload_failed' log line");
-    char *log = slurp_from(p->errlog, off);
+    IT_CHECK(it_wait_log(p, off, "reload_failed", T), "no 'reload_failed' log line");
+    char *log = it_slurp_from(p->errlog, off);
     IT_CHECK(strstr(log, ":2: max_frame") != NULL, "reload error does not name line 2: %s", log);
     IT_CHECK(strstr(log, " error ") != NULL || strstr(log, "\"level\":\"error\"") != NULL,
              "reload failure not logged at level error: %s", log);
@@ -635,10 +576,10 @@ static void test_sighup_reload(void **state)
     IT_EQ((long)p->pid, pid);
 
     /* open again: registration works, same process */
-    write_file(conf, "registration = yes\n");
+    it_write_text(conf, "registration = yes\n");
     off = file_size(p->errlog);
     IT_EQ(kill((pid_t)pid, SIGHUP), 0);
-    IT_CHECK(wait_log(p, off, "reloaded", T), "no 'reloaded' log line after the third SIGHUP");
+    IT_CHECK(it_wait_log(p, off, "reloaded", T), "no 'reloaded' log line after the third SIGHUP");
     it_liveness(p, pid, NULL, NULL, NULL, NULL);
     it_finish(p);
 }
@@ -671,9 +612,9 @@ static int grace_run(imd_proc *p, const char *conf, int reload, const char *tag,
     }
     long off = file_size(p->errlog);
     if (reload) {
-        write_file(conf, "shutdown_grace_ms = 300ms\n");
+        it_write_text(conf, "shutdown_grace_ms = 300ms\n");
         IT_EQ(kill(p->pid, SIGHUP), 0);
-        IT_CHECK(wait_log(p, off, "reloaded", T), "no 'reloaded' log line after SIGHUP");
+        IT_CHECK(it_wait_log(p, off, "reloaded", T), "no 'reloaded' log line after SIGHUP");
     }
     uint64_t t0 = it_now_ms();
     IT_EQ(kill(p->pid, SIGTERM), 0);
@@ -681,7 +622,7 @@ static int grace_run(imd_proc *p, const char *conf, int reload, const char *tag,
     int rc = imd_wait_exit(p, 3000);
     *took = it_now_ms() - t0;
     if (rc == 0)
-        IT_CHECK(wait_log(p, off, "shutdown_grace_expired", 0),
+        IT_CHECK(it_wait_log(p, off, "shutdown_grace_expired", 0),
                  "the grace period did not expire: the test did not block a connection");
     tc_close(slow);
     tc_close(snd);
@@ -698,7 +639,7 @@ static void test_sighup_shutdown_grace(void **state)
     imd_add_args(p, args);
 
     /* control: 300 ms in the file from the start bounds the wait */
-    write_file(conf, "shutdown_grace_ms = 300ms\n");
+    it_write_text(conf, "shutdown_grace_ms = 300ms\n");
     it_start(p);
     uint64_t took = 0;
     int rc = grace_run(p, conf, 0, "a", &took);
@@ -708,7 +649,7 @@ static void test_sighup_shutdown_grace(void **state)
              rc);
 
     /* 20 s at start, 300 ms by SIGHUP */
-    write_file(conf, "shutdown_grace_ms = 20s\n");
+    it_write_text(conf, "shutdown_grace_ms = 20s\n");
     it_start(p);
     rc = grace_run(p, conf, 1, "b", &took);
     it_note("shutdown_grace_ms reloaded 20 s -> 300 ms: exit %d after %llu ms", rc,
@@ -727,12 +668,6 @@ static void test_sighup_shutdown_grace(void **state)
 #define LOAD_WINDOW 32
 #define LOAD_SIGNAL_AFTER 2000
 #define LOAD_MAX 50000
-
-static int cmp_u64(const void *a, const void *b)
-{
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return x < y ? -1 : x > y;
-}
 
 static void test_sigterm_under_load(void **state)
 {
@@ -827,7 +762,7 @@ static void test_sigterm_under_load(void **state)
     /* restart on the same data: rita (who acknowledged nothing) gets every ACKed message
      * (IMP-DELIV-001: ack means durable; IMP-DELIV-007: no silent loss) */
     it_start(p);
-    qsort(acked, (size_t)nacked, sizeof acked[0], cmp_u64);
+    qsort(acked, (size_t)nacked, sizeof acked[0], it_cmp_u64);
     memset(seen, 0, sizeof seen);
     rita = it_login(p->port, "rita", "rita password", NULL);
     int found = 0;
@@ -840,7 +775,7 @@ static void test_sigterm_under_load(void **state)
         uint64_t seq = imp_msg_u(&f->m, IMP_T_SEQ, 0);
         if (seq)
             tc_delivered(rita, seq); /* the delivery window (IMS_WINDOW) moves on */
-        uint64_t *hit = bsearch(&id, acked, (size_t)nacked, sizeof acked[0], cmp_u64);
+        uint64_t *hit = bsearch(&id, acked, (size_t)nacked, sizeof acked[0], it_cmp_u64);
         if (hit && !seen[hit - acked]) {
             seen[hit - acked] = 1;
             found++;
@@ -1063,7 +998,7 @@ static void test_logs(void **state)
     log_traffic(p);
     it_liveness(p, pid, NULL, NULL, NULL, NULL);
     it_finish(p);
-    char *s = slurp_from(p->errlog, 0);
+    char *s = it_slurp_from(p->errlog, 0);
     int lines = 0;
     int events_seen[4] = {0, 0, 0, 0}; /* started, login, stopped, close */
     for (char *line = s, *nl; *line; line = nl + 1) {
@@ -1099,7 +1034,7 @@ static void test_logs(void **state)
     log_traffic(p);
     it_liveness(p, pid, NULL, NULL, NULL, NULL);
     it_finish(p);
-    s = slurp_from(p->errlog, 0);
+    s = it_slurp_from(p->errlog, 0);
     lines = 0;
     time_t now = time(NULL);
     for (char *line = s, *nl; *line; line = nl + 1) {
@@ -1135,20 +1070,20 @@ static void test_logs(void **state)
     p = it_create_imd(NULL);
     char conf[400];
     snprintf(conf, sizeof conf, "%s/imd.conf", p->dir);
-    write_file(conf, "log_format = text\n");
+    it_write_text(conf, "log_format = text\n");
     const char *cargs[] = {"--config", conf, NULL};
     imd_add_args(p, cargs);
     it_start(p);
     pid = (long)p->pid;
-    write_file(conf, "log_format = json\n");
+    it_write_text(conf, "log_format = json\n");
     long off = file_size(p->errlog);
     IT_EQ(kill((pid_t)pid, SIGHUP), 0);
-    IT_CHECK(wait_log(p, off, "\"event\":\"reloaded\"", T),
+    IT_CHECK(it_wait_log(p, off, "\"event\":\"reloaded\"", T),
              "no JSON 'reloaded' line after a reload to log_format = json");
     log_traffic(p);
     it_liveness(p, pid, NULL, NULL, NULL, NULL);
     it_finish(p);
-    s = slurp_from(p->errlog, off);
+    s = it_slurp_from(p->errlog, off);
     lines = 0;
     for (char *line = s, *nl; *line; line = nl + 1) {
         nl = strchr(line, '\n');
@@ -1174,7 +1109,7 @@ static double cpu_seconds(pid_t pid)
 {
     char path[64];
     snprintf(path, sizeof path, "/proc/%ld/stat", (long)pid);
-    char *s = slurp_from(path, 0);
+    char *s = it_slurp_from(path, 0);
     const char *rp = strrchr(s, ')');
     double r = -1;
     if (rp) {
@@ -1269,7 +1204,7 @@ static void test_emfile(void **state)
     {
         char lim[64];
         snprintf(lim, sizeof lim, "/proc/%ld/limits", pid);
-        char *l = slurp_from(lim, 0);
+        char *l = it_slurp_from(lim, 0);
         const char *nf = strstr(l, "Max open files");
         long soft = nf ? strtol(nf + 14, NULL, 10) : -1;
         free(l);
@@ -1314,7 +1249,7 @@ static void test_emfile(void **state)
     IT_CHECK(welcomed >= 20 && welcomed < EXCESS_CONNS,
              "%d of %d connections accepted with %d descriptors", welcomed, EXCESS_CONNS, FD_LIMIT);
     IT_CHECK(shed + waiting > 0, "no connection refused");
-    IT_CHECK(wait_log(p, 0, "accept_paused", 2000), "no accept_paused warning in the log");
+    IT_CHECK(it_wait_log(p, 0, "accept_paused", 2000), "no accept_paused warning in the log");
 
     /* no spin: the CPU time imd uses over 1 s while connections wait */
     double c0 = cpu_seconds((pid_t)pid);

@@ -67,42 +67,6 @@ static long file_size(const char *path)
     return stat(path, &st) == 0 ? (long)st.st_size : 0;
 }
 
-/* The file from offset from on (the caller frees). */
-static char *slurp_from(const char *path, long from)
-{
-    size_t n = 0;
-    char *all = it_slurp(path, &n);
-    if (from > 0 && (size_t)from <= n)
-        memmove(all, all + from, n - (size_t)from + 1);
-    return all;
-}
-
-static void write_file(const char *path, const char *text)
-{
-    char tmp[600];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    FILE *f = fopen(tmp, "w");
-    IT_CHECK(f != NULL, "cannot write %s: %s", tmp, strerror(errno));
-    fputs(text, f);
-    IT_CHECK(fclose(f) == 0, "write %s", tmp);
-    IT_CHECK(rename(tmp, path) == 0, "rename %s: %s", tmp, strerror(errno));
-}
-
-static int wait_log(const imd_proc *p, long from, const char *needle, int timeout_ms)
-{
-    uint64_t end = it_now_ms() + (uint64_t)timeout_ms;
-    for (;;) {
-        char *s = slurp_from(p->errlog, from);
-        int found = strstr(s, needle) != NULL;
-        free(s);
-        if (found)
-            return 1;
-        if (it_now_ms() >= end)
-            return 0;
-        it_sleep_ms(20);
-    }
-}
-
 /* A certificate in a subdirectory of the imd_proc's directory. */
 typedef struct certpair {
     char dir[400];
@@ -678,7 +642,7 @@ static void test_versions(void **state)
     it_note("TLS 1.1 client refused: %s", why);
     IT_CHECK(strstr(why, "protocol version") != NULL, "not refused for its version: %s", why);
     /* refused by the server: it saw the ClientHello and logged why */
-    IT_CHECK(wait_log(p, off, "tls_handshake_failed", T), "imd did not log the refusal");
+    IT_CHECK(it_wait_log(p, off, "tls_handshake_failed", T), "imd did not log the refusal");
     /* 1.2 is the default minimum */
     c = tlsc_open(p->tls_port, cp.cert, 0, TLS1_2_VERSION, T, why, sizeof why);
     IT_CHECK(c != NULL, "TLS 1.2 client refused by default: %s", why);
@@ -697,7 +661,7 @@ static void test_versions(void **state)
     IT_CHECK(c == NULL, "tls_min_version = 1.3 accepted a TLS 1.2 client");
     it_note("TLS 1.2 client refused by tls_min_version = 1.3: %s", why);
     IT_CHECK(strstr(why, "protocol version") != NULL, "not refused for its version: %s", why);
-    IT_CHECK(wait_log(p, off, "tls_handshake_failed", T), "imd did not log the refusal");
+    IT_CHECK(it_wait_log(p, off, "tls_handshake_failed", T), "imd did not log the refusal");
     c = tlsc_open(p->tls_port, cp.cert, TLS1_3_VERSION, 0, T, why, sizeof why);
     IT_CHECK(c != NULL, "TLS 1.3 client refused: %s", why);
     IT_EQ(SSL_version(c->ssl), TLS1_3_VERSION);
@@ -725,7 +689,7 @@ static void expect_refused(imd_proc *p, const char *const *args, const char *nee
         long off = file_size(p->errlog);
         char out[4096];
         int rc = it_admin(p, NULL, out, sizeof out, argv);
-        char *err = slurp_from(p->errlog, off);
+        char *err = it_slurp_from(p->errlog, off);
         IT_CHECK(rc == 2, "%s%s: exit %d, want 2; stderr: %s", what,
                  check ? " (--check-config)" : "", rc, err);
         IT_CHECK(strstr(err, needle) != NULL, "%s: stderr does not name %s: %s", what, needle, err);
@@ -747,8 +711,8 @@ static void test_bad_files(void **state)
     char missing[600], garbage[600];
     snprintf(missing, sizeof missing, "%s/no-such-cert.pem", p->dir);
     snprintf(garbage, sizeof garbage, "%s/garbage.pem", p->dir);
-    write_file(garbage, "-----BEGIN CERTIFICATE-----\nnot base64 at all!\n"
-                        "-----END CERTIFICATE-----\n");
+    it_write_text(garbage, "-----BEGIN CERTIFICATE-----\nnot base64 at all!\n"
+                           "-----END CERTIFICATE-----\n");
 
     const char *m1[] = {"--tls-listen", "127.0.0.1:0", "--tls-cert", missing,
                         "--tls-key",    a.key,         NULL};
@@ -800,7 +764,7 @@ static void test_safe_defaults(void **state)
     const char *any[] = {"--listen", "0.0.0.0:0", NULL};
     long off = file_size(p->errlog);
     IT_EQ(it_admin(p, NULL, out, sizeof out, any), 2);
-    char *err = slurp_from(p->errlog, off);
+    char *err = it_slurp_from(p->errlog, off);
     IT_CHECK(strstr(err, "imd: listen 0.0.0.0:0: not a loopback address and not TLS: use "
                          "tls_listen, or set allow_insecure_listen = yes") != NULL,
              "stderr: %s", err);
@@ -809,11 +773,11 @@ static void test_safe_defaults(void **state)
     /* in a file, with --check-config */
     char conf[400];
     snprintf(conf, sizeof conf, "%s/any.conf", p->dir);
-    write_file(conf, "listen = 0.0.0.0:7600\n");
+    it_write_text(conf, "listen = 0.0.0.0:7600\n");
     const char *file[] = {"--config", conf, "--check-config", NULL};
     off = file_size(p->errlog);
     IT_EQ(it_admin(p, NULL, out, sizeof out, file), 2);
-    err = slurp_from(p->errlog, off);
+    err = it_slurp_from(p->errlog, off);
     IT_CHECK(strstr(err, "listen 0.0.0.0:7600: not a loopback address") != NULL, "stderr: %s", err);
     free(err);
     const char *v6[] = {"--listen", "[::]:0", "--check-config", NULL};
@@ -826,7 +790,7 @@ static void test_safe_defaults(void **state)
     off = file_size(p->errlog);
     IT_EQ(it_admin(p, NULL, out, sizeof out, allow), 0);
     IT_CHECK(strstr(out, "allow_insecure_listen = yes\n") != NULL, "%s", out);
-    err = slurp_from(p->errlog, off);
+    err = it_slurp_from(p->errlog, off);
     IT_CHECK(strstr(err, "insecure_listen") != NULL && strstr(err, "0.0.0.0:7600") != NULL,
              "no warning about the insecure listener: %s", err);
     free(err);
@@ -837,7 +801,7 @@ static void test_safe_defaults(void **state)
     const char *met[] = {"--metrics", "0.0.0.0:0", "--check-config", NULL};
     off = file_size(p->errlog);
     IT_EQ(it_admin(p, NULL, out, sizeof out, met), 2);
-    err = slurp_from(p->errlog, off);
+    err = it_slurp_from(p->errlog, off);
     IT_CHECK(strstr(err, "metrics_listen 0.0.0.0:0: not a loopback address") != NULL, "%s", err);
     free(err);
     const char *met_ok[] = {"--metrics", "0.0.0.0:0", "--allow-insecure-listen", "--check-config",
@@ -875,7 +839,7 @@ static void test_sighup_new_cert(void **state)
     snprintf(conf, sizeof conf, "%s/imd.conf", p->dir);
     snprintf(text, sizeof text, "tls_listen = 127.0.0.1:0\ntls_cert = %s\ntls_key = %s\n", c1.cert,
              c1.key);
-    write_file(conf, text);
+    it_write_text(conf, text);
     const char *args[] = {"--config", conf, NULL};
     imd_add_args(p, args);
     it_start(p);
@@ -898,10 +862,10 @@ static void test_sighup_new_cert(void **state)
     /* certificate 2 by SIGHUP */
     snprintf(text, sizeof text, "tls_listen = 127.0.0.1:0\ntls_cert = %s\ntls_key = %s\n", c2.cert,
              c2.key);
-    write_file(conf, text);
+    it_write_text(conf, text);
     long off = file_size(p->errlog);
     IT_EQ(kill((pid_t)pid, SIGHUP), 0);
-    IT_CHECK(wait_log(p, off, "tls_reloaded", T), "no tls_reloaded log line after SIGHUP");
+    IT_CHECK(it_wait_log(p, off, "tls_reloaded", T), "no tls_reloaded log line after SIGHUP");
     tlsc *fresh = tlsc_open(p->tls_port, c2.cert, 0, 0, T, why, sizeof why);
     IT_CHECK(fresh != NULL, "TLS with certificate 2 after the reload: %s", why);
     peer_fp(fresh, got);
@@ -915,14 +879,14 @@ static void test_sighup_new_cert(void **state)
     /* a broken key on reload: an error is logged, certificate 2 stays */
     char garbage[600];
     snprintf(garbage, sizeof garbage, "%s/garbage.pem", p->dir);
-    write_file(garbage, "garbage\n");
+    it_write_text(garbage, "garbage\n");
     snprintf(text, sizeof text, "tls_listen = 127.0.0.1:0\ntls_cert = %s\ntls_key = %s\n", c1.cert,
              garbage);
-    write_file(conf, text);
+    it_write_text(conf, text);
     off = file_size(p->errlog);
     IT_EQ(kill((pid_t)pid, SIGHUP), 0);
-    IT_CHECK(wait_log(p, off, "tls_reload_failed", T), "no tls_reload_failed log line");
-    IT_CHECK(wait_log(p, off, "garbage.pem", 0), "the reload error does not name the file");
+    IT_CHECK(it_wait_log(p, off, "tls_reload_failed", T), "no tls_reload_failed log line");
+    IT_CHECK(it_wait_log(p, off, "garbage.pem", 0), "the reload error does not name the file");
     fresh = tlsc_open(p->tls_port, c2.cert, 0, 0, T, why, sizeof why);
     IT_CHECK(fresh != NULL, "TLS after a failed reload: %s", why);
     peer_fp(fresh, got);

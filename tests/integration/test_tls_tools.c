@@ -56,14 +56,6 @@ static const char *tmp_path(const char *name)
     return p;
 }
 
-static void write_file(const char *path, const void *data, size_t len)
-{
-    FILE *f = fopen(path, "wb");
-    IT_CHECK(f != NULL, "open %s: %s", path, strerror(errno));
-    IT_CHECK(fwrite(data, 1, len, f) == len, "write %s", path);
-    fclose(f);
-}
-
 /* ---- tools as children ------------------------------------------------------------------- */
 
 typedef struct tool {
@@ -274,7 +266,7 @@ static void test_send_and_watch(void **state)
         x ^= x << 5;
         big[i] = (uint8_t)x;
     }
-    write_file(tmp_path("big.bin"), big, BIG);
+    it_write_file(tmp_path("big.bin"), big, BIG);
     tool w, s;
     watch_start(&w, p->tls_port, bob, "6", NULL);
     const char *bargs[] = {
