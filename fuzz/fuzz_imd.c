@@ -158,7 +158,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     cfg.ping_interval_ms = 1000;
     cfg.sync_full = 0;
     char err[256];
-    ims_store_options so = {":memory:", 0, NULL, NULL, 0};
+    ims_store_options so = {":memory:", 0, NULL, NULL, 0, 0};
     ims_store *store = ims_store_open(&so, err, sizeof err);
     if (!store)
         abort();

@@ -98,8 +98,8 @@ static const ims_kdef keys[] = {
     NUM(user_backoff_ms, K_DUR, 0, 0, UINT32_MAX, 0,
         "first backoff of an account, doubled for each further failed login"),
     NUM(user_backoff_max_ms, K_DUR, 0, 0, UINT32_MAX, 0, "longest backoff of an account"),
-    NUM(max_frame, K_SIZE, 0, 4096, 16 * MIB, 1,
-        "largest frame accepted after login, 4 KiB to 16 MiB (MAX_FRAME)"),
+    NUM(max_frame, K_SIZE, 0, 4096, 16 * MIB - IMS_DELIVER_GROWTH, 1,
+        "largest frame accepted after login, 4 KiB to 16 MiB - 80 bytes (MAX_FRAME)"),
     NUM(max_frame_preauth, K_SIZE, 0, 1024, 16 * MIB, 1,
         "largest frame accepted before login, 1 KiB to max_frame (MAX_FRAME_PREAUTH)"),
     NUM(auth_timeout_ms, K_DUR, 0, 1, UINT32_MAX, 1, "time a new connection has to log in"),
@@ -112,7 +112,7 @@ static const ims_kdef keys[] = {
     NUM(output_soft_ms, K_DUR, 0, 0, UINT32_MAX, 1,
         "time a client may stay above output_soft before it is disconnected"),
     NUM(output_hard, K_SIZE, 0, 1024, SIZE_CAP, 1,
-        "queued output that disconnects a client at once; at least max_frame"),
+        "queued output that disconnects a client at once; at least output_soft + max_frame"),
     NUM(msg_rate, K_INT, 0, 0, 10000000, 1,
         "messages per second one connection may send; 0 = no limit"),
     NUM(msg_burst, K_INT, 0, 1, 100000000, 1, "messages one connection may send in a burst"),
@@ -122,7 +122,8 @@ static const ims_kdef keys[] = {
         "client connections from one address at most"),
     NUM(offline_quota, K_INT, 1, 1, 1000000000, 1,
         "unacknowledged messages kept for one user at most"),
-    NUM(room_history, K_INT, 1, 0, 100000000, 1, "messages kept per room for HISTORY"),
+    NUM(room_history, K_INT, 1, 0, 100000000, 1,
+        "messages kept per room for HISTORY; 0 = no limit"),
     NUM(page_size, K_INT, 1, 1, 1000000, 1,
         "page length of WHO, MEMBERS, ROOMS and HISTORY when LIMIT is absent or 0"),
     NUM(page_max, K_INT, 1, 1, 1000000, 1, "largest LIMIT a client may ask for"),
@@ -130,6 +131,8 @@ static const ims_kdef keys[] = {
         "SQLite synchronous=FULL: no acknowledged message lost on power failure"),
     NUM(startup_full_check, K_BOOL, 1, 0, 1, 0,
         "PRAGMA integrity_check at every start, not only after a crash"),
+    NUM(fsync_thread, K_BOOL, 1, 0, 1, 0,
+        "fsync the group commit on its own thread: ACKs still wait for it, the loop does not"),
     NUM(dedupe_window_ms, K_DUR, 0, 0, UINT32_MAX, 1,
         "how long a CLIENT_MSG_ID is remembered for retries; 0: forever"),
     NUM(shutdown_grace_ms, K_DUR, 0, 0, UINT32_MAX, 1,
@@ -727,6 +730,7 @@ void ims_cfg_default(ims_cfg *c)
     c->page_max = 1000;
     c->sync_full = 1;
     c->startup_full_check = 1;
+    c->fsync_thread = 1;
     c->dedupe_window_ms = 24u * 3600 * 1000;
     c->shutdown_grace_ms = 5000;
 }
@@ -923,6 +927,26 @@ int ims_cfg_validate(const ims_cfg *c, char *err, size_t errlen)
         format_num(find_key("max_frame"), c->max_frame, sf, sizeof sf);
         seterr(err, errlen, "output_hard: %s is smaller than max_frame (%s): a frame must fit", sh,
                sf);
+        return -1;
+    }
+    /* Issue 3: imd queues the next DELIVER or HISTORY_ITEM while the output is at most
+     * output_soft (deliver.c, rooms.c) and cuts a session when a frame would take it over
+     * output_hard (server.c). Below output_soft + max_frame, one message of the largest size
+     * accepted would cut a client that reads as fast as it can. (Strictly, a DELIVER can be
+     * IMS_DELIVER_GROWTH bytes larger than max_frame; that slack is not required here, so the
+     * configurations in use with output_hard = output_soft + max_frame stay valid.) */
+    uint64_t need = (uint64_t)c->output_soft + c->max_frame;
+    if ((uint64_t)c->output_hard < need) {
+        char sh[32], ss[32], sf[32], sn[32];
+        const ims_kdef *kh = find_key("output_hard");
+        format_num(kh, c->output_hard, sh, sizeof sh);
+        format_num(kh, c->output_soft, ss, sizeof ss);
+        format_num(kh, c->max_frame, sf, sizeof sf);
+        format_num(kh, need, sn, sizeof sn);
+        seterr(err, errlen,
+               "output_hard: %s is less than output_soft (%s) + max_frame (%s) = %s: one "
+               "message of max_frame queued at output_soft would cut the client at once",
+               sh, ss, sf, sn);
         return -1;
     }
     for (int i = 0; fixed_addr(c->metrics_listen) && i < c->n_listen; i++) {

@@ -28,6 +28,13 @@
 
 #define IMS_MAX_LISTEN 8
 
+/* The most a frame imd sends for a stored message exceeds the SEND that carried it: a DELIVER
+ * adds MSG_ID, SEQ and TIMESTAMP (14 bytes each with their field headers) and SENDER (6 + at
+ * most 32) to the smallest SEND (a HISTORY_ITEM adds less). No frame may exceed 16 MiB
+ * (IMP-FRAME-005), so max_frame is at most 16 MiB - IMS_DELIVER_GROWTH: a larger SEND would be
+ * acknowledged and then never delivered (issue 3). */
+#define IMS_DELIVER_GROWTH 80u
+
 typedef struct ims_cfg {
     /* network */
     char listen[IMS_MAX_LISTEN][128]; /* "127.0.0.1:7600", "[::1]:7600", "unix:/path" */
@@ -60,7 +67,7 @@ typedef struct ims_cfg {
     uint32_t user_backoff_ms;     /* default 1 s */
     uint32_t user_backoff_max_ms; /* default 60 s */
     /* protocol limits and timers */
-    uint32_t max_frame;         /* default 1 MiB */
+    uint32_t max_frame;         /* default 1 MiB; at most 16 MiB - IMS_DELIVER_GROWTH */
     uint32_t max_frame_preauth; /* default 4096 */
     uint32_t auth_timeout_ms;   /* default 10 s */
     uint32_t ping_interval_ms;  /* default 30 s */
@@ -68,7 +75,8 @@ typedef struct ims_cfg {
     /* flow control */
     size_t output_soft;           /* default 1 MiB: over it for output_soft_ms -> slow */
     uint32_t output_soft_ms;      /* default 10 s */
-    size_t output_hard;           /* default 8 MiB: over it at once -> slow consumer */
+    size_t output_hard;           /* default 8 MiB: over it at once -> slow consumer; at least
+                                   * output_soft + max_frame */
     uint32_t msg_rate;            /* messages/s per connection, default 10000; 0 = no limit */
     uint32_t msg_burst;           /* default 20000 */
     int max_connections;          /* default 10000 */
@@ -80,6 +88,7 @@ typedef struct ims_cfg {
     int page_max;               /* default 1000 */
     int sync_full;              /* synchronous=FULL, default 1 */
     int startup_full_check;     /* integrity_check at every start, default 1 */
+    int fsync_thread;           /* the group commit's fsync off the loop (syncer.h), default 1 */
     uint32_t dedupe_window_ms;  /* CLIENT_MSG_IDs kept for retries, default 24 h; 0 = forever */
     uint32_t shutdown_grace_ms; /* default 5000 */
 } ims_cfg;
@@ -90,7 +99,8 @@ void ims_cfg_default(ims_cfg *c);
 int ims_cfg_load_file(ims_cfg *c, const char *path, char *err, size_t errlen);
 /* Sets one key from a string (file line or --set key=value / a flag). 0 or -1 with err. */
 int ims_cfg_set(ims_cfg *c, const char *key, const char *value, char *err, size_t errlen);
-/* Cross-field checks (max_frame_preauth <= max_frame, ranges). 0 or -1 with err. */
+/* Cross-field checks (max_frame_preauth <= max_frame, output_soft + max_frame <= output_hard,
+ * ranges). 0 or -1 with err. */
 int ims_cfg_validate(const ims_cfg *c, char *err, size_t errlen);
 /* Writes every key with its value, one `key = value` per line (`key =` for an empty value), in
  * table order, in a form ims_cfg_set and ims_cfg_load_file read back (--check-config). */

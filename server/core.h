@@ -60,7 +60,9 @@ enum ims_stat {
     ST_CLOSE_SHUTDOWN,
     ST_CLOSE_KICKED,
     ST_CLOSE_OTHER,
-    ST_HASH_RUNNING_MAX, /* gauge: most password hashes running at once since start (auth.c) */
+    ST_HASH_RUNNING_MAX,    /* gauge: most password hashes running at once since start (auth.c) */
+    ST_STORE_SYNCS,         /* fsync_thread: fsyncs of the log that released batches */
+    ST_STORE_SYNC_FAILURES, /* fsync_thread: failed fsyncs (their batches were refused) */
     ST_COUNT
 };
 
@@ -166,7 +168,9 @@ struct ims_server {
         uint64_t seq;
     } * notes; /* queues grown in this turn, published on the bus after the commit */
     size_t nnotes, capnotes;
-    ims_client *cur; /* the client whose input is being handled */
+    ims_client *cur;    /* the client whose input is being handled */
+    int64_t wall_cache; /* ims_now_wall while cur's input is handled (wall_cached) */
+    int wall_cached;
     uint64_t next_client_id;
     uint64_t next_session_id;
     uint64_t next_transient_id;
@@ -179,6 +183,18 @@ struct ims_server {
     int shutting_down;
     int (*commit)(void *ud, ims_store *s);
     void *commit_ud;
+    /* fsync_thread (syncer.h): the turns' held ACKs and queue notes, committed but not yet on
+     * disk, oldest first; each waits for the fsync of its store batch (gen). */
+    struct ims_syncer *syncer;
+    struct ims_batch {
+        uint64_t gen;
+        int ok; /* 0: the commit failed: every held ACK becomes a STORAGE refusal */
+        ims_held *held;
+        struct ims_note *notes;
+        size_t nnotes;
+        struct ims_batch *next;
+    } * batches, **batches_tail;
+    uint64_t sync_asked;
     uint64_t last_expire_ms;
     uint64_t dedupe_next_ms; /* next dedupe expiry pass (monotonic ms) */
     uint64_t st[ST_COUNT];
@@ -232,6 +248,8 @@ void ims_deliver_pump(ims_client *c);
 /* After the commit: held ACKs out (or turned into STORAGE refusals when ok == 0), then the
  * dirty users' deliveries. */
 void ims_deliver_flush(ims_server *srv, int commit_ok);
+/* Notes that uid's queue grew to seq in this turn (published on the bus after the commit). */
+void ims_note_add(ims_server *srv, int64_t uid, uint64_t seq);
 void ims_deliver_forget_client(ims_server *srv, ims_client *c);
 void ims_deliver_user_offline(ims_server *srv, ims_ouser *u);
 void ims_deliver_acked(ims_server *srv, ims_ouser *u);

@@ -44,6 +44,15 @@
 
 /* ---- ACKs --------------------------------------------------------------------------------- */
 
+/* A CLIENT_MSG_ID (at most 64 bytes, NUL-terminated) into an ims_held (snprintf was a measured
+ * 4.7 % of imd's time on the transient hot path). */
+static void copy_cmid(char dst[65], const char *src)
+{
+    size_t n = strnlen(src, 64);
+    memcpy(dst, src, n);
+    dst[n] = '\0';
+}
+
 static void send_ack(ims_server *srv, const ims_held *h, int outcome)
 {
     ims_client *c = ims_client_by_id(srv, h->client);
@@ -81,7 +90,7 @@ static ims_held *held_new(ims_client *c, uint32_t req, const char *cmid, int mod
         return NULL;
     h->client = c->id;
     h->req = req;
-    snprintf(h->cmid, sizeof h->cmid, "%s", cmid);
+    copy_cmid(h->cmid, cmid);
     h->mode = mode;
     return h;
 }
@@ -155,6 +164,12 @@ static int pump_cb(void *ud, const ims_message *m)
 {
     struct pump_ctx *p = ud;
     ims_client *c = p->c;
+    /* IMP-DELIV-001 with fsync_thread: committed but not yet on disk is not delivered yet (its
+     * batch's release wakes this user again) */
+    if (m->msg_id > ims_store_durable_msg_id(c->srv->store)) {
+        p->stop = 1;
+        return 1;
+    }
     if (p->stop || c->reason || ims_client_pending(c) > c->srv->cfg.output_soft ||
         m->seq <= c->sent) {
         p->stop = p->stop || m->seq > c->sent;
@@ -195,7 +210,7 @@ void ims_deliver_pump(ims_client *c)
 
 /* ---- the turn ----------------------------------------------------------------------------- */
 
-static void add_note(ims_server *srv, int64_t uid, uint64_t seq)
+void ims_note_add(ims_server *srv, int64_t uid, uint64_t seq)
 {
     if (srv->nnotes == srv->capnotes) {
         size_t cap = srv->capnotes ? srv->capnotes * 2 : 64;
@@ -381,6 +396,18 @@ void ims_deliver_free(ims_server *srv)
     }
     srv->held = srv->waiting = NULL;
     srv->held_tail = &srv->held;
+    while (srv->batches) { /* fsync_thread: batches never released (imd stopping) */
+        struct ims_batch *b = srv->batches;
+        srv->batches = b->next;
+        while (b->held) {
+            ims_held *h = b->held;
+            b->held = h->next;
+            held_free(h);
+        }
+        free(b->notes);
+        free(b);
+    }
+    srv->batches_tail = &srv->batches;
     imp_prepared_free(srv->tprep);
     srv->tprep = NULL;
     free(srv->notes);
@@ -454,7 +481,7 @@ static void send_transient(ims_client *c, const imp_msg *m, ims_message *msg, co
     memset(&h, 0, sizeof h);
     h.client = c->id;
     h.req = m->request_id;
-    snprintf(h.cmid, sizeof h.cmid, "%s", cmid);
+    copy_cmid(h.cmid, cmid);
     h.msg_id = msg->msg_id;
     send_ack(srv, &h, mode == IMP_ACK_DELIVERED ? IMP_OUTCOME_DELIVERED : IMP_OUTCOME_STORED);
 }
@@ -489,7 +516,7 @@ void ims_deliver_send(ims_client *c, const imp_msg *m)
             memset(&h, 0, sizeof h);
             h.client = c->id;
             h.req = req;
-            snprintf(h.cmid, sizeof h.cmid, "%s", cmid);
+            copy_cmid(h.cmid, cmid);
             h.code = -IMP_ERR_RATE_LIMITED;
             send_ack(srv, &h, IMP_OUTCOME_REFUSED);
         } else {
@@ -563,7 +590,7 @@ void ims_deliver_send(ims_client *c, const imp_msg *m)
             memset(&h, 0, sizeof h);
             h.client = c->id;
             h.req = req;
-            snprintf(h.cmid, sizeof h.cmid, "%s", cmid);
+            copy_cmid(h.cmid, cmid);
             h.code = -r;
             send_ack(srv, &h, IMP_OUTCOME_REFUSED);
         } else {
@@ -633,7 +660,7 @@ void ims_deliver_send(ims_client *c, const imp_msg *m)
     if (h)
         h->msg_id = msg_id;
     for (size_t i = 0; i < n; i++) {
-        add_note(srv, ids[i], seqs[i]);
+        ims_note_add(srv, ids[i], seqs[i]);
         ims_ouser *u = ims_ouser_find(srv, ids[i]);
         if (h && mode == IMP_ACK_DELIVERED && u && u->nsessions > 0) {
             int64_t *wu = realloc(h->wait_user, (size_t)(h->nwait + 1) * sizeof *wu);

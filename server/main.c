@@ -21,6 +21,7 @@
 #include "net.h"
 #include "server.h"
 #include "store.h"
+#include "syncer.h"
 #include "tls.h"
 
 #define EXIT_USAGE 2   /* usage or configuration error (the tools' class 2) */
@@ -143,7 +144,8 @@ static void store_log(void *ud, const char *msg)
     ims_log(IMS_LOG_ERROR, "store", "error=\"%s\"", msg);
 }
 
-static ims_store *open_store(const ims_cfg *cfg)
+/* fsync_thread: 1 for the server (its syncer fsyncs), 0 for the admin commands (inline). */
+static ims_store *open_store(const ims_cfg *cfg, int fsync_thread)
 {
     if (mkdir_p(cfg->data_dir) != 0) {
         fprintf(stderr, "imd: data directory %s: %s\n", cfg->data_dir, strerror(errno));
@@ -151,7 +153,8 @@ static ims_store *open_store(const ims_cfg *cfg)
     }
     char path[600], err[512];
     snprintf(path, sizeof path, "%s/imd.db", cfg->data_dir);
-    ims_store_options so = {path, cfg->sync_full, store_log, NULL, cfg->startup_full_check};
+    ims_store_options so = {path, cfg->sync_full,          store_log,
+                            NULL, cfg->startup_full_check, fsync_thread};
     ims_store *s = ims_store_open(&so, err, sizeof err);
     if (!s) { /* the store's messages usually start with the path already */
         if (strncmp(err, path, strlen(path)) == 0)
@@ -235,7 +238,7 @@ static int cmd_user(const ims_cfg *cfg, int argc, char **argv)
         else
             die_usage("user: too many arguments");
     }
-    ims_store *s = open_store(cfg);
+    ims_store *s = open_store(cfg, 0);
     if (!s)
         return EXIT_RUNTIME;
     int rc = EXIT_RUNTIME;
@@ -375,17 +378,27 @@ static int run_server(const ims_cfg *cfg, ims_tls *tls)
     r.tls = tls;
     ims_store *store = NULL;
     ims_auth *auth = NULL;
+    ims_syncer *syncer = NULL;
     struct event *sigs[3] = {NULL, NULL, NULL};
     char err[512];
 
     signal(SIGPIPE, SIG_IGN);
-    store = open_store(cfg);
+    store = open_store(cfg, cfg->fsync_thread);
     if (!store)
         goto out;
     r.base = event_base_new();
     if (!r.base || !(r.net = ims_net_new(r.base))) {
         fprintf(stderr, "imd: cannot create the event loop\n");
         goto out;
+    }
+    if (ims_store_sync_fd(store) >= 0) {
+        /* the group commit's fsync off the loop; its wake shares the hash workers' pipe */
+        syncer = ims_syncer_new(ims_store_sync_fd(store), ims_store_path(store), ims_net_auth_wake,
+                                r.net, err, sizeof err);
+        if (!syncer) {
+            fprintf(stderr, "imd: %s\n", err);
+            goto out;
+        }
     }
     ims_auth_options ao;
     ims_auth_options_default(&ao);
@@ -407,6 +420,7 @@ static int run_server(const ims_cfg *cfg, ims_tls *tls)
     so.auth = auth;
     so.io = ims_net_io_ops();
     so.version = "imd/" IMP_LIB_VERSION;
+    so.syncer = syncer;
     r.srv = ims_server_new(&so);
     if (!r.srv) {
         fprintf(stderr, "imd: cannot create the server\n");
@@ -442,12 +456,17 @@ out:
     for (int i = 0; i < 3; i++)
         if (sigs[i])
             event_free(sigs[i]);
+    /* before the net: the syncer's thread wakes the loop through the net's pipe; and before the
+     * store: its checkpoint connection closes first (the store's close syncs what is left) */
+    if (r.srv)
+        ims_server_detach_syncer(r.srv);
+    ims_syncer_free(syncer);
+    if (auth)
+        ims_auth_free(auth); /* its workers wake the loop through the net's pipe too */
     if (r.net)
         ims_net_free(r.net);
     if (r.srv)
         ims_server_free(r.srv);
-    if (auth)
-        ims_auth_free(auth);
     if (store)
         ims_store_close(store); /* commits the last batch */
     if (r.base)

@@ -73,6 +73,9 @@ typedef struct ims_server_options {
      * (every ACK held for the batch then becomes OUTCOME refused, STORAGE). */
     int (*commit)(void *ud, ims_store *s);
     void *commit_ud;
+    /* The fsync thread (syncer.h) when the store's commits do not sync inline
+     * (ims_store_sync_fd >= 0); NULL otherwise. Owned by the caller, outlives the server. */
+    struct ims_syncer *syncer;
 } ims_server_options;
 
 ims_server *ims_server_new(const ims_server_options *o);
@@ -89,6 +92,9 @@ void ims_client_closed(ims_client *c, int reason);
 void *ims_client_io(const ims_client *c);
 
 void ims_server_turn_end(ims_server *srv);
+/* fsync_thread: syncs what waits for the syncer on this thread, releases it, and forgets the
+ * syncer (later commits sync inline): before ims_syncer_free. */
+void ims_server_detach_syncer(ims_server *srv);
 void ims_server_tick(ims_server *srv);
 void ims_server_auth_ready(ims_server *srv);
 

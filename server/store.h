@@ -42,8 +42,11 @@ typedef struct ims_store_options {
                          (tests and fuzzing only) */
     void (*log)(void *ud, const char *msg); /* error details; NULL: silent */
     void *log_ud;
-    int full_check; /* 1: the full check (below) at every open, not only after an unclean
-                       shutdown (imd: startup_full_check, default yes) */
+    int full_check;   /* 1: the full check (below) at every open, not only after an unclean
+                         shutdown (imd: startup_full_check, default yes) */
+    int fsync_thread; /* 1 (imd: fsync_thread, default yes): a batch's COMMIT does not fsync; the
+                         caller syncs off its thread (see "Syncing off the loop" below). Only
+                         for a file database with sync_full; else ignored. */
 } ims_store_options;
 
 /* Opens (creating the schema on first use) and checks the database; NULL on failure with a
@@ -95,6 +98,40 @@ int ims_store_begin(ims_store *s);
  * no batch is open any more and IMP_ERR_STORAGE is returned. */
 int ims_store_commit(ims_store *s);
 int ims_store_in_batch(const ims_store *s);
+
+/* ---- syncing off the loop (fsync_thread) ----------------------------------------------------
+ *
+ * IMP-DELIV-001 asks that an ACK means "committed and on disk". With fsync_thread the store
+ * runs SQLite's WAL with synchronous=NORMAL: ims_store_commit() writes the batch into the log
+ * (the page cache) without an fsync, and counts it: ims_store_commit_gen() is the number of
+ * batches committed so far. Another thread (server/syncer.c) then fdatasync()s the log through
+ * ims_store_sync_fd() — one fsync covers every batch written before it started — and the loop
+ * thread reports it with ims_store_synced(gen): only then are that batch's ACKs sent, its
+ * messages delivered (ims_store_durable_msg_id()) and its committed mark written into the
+ * marker (the mark is never ahead of what is on disk). Operations outside a batch (admin
+ * commands, imd's start-up) still sync inline before they return; so does ims_store_sync().
+ * Checkpoints run on the syncer's own connection (SQLite's automatic checkpoint on this
+ * connection stays as a bound: at IMS_STORE_AUTOCKPT_ASYNC pages of log).
+ *
+ * Without fsync_thread (or for ":memory:", or sync_full = 0) every commit is synced inline
+ * (synchronous=FULL) and commit_gen == synced_gen after each commit. */
+enum { IMS_STORE_AUTOCKPT_ASYNC = 16384 };
+/* The log's descriptor to fdatasync (owned by the store), or -1 when commits sync inline. */
+int ims_store_sync_fd(const ims_store *s);
+/* The database's path (for the syncer's checkpoint connection). */
+const char *ims_store_path(const ims_store *s);
+uint64_t ims_store_commit_gen(const ims_store *s);
+/* The highest batch known to be on disk. */
+uint64_t ims_store_synced_gen(const ims_store *s);
+/* Called on the store's thread after an fdatasync of the log that started when batch gen had
+ * been committed: batches up to gen are on disk. Writes their committed mark into the marker. */
+void ims_store_synced(ims_store *s, uint64_t gen);
+/* fdatasync of the log now, on this thread (shutdown): every committed batch is on disk after
+ * it. 0, or IMP_ERR_STORAGE when the fsync failed. A no-op when commits sync inline. */
+int ims_store_sync(ims_store *s);
+/* The highest msg_id on disk: a message above it was committed but is not yet synced and must
+ * not be delivered (INT64_MAX when commits sync inline). */
+int64_t ims_store_durable_msg_id(const ims_store *s);
 /* PRAGMA integrity_check: 0 when "ok", IMP_ERR_STORAGE otherwise. Also checks foreign keys and
  * the queue invariant (each user's queue holds exactly the seqs acked_seq+1..last_seq). */
 int ims_store_integrity_check(ims_store *s, char *err, size_t errlen);

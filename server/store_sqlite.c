@@ -231,6 +231,18 @@ struct ims_store {
     int mark_owner; /* 1: this store holds the marker's lock and removes it on a clean close */
     int mark_write; /* 1: commits write the mark (sync_full only: it needs the commit's fsync) */
     int64_t mark_msg, mark_user; /* the mark last written (-1: none yet) */
+    /* fsync_thread (store.h, "syncing off the loop"): the log's descriptor (-1: commits sync
+     * inline), batches committed and synced, and the marks of committed, unsynced batches in
+     * commit order (at most a few: one per loop turn while an fsync runs). */
+    int wal_fd;
+    uint64_t gen, synced_gen;
+    int64_t durable_msg;
+    struct pending_mark {
+        uint64_t gen;
+        int64_t msg, user;
+    } * pend;
+    size_t npend, cappend;
+    char *path;
     sqlite3_stmt *st[ST_COUNT];
     int in_batch;
     void (*log)(void *ud, const char *msg);
@@ -421,10 +433,62 @@ static int mark_decode(const uint8_t *rec, size_t n, int64_t *msg, int64_t *user
     return *msg >= 0 && *user >= 0 ? 0 : -1;
 }
 
+static void write_mark(ims_store *s, int64_t msg, int64_t user)
+{
+    if (msg < 0 || user < 0 || (msg == s->mark_msg && user == s->mark_user))
+        return;
+    uint8_t rec[MARK_LEN];
+    mark_encode(rec, msg, user);
+    if (pwrite(s->mark_fd, rec, sizeof rec, 0) != (ssize_t)sizeof rec) {
+        /* not fatal (the commit stands); the next open just knows less */
+        logf_(s, "store: commit: %s: %s", s->marker, strerror(errno));
+        return;
+    }
+    s->mark_msg = msg;
+    s->mark_user = user;
+}
+
+void ims_store_synced(ims_store *s, uint64_t gen)
+{
+    if (s == NULL || gen <= s->synced_gen)
+        return;
+    if (gen > s->gen)
+        gen = s->gen;
+    size_t k = 0;
+    while (k < s->npend && s->pend[k].gen <= gen)
+        k++;
+    if (k > 0) {
+        /* the newest synced mark: both values only grow */
+        const struct pending_mark *m = &s->pend[k - 1];
+        if (m->msg > s->durable_msg)
+            s->durable_msg = m->msg;
+        write_mark(s, m->msg, m->user);
+        memmove(s->pend, s->pend + k, (s->npend - k) * sizeof *s->pend);
+        s->npend -= k;
+    }
+    s->synced_gen = gen;
+}
+
+int ims_store_sync(ims_store *s)
+{
+    if (s == NULL)
+        return IMP_ERR_INVAL;
+    if (s->wal_fd < 0 || s->synced_gen == s->gen)
+        return 0;
+    uint64_t gen = s->gen;
+    if (fdatasync(s->wal_fd) != 0) {
+        logf_(s, "store: fsync of the log: %s", strerror(errno));
+        return IMP_ERR_STORAGE;
+    }
+    ims_store_synced(s, gen);
+    return 0;
+}
+
 /* COMMIT, then (when it returned, i.e. after the fsync) the mark read just before it into the
  * marker. Cost per commit: one SELECT of two rows of sqlite_sequence (cached pages) and one
- * pwrite when the mark changed. */
-static int commit_marked(ims_store *s)
+ * pwrite when the mark changed. With fsync_thread a batch's COMMIT is not synced: its mark waits
+ * in s->pend for ims_store_synced(); an operation outside a batch syncs here. */
+static int commit_marked(ims_store *s, int batch)
 {
     int64_t msg = -1, user = -1;
     if (s->mark_write) {
@@ -434,19 +498,37 @@ static int commit_marked(ims_store *s)
             user = sqlite3_column_int64(q, 1);
         }
         st_put(s, ST_MARK, q);
+        if (s->wal_fd >= 0 && (msg < 0 || user < 0)) {
+            /* without the mark the messages of this batch could never be called on disk */
+            logf_(s, "store: commit: cannot read the committed mark");
+            return IMP_ERR_STORAGE; /* the caller rolls back */
+        }
     }
     int r = st_run(s, ST_COMMIT);
-    if (r != 0 || msg < 0 || user < 0 || (msg == s->mark_msg && user == s->mark_user))
+    if (r != 0)
         return r;
-    uint8_t rec[MARK_LEN];
-    mark_encode(rec, msg, user);
-    if (pwrite(s->mark_fd, rec, sizeof rec, 0) != (ssize_t)sizeof rec) {
-        /* not fatal (the commit stands); the next open just knows less */
-        logf_(s, "store: commit: %s: %s", s->marker, strerror(errno));
+    s->gen++;
+    if (s->wal_fd < 0) { /* synchronous=FULL: on disk now */
+        s->synced_gen = s->gen;
+        write_mark(s, msg, user);
         return 0;
     }
-    s->mark_msg = msg;
-    s->mark_user = user;
+    if (s->npend == s->cappend) {
+        size_t cap = s->cappend ? s->cappend * 2 : 16;
+        struct pending_mark *p = realloc(s->pend, cap * sizeof *p);
+        if (p == NULL) {
+            /* no room to remember the mark: sync now (slower, same guarantees) */
+            return ims_store_sync(s) == 0 ? 0 : IMP_ERR_STORAGE;
+        }
+        s->pend = p;
+        s->cappend = cap;
+    }
+    s->pend[s->npend].gen = s->gen;
+    s->pend[s->npend].msg = msg;
+    s->pend[s->npend].user = user;
+    s->npend++;
+    if (!batch && ims_store_sync(s) != 0)
+        return IMP_ERR_STORAGE; /* committed, but not known to be on disk: not acknowledged */
     return 0;
 }
 
@@ -483,7 +565,7 @@ static int op_end(ims_store *s, int rc)
         return rc;
     }
     if (rc == 0) {
-        int r = commit_marked(s);
+        int r = commit_marked(s, 0);
         if (r == 0)
             return 0;
         rc = r;
@@ -516,7 +598,7 @@ int ims_store_commit(ims_store *s)
         logf_(s, "store: commit: the batch was rolled back by SQLite");
         return IMP_ERR_STORAGE;
     }
-    int r = commit_marked(s); /* IMP-DELIV-001: the fsync with synchronous=FULL */
+    int r = commit_marked(s, 1); /* IMP-DELIV-001: the fsync with synchronous=FULL */
     if (r != 0 && !sqlite3_get_autocommit(s->db))
         st_run(s, ST_ROLLBACK);
     return r;
@@ -525,6 +607,31 @@ int ims_store_commit(ims_store *s)
 int ims_store_in_batch(const ims_store *s)
 {
     return s != NULL && s->in_batch;
+}
+
+int ims_store_sync_fd(const ims_store *s)
+{
+    return s ? s->wal_fd : -1;
+}
+
+const char *ims_store_path(const ims_store *s)
+{
+    return s ? s->path : NULL;
+}
+
+uint64_t ims_store_commit_gen(const ims_store *s)
+{
+    return s ? s->gen : 0;
+}
+
+uint64_t ims_store_synced_gen(const ims_store *s)
+{
+    return s ? s->synced_gen : 0;
+}
+
+int64_t ims_store_durable_msg_id(const ims_store *s)
+{
+    return s == NULL || s->wal_fd < 0 ? INT64_MAX : s->durable_msg;
 }
 
 int ims_store_set_busy_timeout(ims_store *s, int ms)
@@ -674,6 +781,13 @@ ims_store *ims_store_open(const ims_store_options *opt, char *err, size_t errlen
     s->log_ud = opt->log_ud;
     s->mark_fd = -1;
     s->mark_msg = s->mark_user = -1;
+    s->wal_fd = -1;
+    s->path = strdup(opt->path);
+    if (s->path == NULL) {
+        free(s);
+        set_err(err, errlen, "%s: out of memory", opt->path);
+        return NULL;
+    }
     int have_mark = 0; /* the marker holds a record that checks out: mk_msg, mk_user */
     int64_t mk_msg = 0, mk_user = 0;
     char *side[2] = {NULL, NULL}; /* "-wal", "-shm" that SQLite made for a refused open */
@@ -844,8 +958,16 @@ ims_store *ims_store_open(const ims_store_options *opt, char *err, size_t errlen
         sqlite3_finalize(q);
         goto fail;
     }
+    int wal_mode = strcmp(mode, "wal") == 0;
     sqlite3_finalize(q);
-    if (exec_sql(s->db, opt->sync_full ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = OFF",
+    /* fsync_thread (store.h): synchronous=NORMAL, the syncer fsyncs; decided below, once the
+     * log file exists */
+    int async = opt->fsync_thread && opt->sync_full && s->mark_write && wal_mode;
+    if (exec_sql(s->db,
+                 async            ? "PRAGMA synchronous = NORMAL; PRAGMA wal_autocheckpoint = "
+                                    "16384" /* IMS_STORE_AUTOCKPT_ASYNC */
+                 : opt->sync_full ? "PRAGMA synchronous = FULL"
+                                  : "PRAGMA synchronous = OFF",
                  err, errlen) != 0 ||
         exec_sql(s->db, "PRAGMA temp_store = MEMORY; PRAGMA cache_size = -16384", err, errlen) != 0)
         goto fail;
@@ -861,10 +983,31 @@ ims_store *ims_store_open(const ims_store_options *opt, char *err, size_t errlen
         set_err(err, errlen, "%s: %s", opt->path, cerr);
         goto fail;
     }
+    if (async) {
+        /* the log's own descriptor for the syncer's fdatasync: the same inode as SQLite's
+         * (SQLite keeps the -wal file while a connection is open and restarts it in place);
+         * it exists now (schema_setup read, or wrote, through it) */
+        const char *wal = sqlite3_filename_wal(sqlite3_db_filename(s->db, "main"));
+        s->wal_fd = wal ? open(wal, O_RDWR | O_CLOEXEC) : -1;
+        if (s->wal_fd < 0) {
+            logf_(s, "store: %s: %s: syncing inline", wal ? wal : "-wal", strerror(errno));
+            if (exec_sql(s->db, "PRAGMA synchronous = FULL; PRAGMA wal_autocheckpoint = 1000", err,
+                         errlen) != 0)
+                goto fail;
+        }
+    }
     for (int i = 0; i < ST_COUNT; i++) {
         if (sqlite3_prepare_v3(s->db, st_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &s->st[i], NULL) !=
             SQLITE_OK) {
             set_err(err, errlen, "%s: prepare: %s", opt->path, sqlite3_errmsg(s->db));
+            goto fail;
+        }
+    }
+    if (s->wal_fd >= 0) {
+        /* what is in the database at open counts as on disk (the ids a crash lost are gone) */
+        char merr[200];
+        if (pragma_int(s->db, MARK_SQL, &s->durable_msg, merr, sizeof merr) != 0) {
+            set_err(err, errlen, "%s: %s", opt->path, merr);
             goto fail;
         }
     }
@@ -894,9 +1037,12 @@ fail:
         unlink(s->marker);
     if (s->mark_fd >= 0)
         close(s->mark_fd);
+    if (s->wal_fd >= 0)
+        close(s->wal_fd);
     free(side[0]);
     free(side[1]);
     free(s->marker);
+    free(s->path);
     free(s);
     return NULL;
 }
@@ -907,6 +1053,8 @@ void ims_store_close(ims_store *s)
         return;
     if (s->in_batch && ims_store_commit(s) != 0)
         logf_(s, "store: close: the open batch could not be committed");
+    if (ims_store_sync(s) != 0) /* the committed mark of the last batches, when on disk */
+        logf_(s, "store: close: the last batches could not be synced");
     for (int i = 0; i < ST_COUNT; i++)
         sqlite3_finalize(s->st[i]);
     if (sqlite3_close(s->db) != SQLITE_OK)
@@ -915,8 +1063,12 @@ void ims_store_close(ims_store *s)
         logf_(s, "store: close: %s: %s", s->marker, strerror(errno));
     if (s->mark_fd >= 0)
         close(s->mark_fd); /* after the unlink: the lock is held until the marker is gone */
+    if (s->wal_fd >= 0)
+        close(s->wal_fd);
     free(s->marker);
     free(s->ids);
+    free(s->pend);
+    free(s->path);
     free(s);
 }
 

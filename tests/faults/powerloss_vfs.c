@@ -2,33 +2,58 @@
  *
  * LD_PRELOADed into imd, a constructor registers it as the default VFS. It wraps SQLite's
  * "unix" VFS: every write (and truncation) to a file is held in memory and reaches the real
- * file only at that file's xSync, which is what an operating system's page cache does between
- * fsyncs, minus the write-back. Reads, xFileSize and further writes see the pending writes. A
- * simulated power loss _exit()s the process at once: whatever was not synced never reaches the
- * disk. Shared memory (-shm) is passed through: SQLite rebuilds it from the WAL after a crash.
+ * file only when that file is synced, which is what an operating system's page cache does
+ * between fsyncs, minus the write-back. Reads, xFileSize and further writes see the pending
+ * writes. A simulated power loss _exit()s the process at once: whatever was not synced never
+ * reaches the disk. Shared memory (-shm) is passed through: SQLite rebuilds it from the WAL after
+ * a crash.
+ *
+ * Like the kernel's page cache, the pending writes belong to the file (the inode: st_dev and
+ * st_ino, taken at xOpen), not to one descriptor: two connections that open the same file (imd's
+ * store and its syncer's checkpoint connection) share them, each reads what the other wrote, and
+ * a sync through either one makes both durable.
+ *
+ * A file is synced by its xSync, or by an fdatasync() or fsync() that the process makes outside
+ * SQLite on its own descriptor of the same inode (imd's syncer fdatasync()s the -wal file that it
+ * opened itself): this library defines fdatasync and fsync, so that, preloaded, it sees those
+ * calls; it applies the inode's pending writes exactly as an xSync would, then calls the real
+ * function (dlsym RTLD_NEXT). A descriptor that is no VFS file is passed straight through; so are
+ * the calls the unix VFS itself makes inside an xSync (already counted and applied).
+ *
+ * Threads: one global mutex around every method that touches the pending writes, the counters or
+ * the real files (SQLite calls a VFS from several threads at once: imd's loop and its syncer).
  *
  * Environment (read once, in the constructor):
  *   IMP_POWERLOSS_CRASH_AT=N       power loss at the N-th xWrite (1-based, all files counted;
  *                                  the N-th write is not applied)
- *   IMP_POWERLOSS_CRASH_AT_SYNC=N  power loss at the N-th xSync, before it applies anything
- *   neither: never crashes (writes still wait for xSync)
- * On the power loss it writes "powerloss: simulated power loss at write N" (or "at sync N") to
- * stderr and exits with status 99 (POWERLOSS_EXIT).
+ *   IMP_POWERLOSS_CRASH_AT_SYNC=N  power loss at the N-th sync (xSync, or fdatasync/fsync of a
+ *                                  VFS file made outside SQLite), before it applies anything
+ *   neither: never crashes (writes still wait for a sync)
+ * On the power loss, in whichever thread reached it, it writes "powerloss: simulated power loss
+ * at write N" (or "at sync N (xSync)", "at sync N (fdatasync)", "at sync N (fsync)"), then
+ * "; before it: X xSync, Y outside SQLite, Z writes" (the syncs and writes done), to stderr and
+ * exits with status 99 (POWERLOSS_EXIT).
  *
- * A file closed with writes pending hands them to the real file (without a sync): a closed
- * file's data lives on in the page cache, so this model only loses what an open file did not
- * sync.
+ * A file closed with writes pending, by the last connection that had it open, hands them to the
+ * real file (without a sync): a closed file's data lives on in the page cache, so this model only
+ * loses what an open file did not sync.
  *
  * Pending writes are kept per 4 KiB chunk (a copy of the chunk's whole logical content), plus
- * the lowest size the file was truncated to since the last sync. At xSync: truncate the real
- * file to that size, write the chunks, truncate to the logical size, then the real xSync.
+ * the lowest size the file was truncated to since the last sync. At a sync: truncate the real
+ * file to that size, write the chunks, truncate to the logical size, then the real sync.
  */
+#define _GNU_SOURCE /* RTLD_NEXT */
 #include <sqlite3.h>
 
+#include <dlfcn.h>
+#include <errno.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/types.h>
 #include <unistd.h>
 
 #define POWERLOSS_EXIT 99
@@ -39,20 +64,54 @@ typedef struct chunk {
     unsigned char data[CHUNK];
 } chunk;
 
+struct pl_file;
+
+/* One real file (inode) and its pending writes, shared by every pl_file open on it. */
+typedef struct pl_inode {
+    struct pl_inode *next; /* in `inodes` (keyed ones only) */
+    int keyed;             /* 1: dev/ino known (0: a file without a name; never shared) */
+    dev_t dev;
+    ino_t ino;
+    struct pl_file *files; /* open on it (at least one while the pl_inode exists) */
+    int64_t real_size;     /* size of the real file (as last written by us) */
+    int64_t size;          /* logical size, pending writes included */
+    int64_t trunc_to;      /* lowest truncation since the last sync; -1 none */
+    chunk **tab;           /* open addressing by index; NULL slots empty */
+    size_t cap, n;
+} pl_inode;
+
 typedef struct pl_file {
     sqlite3_file base;
-    sqlite3_file *real; /* the unix VFS's file, allocated after this struct */
-    int64_t real_size;  /* size of the real file (as last written by us) */
-    int64_t size;       /* logical size, pending writes included */
-    int64_t trunc_to;   /* lowest truncation since the last sync; -1 none */
-    chunk **tab;        /* open addressing by index; NULL slots empty */
-    size_t cap, n;
+    sqlite3_file *real;   /* the unix VFS's file, allocated after this struct */
+    pl_inode *node;       /* its pending writes */
+    struct pl_file *next; /* in node->files */
 } pl_file;
 
 static sqlite3_vfs *unix_vfs;
 static sqlite3_vfs pl_vfs;
 static long crash_write, crash_sync; /* 0: never */
+
+/* Everything below is under `mu`: the counters, the inodes and their chunks, and the calls into
+ * the unix VFS's files (a flush from one thread writes through a file another thread uses). */
+static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static long writes, syncs;
+static long xsyncs, outside_syncs; /* syncs by kind: xSync; fdatasync/fsync outside SQLite */
+static pl_inode *inodes;
+/* 1 while this thread holds `mu`: an fdatasync()/fsync() it makes then comes from the unix VFS
+ * (inside an xSync already counted, or a directory sync) and is passed through. */
+static _Thread_local int inside;
+
+static void enter(void)
+{
+    pthread_mutex_lock(&mu);
+    inside = 1;
+}
+
+static void leave(void)
+{
+    inside = 0;
+    pthread_mutex_unlock(&mu);
+}
 
 static void put_err(const char *s)
 {
@@ -66,23 +125,29 @@ static void put_err(const char *s)
     }
 }
 
-static void power_loss(const char *what, long n)
+/* With `mu` held; the other threads stay blocked on it (or run on outside the VFS) until the
+ * process is gone. */
+static void power_loss(const char *what, long n, const char *how)
 {
-    char msg[96];
-    snprintf(msg, sizeof msg, "powerloss: simulated power loss at %s %ld\n", what, n);
+    char msg[192];
+    snprintf(msg, sizeof msg,
+             "powerloss: simulated power loss at %s %ld%s%s%s; before it: %ld xSync, %ld "
+             "outside SQLite, %ld writes\n",
+             what, n, how ? " (" : "", how ? how : "", how ? ")" : "", xsyncs, outside_syncs,
+             writes - (how ? 0 : 1));
     put_err(msg);
     _exit(POWERLOSS_EXIT);
 }
 
 /* ---- chunk table ---------------------------------------------------------------------------- */
 
-static size_t slot_of(const pl_file *f, int64_t index)
+static size_t slot_of(const pl_inode *f, int64_t index)
 {
     uint64_t h = (uint64_t)index * 0x9E3779B97F4A7C15ull;
     return (size_t)(h >> 17) & (f->cap - 1);
 }
 
-static chunk *chunk_find(const pl_file *f, int64_t index)
+static chunk *chunk_find(const pl_inode *f, int64_t index)
 {
     if (f->cap == 0)
         return NULL;
@@ -94,7 +159,7 @@ static chunk *chunk_find(const pl_file *f, int64_t index)
     }
 }
 
-static int chunk_insert(pl_file *f, chunk *c)
+static int chunk_insert(pl_inode *f, chunk *c)
 {
     if ((f->n + 1) * 2 > f->cap) {
         size_t ncap = f->cap ? f->cap * 2 : 64;
@@ -122,7 +187,7 @@ static int chunk_insert(pl_file *f, chunk *c)
     return 0;
 }
 
-static void chunks_clear(pl_file *f)
+static void chunks_clear(pl_inode *f)
 {
     for (size_t i = 0; i < f->cap; i++)
         free(f->tab[i]);
@@ -131,9 +196,10 @@ static void chunks_clear(pl_file *f)
     f->cap = f->n = 0;
 }
 
-/* Bytes [off, off+n) of the real file as the logical file sees them apart from the chunks:
- * zero beyond the real size or beyond a pending truncation. */
-static int real_read(pl_file *f, unsigned char *buf, int64_t n, int64_t off)
+/* Bytes [off, off+n) of the real file (read through `via`, any file open on it) as the logical
+ * file sees them apart from the chunks: zero beyond the real size or beyond a pending
+ * truncation. */
+static int real_read(pl_inode *f, sqlite3_file *via, unsigned char *buf, int64_t n, int64_t off)
 {
     int64_t limit = f->real_size;
     if (f->trunc_to >= 0 && f->trunc_to < limit)
@@ -142,7 +208,7 @@ static int real_read(pl_file *f, unsigned char *buf, int64_t n, int64_t off)
     if (off >= limit)
         return SQLITE_OK;
     int64_t m = off + n <= limit ? n : limit - off;
-    int rc = f->real->pMethods->xRead(f->real, buf, (int)m, off);
+    int rc = via->pMethods->xRead(via, buf, (int)m, off);
     if (rc == SQLITE_IOERR_SHORT_READ)
         rc = SQLITE_OK; /* zero-filled */
     return rc;
@@ -150,11 +216,12 @@ static int real_read(pl_file *f, unsigned char *buf, int64_t n, int64_t off)
 
 /* ---- io methods ----------------------------------------------------------------------------- */
 
-static int flush_pending(pl_file *f)
+/* The inode's pending writes into the real file, written through `via` (any file open on it). */
+static int flush_pending(pl_inode *f, sqlite3_file *via)
 {
     int rc = SQLITE_OK;
     if (f->trunc_to >= 0 && f->trunc_to < f->real_size) {
-        rc = f->real->pMethods->xTruncate(f->real, f->trunc_to);
+        rc = via->pMethods->xTruncate(via, f->trunc_to);
         if (rc != SQLITE_OK)
             return rc;
         f->real_size = f->trunc_to;
@@ -167,14 +234,14 @@ static int flush_pending(pl_file *f)
         if (off >= f->size)
             continue;
         int64_t len = f->size - off < CHUNK ? f->size - off : CHUNK;
-        rc = f->real->pMethods->xWrite(f->real, c->data, (int)len, off);
+        rc = via->pMethods->xWrite(via, c->data, (int)len, off);
         if (rc != SQLITE_OK)
             return rc;
         if (off + len > f->real_size)
             f->real_size = off + len;
     }
     if (f->real_size != f->size) {
-        rc = f->real->pMethods->xTruncate(f->real, f->size);
+        rc = via->pMethods->xTruncate(via, f->size);
         if (rc != SQLITE_OK)
             return rc;
         f->real_size = f->size;
@@ -187,9 +254,28 @@ static int flush_pending(pl_file *f)
 static int pl_close(sqlite3_file *pf)
 {
     pl_file *f = (pl_file *)pf;
-    flush_pending(f);
-    chunks_clear(f);
-    return f->real->pMethods ? f->real->pMethods->xClose(f->real) : SQLITE_OK;
+    enter();
+    pl_inode *node = f->node;
+    for (pl_file **pp = &node->files; *pp != NULL; pp = &(*pp)->next)
+        if (*pp == f) {
+            *pp = f->next;
+            break;
+        }
+    if (node->files == NULL) {
+        /* the last one: what it did not sync stays in the page cache, i.e. reaches the file */
+        flush_pending(node, f->real);
+        chunks_clear(node);
+        for (pl_inode **pp = &inodes; *pp != NULL; pp = &(*pp)->next)
+            if (*pp == node) {
+                *pp = node->next;
+                break;
+            }
+        free(node);
+    }
+    f->node = NULL;
+    int rc = f->real->pMethods ? f->real->pMethods->xClose(f->real) : SQLITE_OK;
+    leave();
+    return rc;
 }
 
 static int pl_read(sqlite3_file *pf, void *buf, int amt, sqlite3_int64 off)
@@ -197,85 +283,101 @@ static int pl_read(sqlite3_file *pf, void *buf, int amt, sqlite3_int64 off)
     pl_file *f = (pl_file *)pf;
     unsigned char *out = buf;
     int64_t pos = off, end = off + amt;
+    int rc = SQLITE_OK;
+    enter();
+    pl_inode *node = f->node;
     while (pos < end) {
         int64_t idx = pos / CHUNK, in = pos % CHUNK;
         int64_t take = CHUNK - in < end - pos ? CHUNK - in : end - pos;
-        chunk *c = chunk_find(f, idx);
+        chunk *c = chunk_find(node, idx);
         if (c != NULL) {
             memcpy(out + (pos - off), c->data + in, (size_t)take);
         } else {
-            int rc = real_read(f, out + (pos - off), take, pos);
+            rc = real_read(node, f->real, out + (pos - off), take, pos);
             if (rc != SQLITE_OK)
-                return rc;
+                break;
         }
         pos += take;
     }
-    if (end > f->size) {
-        int64_t from = f->size > off ? f->size - off : 0;
+    if (rc == SQLITE_OK && end > node->size) {
+        int64_t from = node->size > off ? node->size - off : 0;
         memset(out + from, 0, (size_t)(amt - from));
-        return SQLITE_IOERR_SHORT_READ;
+        rc = SQLITE_IOERR_SHORT_READ;
     }
-    return SQLITE_OK;
+    leave();
+    return rc;
 }
 
 static int pl_write(sqlite3_file *pf, const void *buf, int amt, sqlite3_int64 off)
 {
     pl_file *f = (pl_file *)pf;
-    writes++;
-    if (crash_write > 0 && writes >= crash_write)
-        power_loss("write", writes);
     const unsigned char *in = buf;
     int64_t pos = off, end = off + amt;
+    int rc = SQLITE_OK;
+    enter();
+    pl_inode *node = f->node;
+    writes++;
+    if (crash_write > 0 && writes >= crash_write)
+        power_loss("write", writes, NULL);
     while (pos < end) {
         int64_t idx = pos / CHUNK, at = pos % CHUNK;
         int64_t take = CHUNK - at < end - pos ? CHUNK - at : end - pos;
-        chunk *c = chunk_find(f, idx);
+        chunk *c = chunk_find(node, idx);
         if (c == NULL) {
             c = malloc(sizeof *c);
-            if (c == NULL)
-                return SQLITE_IOERR_NOMEM;
+            if (c == NULL) {
+                rc = SQLITE_IOERR_NOMEM;
+                break;
+            }
             c->index = idx;
             /* the chunk's current logical content: real bytes, zero past the logical size */
-            int rc = real_read(f, c->data, CHUNK, idx * CHUNK);
+            rc = real_read(node, f->real, c->data, CHUNK, idx * CHUNK);
             if (rc != SQLITE_OK) {
                 free(c);
-                return rc;
+                break;
             }
-            if (idx * CHUNK + CHUNK > f->size) {
-                int64_t keep = f->size > idx * CHUNK ? f->size - idx * CHUNK : 0;
+            if (idx * CHUNK + CHUNK > node->size) {
+                int64_t keep = node->size > idx * CHUNK ? node->size - idx * CHUNK : 0;
                 memset(c->data + keep, 0, (size_t)(CHUNK - keep));
             }
-            if (chunk_insert(f, c) != 0) {
+            if (chunk_insert(node, c) != 0) {
                 free(c);
-                return SQLITE_IOERR_NOMEM;
+                rc = SQLITE_IOERR_NOMEM;
+                break;
             }
         }
         memcpy(c->data + at, in + (pos - off), (size_t)take);
         pos += take;
     }
-    if (end > f->size)
-        f->size = end;
-    return SQLITE_OK;
+    if (rc == SQLITE_OK && end > node->size)
+        node->size = end;
+    leave();
+    return rc;
 }
 
 static int pl_truncate(sqlite3_file *pf, sqlite3_int64 size)
 {
     pl_file *f = (pl_file *)pf;
-    if (size >= f->size) {
+    enter();
+    pl_inode *node = f->node;
+    if (size >= node->size) {
         /* growing by truncate: zeros (already what reads see past the end once size grows) */
-        f->size = size;
+        node->size = size;
+        leave();
         return SQLITE_OK;
     }
     /* drop the chunks past the new end, zero the tail of the one holding it */
     chunk **keep = NULL;
     size_t nkeep = 0;
-    if (f->n > 0) {
-        keep = malloc(f->n * sizeof *keep);
-        if (keep == NULL)
+    if (node->n > 0) {
+        keep = malloc(node->n * sizeof *keep);
+        if (keep == NULL) {
+            leave();
             return SQLITE_IOERR_NOMEM;
+        }
     }
-    for (size_t i = 0; i < f->cap; i++) {
-        chunk *c = f->tab[i];
+    for (size_t i = 0; i < node->cap; i++) {
+        chunk *c = node->tab[i];
         if (c == NULL)
             continue;
         if (c->index * CHUNK >= size) {
@@ -286,52 +388,67 @@ static int pl_truncate(sqlite3_file *pf, sqlite3_int64 size)
                        (size_t)(c->index * CHUNK + CHUNK - size));
             keep[nkeep++] = c;
         }
-        f->tab[i] = NULL;
+        node->tab[i] = NULL;
     }
-    f->n = 0;
+    node->n = 0;
     for (size_t i = 0; i < nkeep; i++)
-        chunk_insert(f, keep[i]); /* cannot grow: fewer than before */
+        chunk_insert(node, keep[i]); /* cannot grow: fewer than before */
     free(keep);
-    if (f->trunc_to < 0 || size < f->trunc_to)
-        f->trunc_to = size;
-    f->size = size;
+    if (node->trunc_to < 0 || size < node->trunc_to)
+        node->trunc_to = size;
+    node->size = size;
+    leave();
     return SQLITE_OK;
 }
 
 static int pl_sync(sqlite3_file *pf, int flags)
 {
     pl_file *f = (pl_file *)pf;
+    enter();
     syncs++;
     if (crash_sync > 0 && syncs >= crash_sync)
-        power_loss("sync", syncs);
-    int rc = flush_pending(f);
-    if (rc != SQLITE_OK)
-        return rc;
-    return f->real->pMethods->xSync(f->real, flags);
+        power_loss("sync", syncs, "xSync");
+    xsyncs++;
+    int rc = flush_pending(f->node, f->real);
+    if (rc == SQLITE_OK)
+        rc = f->real->pMethods->xSync(f->real, flags); /* its fdatasync passes through */
+    leave();
+    return rc;
 }
 
 static int pl_file_size(sqlite3_file *pf, sqlite3_int64 *size)
 {
-    *size = ((pl_file *)pf)->size;
+    enter();
+    *size = ((pl_file *)pf)->node->size;
+    leave();
     return SQLITE_OK;
 }
 
 static int pl_lock(sqlite3_file *pf, int lock)
 {
     pl_file *f = (pl_file *)pf;
-    return f->real->pMethods->xLock(f->real, lock);
+    enter();
+    int rc = f->real->pMethods->xLock(f->real, lock);
+    leave();
+    return rc;
 }
 
 static int pl_unlock(sqlite3_file *pf, int lock)
 {
     pl_file *f = (pl_file *)pf;
-    return f->real->pMethods->xUnlock(f->real, lock);
+    enter();
+    int rc = f->real->pMethods->xUnlock(f->real, lock);
+    leave();
+    return rc;
 }
 
 static int pl_check_reserved(sqlite3_file *pf, int *out)
 {
     pl_file *f = (pl_file *)pf;
-    return f->real->pMethods->xCheckReservedLock(f->real, out);
+    enter();
+    int rc = f->real->pMethods->xCheckReservedLock(f->real, out);
+    leave();
+    return rc;
 }
 
 static int pl_file_control(sqlite3_file *pf, int op, void *arg)
@@ -343,43 +460,63 @@ static int pl_file_control(sqlite3_file *pf, int op, void *arg)
         *(char **)arg = sqlite3_mprintf("powerloss");
         return SQLITE_OK;
     }
-    return f->real->pMethods->xFileControl(f->real, op, arg);
+    enter();
+    int rc = f->real->pMethods->xFileControl(f->real, op, arg);
+    leave();
+    return rc;
 }
 
 static int pl_sector_size(sqlite3_file *pf)
 {
     pl_file *f = (pl_file *)pf;
-    return f->real->pMethods->xSectorSize(f->real);
+    enter();
+    int rc = f->real->pMethods->xSectorSize(f->real);
+    leave();
+    return rc;
 }
 
 static int pl_device_chars(sqlite3_file *pf)
 {
     pl_file *f = (pl_file *)pf;
-    return f->real->pMethods->xDeviceCharacteristics(f->real);
+    enter();
+    int rc = f->real->pMethods->xDeviceCharacteristics(f->real);
+    leave();
+    return rc;
 }
 
 static int pl_shm_map(sqlite3_file *pf, int pg, int sz, int extend, void volatile **pp)
 {
     pl_file *f = (pl_file *)pf;
-    return f->real->pMethods->xShmMap(f->real, pg, sz, extend, pp);
+    enter();
+    int rc = f->real->pMethods->xShmMap(f->real, pg, sz, extend, pp);
+    leave();
+    return rc;
 }
 
 static int pl_shm_lock(sqlite3_file *pf, int off, int n, int flags)
 {
     pl_file *f = (pl_file *)pf;
-    return f->real->pMethods->xShmLock(f->real, off, n, flags);
+    enter();
+    int rc = f->real->pMethods->xShmLock(f->real, off, n, flags);
+    leave();
+    return rc;
 }
 
 static void pl_shm_barrier(sqlite3_file *pf)
 {
     pl_file *f = (pl_file *)pf;
+    enter();
     f->real->pMethods->xShmBarrier(f->real);
+    leave();
 }
 
 static int pl_shm_unmap(sqlite3_file *pf, int del)
 {
     pl_file *f = (pl_file *)pf;
-    return f->real->pMethods->xShmUnmap(f->real, del);
+    enter();
+    int rc = f->real->pMethods->xShmUnmap(f->real, del);
+    leave();
+    return rc;
 }
 
 /* Version 2: shared memory (WAL), no xFetch, so that SQLite never reads through mmap around the
@@ -408,27 +545,60 @@ static const sqlite3_io_methods pl_io = {
 
 /* ---- vfs ------------------------------------------------------------------------------------ */
 
+static pl_inode *inode_find(dev_t dev, ino_t ino)
+{
+    for (pl_inode *n = inodes; n != NULL; n = n->next)
+        if (n->dev == dev && n->ino == ino)
+            return n;
+    return NULL;
+}
+
 static int pl_open(sqlite3_vfs *vfs, const char *name, sqlite3_file *pf, int flags, int *out_flags)
 {
     (void)vfs;
     pl_file *f = (pl_file *)pf;
     memset(f, 0, sizeof *f);
     f->real = (sqlite3_file *)(f + 1);
-    f->trunc_to = -1;
+    enter();
     int rc = unix_vfs->xOpen(unix_vfs, name, f->real, flags, out_flags);
     if (rc != SQLITE_OK) {
         f->base.pMethods = NULL;
+        leave();
         return rc;
     }
-    sqlite3_int64 sz = 0;
-    rc = f->real->pMethods->xFileSize(f->real, &sz);
-    if (rc != SQLITE_OK) {
-        f->real->pMethods->xClose(f->real);
-        f->base.pMethods = NULL;
-        return rc;
+    /* the real file's identity (a file without a name, or already unlinked, has none: its
+     * pending writes are its own) */
+    struct stat st;
+    pl_inode *node = NULL;
+    int keyed = name != NULL && stat(name, &st) == 0;
+    if (keyed)
+        node = inode_find(st.st_dev, st.st_ino);
+    if (node == NULL) {
+        sqlite3_int64 sz = 0;
+        rc = f->real->pMethods->xFileSize(f->real, &sz);
+        if (rc == SQLITE_OK && (node = calloc(1, sizeof *node)) == NULL)
+            rc = SQLITE_IOERR_NOMEM;
+        if (rc != SQLITE_OK) {
+            f->real->pMethods->xClose(f->real);
+            f->base.pMethods = NULL;
+            leave();
+            return rc;
+        }
+        node->keyed = keyed;
+        if (keyed) {
+            node->dev = st.st_dev;
+            node->ino = st.st_ino;
+            node->next = inodes;
+            inodes = node;
+        }
+        node->real_size = node->size = sz;
+        node->trunc_to = -1;
     }
-    f->real_size = f->size = sz;
+    f->node = node;
+    f->next = node->files;
+    node->files = f;
     f->base.pMethods = &pl_io;
+    leave();
     return SQLITE_OK;
 }
 
@@ -504,6 +674,70 @@ static int pl_current_time64(sqlite3_vfs *vfs, sqlite3_int64 *t)
     return unix_vfs->xCurrentTimeInt64(unix_vfs, t);
 }
 
+/* ---- fdatasync / fsync made outside SQLite -------------------------------------------------- */
+
+typedef int (*sync_fn)(int);
+static sync_fn real_fdatasync, real_fsync;
+static pthread_once_t real_once = PTHREAD_ONCE_INIT;
+
+static sync_fn next_symbol(const char *name)
+{
+    void *p = dlsym(RTLD_NEXT, name);
+    sync_fn fn = NULL;
+    if (p != NULL)
+        memcpy(&fn, &p, sizeof fn); /* object to function pointer, without a pedantic cast */
+    return fn;
+}
+
+static void real_resolve(void)
+{
+    real_fdatasync = next_symbol("fdatasync");
+    real_fsync = next_symbol("fsync");
+}
+
+/* A sync of descriptor fd, made by the process (not by the unix VFS inside an xSync): when fd is
+ * a VFS file (same inode), it counts as a sync and applies the pending writes, as an xSync of
+ * that file would; then the real call. */
+static int sync_outside(int fd, int data_only)
+{
+    pthread_once(&real_once, real_resolve);
+    sync_fn fn = data_only ? real_fdatasync : real_fsync;
+    if (fn == NULL) {
+        errno = ENOSYS;
+        return -1;
+    }
+    struct stat st;
+    if (!inside && fstat(fd, &st) == 0) {
+        enter();
+        pl_inode *node = inode_find(st.st_dev, st.st_ino);
+        if (node != NULL) {
+            syncs++;
+            if (crash_sync > 0 && syncs >= crash_sync)
+                power_loss("sync", syncs, data_only ? "fdatasync" : "fsync");
+            outside_syncs++;
+            if (flush_pending(node, node->files->real) != SQLITE_OK) {
+                leave();
+                errno = EIO;
+                return -1;
+            }
+        }
+        leave();
+    }
+    return fn(fd);
+}
+
+int fdatasync(int fd)
+{
+    return sync_outside(fd, 1);
+}
+
+int fsync(int fd)
+{
+    return sync_outside(fd, 0);
+}
+
+/* ---- registration --------------------------------------------------------------------------- */
+
 static long env_long(const char *name)
 {
     const char *v = getenv(name);
@@ -549,6 +783,7 @@ int imp_powerloss_register(void)
 #if defined(__GNUC__)
 __attribute__((constructor)) static void pl_init(void)
 {
+    pthread_once(&real_once, real_resolve);
     if (getenv("IMP_POWERLOSS_NO_AUTO") == NULL)
         imp_powerloss_register();
 }

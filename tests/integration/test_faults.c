@@ -2,10 +2,13 @@
  * IMP-DELIV-001, -003, -004, -007).
  *
  * - power loss: imd with the test-only VFS tests/faults/powerloss_vfs.c LD_PRELOADed (writes
- *   reach the file only at xSync; at a chosen write or sync the process _exit()s without them),
- *   20 crash points with synchronous=FULL: every ACKed message is delivered after a restart
- *   without the VFS, PRAGMA integrity_check ok; the control with sync_full=no loses ACKed
- *   messages (so the check can fail);
+ *   reach the file only when it is synced: xSync, or imd's own fdatasync of the file; at a chosen
+ *   write or sync the process _exit()s without them), 20 crash points with the default
+ *   configuration (fsync_thread=yes: the syncer thread fdatasyncs the log, at least one crash
+ *   point falls in such an fdatasync) and 6 with the other fsync_thread value (when imd knows
+ *   the key): every ACKed message is delivered after a restart without the VFS, PRAGMA
+ *   integrity_check ok; the control with sync_full=no loses ACKed messages (so the check can
+ *   fail);
  * - disk full: the data directory on a small tmpfs (own mount namespace; root only, skipped
  *   otherwise): each SEND is stored or refused with STORAGE, logins and transient delivery keep
  *   working, everything is stored again once space returns, every stored message is delivered
@@ -114,7 +117,9 @@ static uint64_t pct(uint64_t *v, size_t n, double q)
 
 /* ---- 1. power loss ------------------------------------------------------------------------ */
 
-enum { PL_MAX = 4000, PL_WINDOW = 8, PL_EXIT = 99 };
+/* PL_PAUSE_MS: a pause in the sending, well over imd's checkpoint interval (IMS_SYNCER_CKPT_MS,
+ * 200 ms in server/syncer.h), so that the syncer's checkpoint connection runs before the crash */
+enum { PL_MAX = 4000, PL_WINDOW = 8, PL_EXIT = 99, PL_PAUSE_MS = 600 };
 static const char PL_PW_S[] = "sender password", PL_PW_R[] = "recipient password";
 
 static char saved_asan[1024];
@@ -151,18 +156,57 @@ static void preload_off(void)
 
 typedef struct pl_res {
     int sent, acked, lost, extra; /* extra: stored without an ACK seen (ACK lost in the crash) */
+    char how[16]; /* the crash, from the VFS's message: "write", "xSync", "fdatasync", "fsync" */
+    long xsyncs;  /* xSyncs before the crash (-1: unknown): > 1 after the syncer's checkpoint */
 } pl_res;
+
+/* The simulated power loss in p's stderr log from byte `from` on ("powerloss: simulated power
+ * loss at write N" or "... at sync N (xSync|fdatasync|fsync)", then "; before it: X xSync, ..."):
+ * its kind into out ("write", the sync's kind, or "?" when there is none), X into *xsyncs (-1
+ * unknown). */
+static void pl_crash_kind(const imd_proc *p, long from, char *out, size_t len, long *xsyncs)
+{
+    static const char pre[] = "powerloss: simulated power loss at ";
+    snprintf(out, len, "?");
+    *xsyncs = -1;
+    char *log = it_slurp_from(p->errlog, from);
+    if (log == NULL)
+        return;
+    char *last = NULL;
+    for (char *at = strstr(log, pre); at != NULL; at = strstr(at + 1, pre))
+        last = at;
+    if (last != NULL) {
+        last += sizeof pre - 1;
+        char *eol = strchr(last, '\n');
+        if (eol != NULL)
+            *eol = '\0';
+        const char *before = strstr(last, "; before it: ");
+        if (before == NULL || sscanf(before, "; before it: %ld xSync", xsyncs) != 1)
+            *xsyncs = -1;
+        char *lp = strchr(last, '(');
+        char *rp = lp ? strchr(lp, ')') : NULL;
+        if (strncmp(last, "write ", 6) == 0)
+            snprintf(out, len, "write");
+        else if (lp != NULL && rp != NULL)
+            snprintf(out, len, "%.*s", (int)(rp - lp - 1), lp + 1);
+    }
+    free(log);
+}
 
 /* One crash point: imd with the VFS (var = n), a sender pipelining durable messages with
  * CLIENT_MSG_IDs "c<round>-<i>" to plr (online when `online`, never acknowledging) until the
- * simulated power loss; then imd without the VFS on the same data: plr must get every ACKed
- * message (counted as lost otherwise), once; acknowledged, clean stop, integrity_check ok. */
-static void pl_round(imd_proc *p, int round, const char *var, long n, int online, pl_res *res)
+ * simulated power loss, pausing PL_PAUSE_MS once pause_at (> 0) were ACKed; then imd without the
+ * VFS on the same data: plr must get every ACKed message (counted as lost otherwise), once;
+ * acknowledged, clean stop, integrity_check ok. */
+static void pl_round(imd_proc *p, int round, const char *var, long n, int online, int pause_at,
+                     pl_res *res)
 {
     static char acked[PL_MAX], got[PL_MAX];
     memset(acked, 0, sizeof acked);
     memset(got, 0, sizeof got);
     memset(res, 0, sizeof *res);
+    struct stat lst;
+    long log_from = stat(p->errlog, &lst) == 0 ? (long)lst.st_size : 0;
     preload_on(var, n);
     int st = imd_start(p);
     preload_off();
@@ -179,12 +223,14 @@ static void pl_round(imd_proc *p, int round, const char *var, long n, int online
     tc *snd = tc_connect(p->port, T);
     int ok = snd && tc_login(snd, "pls", PL_PW_S, UINT64_MAX, NULL, T) == 0;
     int next = 0, inflight = 0;
-    uint64_t t0 = it_now_ms();
+    uint64_t t0 = it_now_ms(), pause_until = 0;
     while (ok && !snd->eof) {
         IT_CHECK(it_now_ms() - t0 < 20000 && next < PL_MAX,
                  "crash point %s=%ld not reached: %d SENDs in %llu ms", var, n, next,
                  (unsigned long long)(it_now_ms() - t0));
-        while (inflight < PL_WINDOW && next < PL_MAX) {
+        if (pause_at > 0 && pause_until == 0 && res->acked >= pause_at)
+            pause_until = it_now_ms() + PL_PAUSE_MS;
+        while (inflight < PL_WINDOW && next < PL_MAX && it_now_ms() >= pause_until) {
             char id[32];
             snprintf(id, sizeof id, "c%d-%d", round, next);
             if (send_async(snd, "plr", id, id, strlen(id), -1) == 0) {
@@ -218,6 +264,7 @@ static void pl_round(imd_proc *p, int round, const char *var, long n, int online
     int rc = imd_wait_exit(p, 10000);
     IT_CHECK(rc == PL_EXIT, "imd with %s=%ld: exit %d, want %d (the simulated power loss)", var, n,
              rc, PL_EXIT);
+    pl_crash_kind(p, log_from, res->how, sizeof res->how, &res->xsyncs);
     tc_close(snd);
     if (rcv)
         tc_close(rcv);
@@ -226,7 +273,7 @@ static void pl_round(imd_proc *p, int round, const char *var, long n, int online
     it_start(p);
     tc_auth ra;
     rcv = it_login(p->port, "plr", PL_PW_R, &ra);
-    uint64_t maxseq = ra.last_seq, deadline = it_now_ms() + T;
+    uint64_t maxseq = ra.last_seq, deadline = it_now_ms() + T, acked_to = ra.last_seq;
     int seen = 0;
     for (;;) {
         int missing = 0;
@@ -251,12 +298,17 @@ static void pl_round(imd_proc *p, int round, const char *var, long n, int online
                  (unsigned long long)maxseq);
         maxseq = seq;
         tc_frame_free(f);
+        if (seen % 200 == 0) {
+            /* imd keeps at most IMS_WINDOW (1,000) DELIVERs unacknowledged per session */
+            IT_EQ(tc_delivered(rcv, maxseq), 0);
+            acked_to = maxseq;
+        }
     }
     for (int i = 0; i < next; i++) {
         res->lost += acked[i] && !got[i];
         res->extra += got[i] && !acked[i];
     }
-    if (maxseq > ra.last_seq)
+    if (maxseq > acked_to)
         IT_EQ(tc_delivered(rcv, maxseq), 0);
     sync_with(rcv, "plr");
     tc_close(rcv);
@@ -276,37 +328,148 @@ static imd_proc *pl_setup(const char *const *args)
     return p;
 }
 
-static void test_power_loss(void **state)
+typedef struct pl_point {
+    int sync; /* 1: at the n-th sync, before it is durable; 0: at the n-th write */
+    long n;
+    int online;   /* the recipient is online during the round */
+    int pause_at; /* > 0: pause PL_PAUSE_MS after that many ACKs (the checkpoint runs) */
+} pl_point;
+
+/* The schedule's crash point k: even k at the N-th write (inside a commit's WAL frames), odd k
+ * at the N-th sync (the commit itself, or the syncer's fdatasync of it). */
+static pl_point pl_sched(int k)
 {
-    (void)state;
-    imd_proc *p = pl_setup(NULL);
-    enum { POINTS = 20 };
+    pl_point pt = {k % 2, k % 2 ? 2 + 3L * k : 20 + 37L * k, k % 4 < 2, 0};
+    return pt;
+}
+
+/* Crash points pts[0..n) on p, rounds base+j; no ACKed message may be lost. Counts the points
+ * whose crash fell in a sync made outside SQLite (imd's own fdatasync/fsync) into *outside, and,
+ * with fsync_thread=yes (`async`: SQLite then syncs only the log's header when it starts it, and
+ * the checkpoints), those that came after the syncer's checkpoint (more than one xSync) into
+ * *ckpt. */
+static void pl_points(imd_proc *p, const char *mode, int async, int base, const pl_point *pts,
+                      int n, int *outside, int *ckpt)
+{
     int total_acked = 0, total_lost = 0, total_extra = 0, with_acks = 0;
     uint64_t t0 = it_now_ms();
-    for (int k = 0; k < POINTS; k++) {
-        /* even: at the N-th write (inside a commit's WAL frames); odd: at the N-th fsync (the
-         * commit itself, before it is durable) */
-        const char *var = k % 2 == 0 ? "IMP_POWERLOSS_CRASH_AT" : "IMP_POWERLOSS_CRASH_AT_SYNC";
-        long n = k % 2 == 0 ? 20 + 37L * k : 2 + 3L * k;
-        int online = k % 4 < 2;
+    *outside = *ckpt = 0;
+    for (int j = 0; j < n; j++) {
+        const pl_point *pt = &pts[j];
+        const char *var = pt->sync ? "IMP_POWERLOSS_CRASH_AT_SYNC" : "IMP_POWERLOSS_CRASH_AT";
         pl_res r;
-        pl_round(p, k, var, n, online, &r);
-        it_note("power loss %2d: %s=%ld, recipient %s: %d SENDs, %d ACKed, lost %d, stored "
-                "without ACK %d",
-                k + 1, var + 14, n, online ? "online" : "offline", r.sent, r.acked, r.lost,
-                r.extra);
-        IT_CHECK(r.lost == 0, "crash point %s=%ld: %d ACKed messages lost (IMP-DELIV-001)", var, n,
-                 r.lost);
+        pl_round(p, base + j, var, pt->n, pt->online, pt->pause_at, &r);
+        it_note("power loss (%s) %2d: %s=%ld (%s, after %ld xSync)%s, recipient %s: %d SENDs, %d "
+                "ACKed, lost %d, stored without ACK %d",
+                mode, j + 1, var + 14, pt->n, r.how, r.xsyncs, pt->pause_at ? ", paused" : "",
+                pt->online ? "online" : "offline", r.sent, r.acked, r.lost, r.extra);
+        IT_CHECK(r.lost == 0, "%s, crash point %s=%ld (%s): %d ACKed messages lost (IMP-DELIV-001)",
+                 mode, var, pt->n, r.how, r.lost);
+        int in_imd = strcmp(r.how, "fdatasync") == 0 || strcmp(r.how, "fsync") == 0;
+        int as_set = pt->sync ? in_imd || strcmp(r.how, "xSync") == 0 : strcmp(r.how, "write") == 0;
+        IT_CHECK(as_set && r.xsyncs >= 0,
+                 "%s, crash point %s=%ld: the VFS reported a power loss at '%s' (%ld xSync)", mode,
+                 var, pt->n, r.how, r.xsyncs);
+        *outside += in_imd;
+        *ckpt += async && r.xsyncs > 1;
         total_acked += r.acked;
         total_lost += r.lost;
         total_extra += r.extra;
         with_acks += r.acked > 0;
     }
-    it_note("power loss, synchronous=FULL: %d crash points (%d with ACKs), %d ACKed, lost %d, "
-            "%d stored without an ACK; %llu ms",
-            POINTS, with_acks, total_acked, total_lost, total_extra,
+    char ck[40] = "";
+    if (async)
+        snprintf(ck, sizeof ck, ", %d after a checkpoint", *ckpt);
+    it_note("power loss (%s): %d crash points (%d with ACKs, %d in imd's own fdatasync%s), %d "
+            "ACKed, lost %d, %d stored without an ACK; %llu ms",
+            mode, n, with_acks, *outside, ck, total_acked, total_lost, total_extra,
             (unsigned long long)(it_now_ms() - t0));
-    IT_CHECK(with_acks >= POINTS / 2, "only %d crash points came after an ACK", with_acks);
+    IT_CHECK(with_acks >= n / 2, "%s: only %d of %d crash points came after an ACK", mode,
+             with_acks, n);
+}
+
+/* The value --check-config prints for fsync_thread with extra arguments ("yes"/"no"), or ""
+ * when imd refuses them (a binary that does not know the key). */
+static void pl_fsync_thread(imd_proc *p, const char *set, char *out, size_t len)
+{
+    static char dump[16384];
+    const char *with[] = {"--set", set, "--check-config", NULL};
+    const char *without[] = {"--check-config", NULL};
+    snprintf(out, len, "%s", "");
+    if (imd_admin(p, NULL, dump, sizeof dump, set ? with : without, 5000) != 0)
+        return;
+    for (const char *l = dump; *l;) {
+        char v[8];
+        if (sscanf(l, "fsync_thread = %7[a-z]", v) == 1) {
+            snprintf(out, len, "%s", v);
+            return;
+        }
+        const char *eol = strchr(l, '\n');
+        if (eol == NULL)
+            break;
+        l = eol + 1;
+    }
+}
+
+/* With fsync_thread=yes the crash points covered what is new there: a crash inside imd's own
+ * fdatasync of the log (outside SQLite), and crashes after the syncer thread's checkpoint. */
+static void pl_check_async(const char *mode, int outside, int ckpt)
+{
+    IT_CHECK(outside > 0,
+             "%s, yet no crash point fell in imd's own fdatasync of the log: the VFS does not see "
+             "it (or imd syncs inline)",
+             mode);
+    IT_CHECK(ckpt > 0, "%s, yet no crash point came after a checkpoint (pause of %d ms)", mode,
+             PL_PAUSE_MS);
+}
+
+static void test_power_loss(void **state)
+{
+    (void)state;
+    imd_proc *p = pl_setup(NULL);
+    /* the default configuration: fsync_thread=yes, unless the binary predates it */
+    char def[8], other[8];
+    pl_fsync_thread(p, NULL, def, sizeof def);
+    int def_yes = strcmp(def, "yes") == 0;
+    char mode[40];
+    snprintf(mode, sizeof mode, "default, fsync_thread=%s", def[0] ? def : "unknown");
+    /* the 20 of the schedule, then 2 late ones after a pause: with fsync_thread=yes the syncer's
+     * checkpoint connection (its own files on the same database and log, another thread) has
+     * run before the crash */
+    pl_point pts[22];
+    for (int k = 0; k < 20; k++)
+        pts[k] = pl_sched(k);
+    pts[20] = (pl_point){1, 150, 1, 40};
+    pts[21] = (pl_point){0, 1500, 0, 40};
+    int outside = 0, ckpt = 0;
+    pl_points(p, mode, def_yes, 0, pts, 22, &outside, &ckpt);
+    if (def_yes)
+        pl_check_async(mode, outside, ckpt);
+
+    /* The other fsync_thread value, a few crash points, when imd knows the key. */
+    const char *oset = def_yes ? "fsync_thread=no" : "fsync_thread=yes";
+    pl_fsync_thread(p, oset, other, sizeof other);
+    if (def[0] == '\0' || other[0] == '\0') {
+        it_note("power loss: imd does not accept --set %s (no fsync_thread key): that part is "
+                "skipped",
+                oset);
+    } else {
+        const char *const oargs[] = {"--set", oset, NULL};
+        imd_proc *o = pl_setup(oargs);
+        pl_point opts[7];
+        static const int some[] = {2, 5, 8, 11, 16, 19};
+        for (int j = 0; j < 6; j++)
+            opts[j] = pl_sched(some[j]);
+        opts[6] = (pl_point){1, 150, 1, 40};
+        int o_outside = 0, o_ckpt = 0;
+        snprintf(mode, sizeof mode, "%s", oset);
+        pl_points(o, mode, !def_yes, 200, opts, 7, &o_outside, &o_ckpt);
+        if (!def_yes)
+            pl_check_async(mode, o_outside, o_ckpt);
+        it_start(o);
+        it_liveness(o, (long)o->pid, NULL, NULL, NULL, NULL);
+        it_finish(o);
+    }
 
     /* The control: the same VFS with sync_full=no (synchronous=OFF, nothing is ever synced):
      * ACKed messages are lost, so the check above can fail. */
@@ -316,7 +479,7 @@ static void test_power_loss(void **state)
     static const long ctl[] = {60, 200, 500};
     for (int k = 0; k < 3; k++) {
         pl_res r;
-        pl_round(q, 100 + k, "IMP_POWERLOSS_CRASH_AT", ctl[k], k == 1, &r);
+        pl_round(q, 100 + k, "IMP_POWERLOSS_CRASH_AT", ctl[k], k == 1, 0, &r);
         it_note("control (sync_full=no) %d: CRASH_AT=%ld: %d SENDs, %d ACKed, lost %d", k + 1,
                 ctl[k], r.sent, r.acked, r.lost);
         lost_points += r.lost > 0;
@@ -901,9 +1064,11 @@ static void test_slow_consumer_20mib(void **state)
      * output_soft for output_soft_ms); output_hard is reached by DELIVERs only when
      * output_soft + one frame > output_hard, and then a healthy reader is cut too by its login
      * burst (seen with output_soft 768k, output_hard 1m: every reconnect was cut). So:
-     * 256k + one 512 KiB frame < 1m. */
-    static const char *const args[] = {"--set", "output_soft=256k",    "--set", "output_hard=1m",
-                                       "--set", "output_soft_ms=1500", NULL};
+     * 256k + one 512 KiB frame < 1m (and imd refuses output_hard < output_soft + max_frame:
+     * max_frame 768k). */
+    static const char *const args[] = {"--set", "output_soft=256k", "--set", "output_hard=1m",
+                                       "--set", "max_frame=768k",   "--set", "output_soft_ms=1500",
+                                       NULL};
     imd_proc *p = it_start_imd(args);
     long pid = (long)p->pid;
     tc *fl = it_register(p->port, "flood", "flood password", NULL);
@@ -1187,7 +1352,11 @@ static uint8_t *read_all(const char *path, size_t *len)
 static void test_corrupt_store(void **state)
 {
     (void)state;
-    imd_proc *p = it_start_imd(NULL);
+    /* The copies are taken at known points of the log's life (the last CQ_WAL messages only in
+     * the write-ahead log until the kill): no background checkpoint (the syncer's, every
+     * IMS_SYNCER_CKPT_MS) may move them into the database file first. */
+    static const char *const args[] = {"--set", "fsync_thread=no", NULL};
+    imd_proc *p = it_start_imd(args);
     tc *a = it_register(p->port, "cqa", "cqa password", NULL);
     tc_close(it_register(p->port, "cqb", "cqb password", NULL));
     static char body[CQ_BODY];

@@ -117,7 +117,7 @@ static inline void h_start_cfg(th *h)
 {
     char err[256];
     ims_log_setup("error", "text");
-    ims_store_options so = {":memory:", 0, NULL, NULL, 0};
+    ims_store_options so = {":memory:", 0, NULL, NULL, 0, 0};
     h->store = ims_store_open(&so, err, sizeof err);
     assert_non_null(h->store);
     ims_auth_options ao;

@@ -13,6 +13,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <imp/imp.h>
+
 #include "config.h"
 
 #define KiB 1024ull
@@ -146,6 +148,7 @@ static void assert_cfg_equal(const ims_cfg *a, const ims_cfg *b)
     EQ(page_max);
     EQ(sync_full);
     EQ(startup_full_check);
+    EQ(fsync_thread);
     EQ(dedupe_window_ms);
     EQ(shutdown_grace_ms);
 #undef EQ
@@ -195,7 +198,7 @@ static const numcase nums[] = {
      'd'},
     {F(user_backoff_max_ms), "2m", 120000, "0s", 0, NULL, "4294967295", 4294967295u, "4294967296",
      'd'},
-    {F(max_frame), "64k", 64 * KiB, "4096", 4096, "4095", "16m", 16 * MiB, "16777217", 's'},
+    {F(max_frame), "64k", 64 * KiB, "4096", 4096, "4095", "16777136", 16777136, "16m", 's'},
     {F(max_frame_preauth), "2KiB", 2048, "1k", 1024, "1023", "16MiB", 16 * MiB, "16385k", 's'},
     {F(auth_timeout_ms), "5s", 5000, "1", 1, "0", "4294967295", 4294967295u, "4294967296", 'd'},
     {F(ping_interval_ms), "1m", 60000, "1ms", 1, "0ms", "4294967295", 4294967295u, "4294968s", 'd'},
@@ -219,9 +222,9 @@ static const numcase nums[] = {
 #define NNUMS (sizeof nums / sizeof nums[0])
 
 static const char *const other_keys[] = {
-    "listen",          "metrics_listen",        "tls_listen",         "tls_cert", "tls_key",
-    "tls_min_version", "allow_insecure_listen", "startup_full_check", "data_dir", "log_level",
-    "log_format",      "registration",          "sync_full"};
+    "listen",          "metrics_listen",        "tls_listen",         "tls_cert",    "tls_key",
+    "tls_min_version", "allow_insecure_listen", "startup_full_check", "data_dir",    "log_level",
+    "log_format",      "registration",          "sync_full",          "fsync_thread"};
 #define NOTHER (sizeof other_keys / sizeof other_keys[0])
 
 /* A config in which every key differs from the default. */
@@ -298,6 +301,7 @@ static void test_defaults(void **state)
     assert_int_equal(c.page_max, 1000);
     assert_int_equal(c.sync_full, 1);
     assert_int_equal(c.startup_full_check, 1);
+    assert_int_equal(c.fsync_thread, 1);
     assert_int_equal(c.dedupe_window_ms, 24u * 3600 * 1000);
     assert_int_equal(c.shutdown_grace_ms, 5000);
     char err[256] = "";
@@ -427,7 +431,7 @@ static void test_size_suffixes(void **state)
         const char *s;
         uint64_t v;
     } ok[] = {{"4096", 4096},      {"8k", 8 * KiB}, {"8K", 8 * KiB}, {"8KiB", 8 * KiB},
-              {"1m", MiB},         {"1M", MiB},     {"1MiB", MiB},   {"16 MiB", 16 * MiB},
+              {"1m", MiB},         {"1M", MiB},     {"1MiB", MiB},   {"15 MiB", 15 * MiB},
               {"0016k", 16 * KiB}, {"4k", 4 * KiB}};
     for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
         ims_cfg c;
@@ -496,15 +500,16 @@ static void test_bool_keys(void **state)
     } ok[] = {{"yes", 1}, {"no", 0}, {"true", 1}, {"false", 0}, {"on", 1},
               {"off", 0}, {"1", 1},  {"0", 0},    {"YES", 1},   {"Off", 0}};
     const char *keys[] = {"registration", "sync_full", "allow_insecure_listen",
-                          "startup_full_check"};
-    for (size_t k = 0; k < 4; k++) {
+                          "startup_full_check", "fsync_thread"};
+    for (size_t k = 0; k < 5; k++) {
         for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
             ims_cfg c;
             ims_cfg_default(&c);
             int *f = k == 0   ? &c.registration
                      : k == 1 ? &c.sync_full
                      : k == 2 ? &c.allow_insecure_listen
-                              : &c.startup_full_check;
+                     : k == 3 ? &c.startup_full_check
+                              : &c.fsync_thread;
             *f = !ok[i].v;
             set_ok(&c, keys[k], ok[i].s);
             assert_int_equal(*f, ok[i].v);
@@ -956,7 +961,7 @@ static void test_validate(void **state)
         {"output_soft", "16m", "output_hard", "8m", "output_soft"},
         {"page_size", "2000", "page_max", "1000", "page_size"},
         {"user_backoff_ms", "2m", "user_backoff_max_ms", "1m", "user_backoff_ms"},
-        {"max_frame", "16m", "output_hard", "4m", "output_hard"},
+        {"max_frame", "15m", "output_hard", "4m", "output_hard"},
         {"metrics_listen", "127.0.0.1:7600", "max_frame", "1m", "metrics_listen"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
@@ -968,11 +973,13 @@ static void test_validate(void **state)
             fail_msg("case %zu validated", i);
         assert_names_key(err, bad[i].expect);
     }
-    /* equal limits are fine */
+    /* equal limits are fine (output_hard: output_soft plus one largest frame, see
+     * test_validate_output_caps) */
     ims_cfg_default(&c);
     set_ok(&c, "max_frame", "4096");
     set_ok(&c, "max_frame_preauth", "4096");
     set_ok(&c, "output_soft", "8m");
+    set_ok(&c, "output_hard", "8196k");
     set_ok(&c, "page_size", "1000");
     set_ok(&c, "user_backoff_ms", "60s");
     assert_int_equal(ims_cfg_validate(&c, err, sizeof err), 0);
@@ -1025,6 +1032,194 @@ static void test_validate(void **state)
     assert_names_key(err, "listen");
     /* a perturbed config is valid */
     perturbed(&c);
+    assert_int_equal(ims_cfg_validate(&c, err, sizeof err), 0);
+}
+
+/* Issue 3: imd queues the next DELIVER (or HISTORY_ITEM) while a session's output is at most
+ * output_soft, and closes the session (SLOW_CONSUMER) when a frame would take the output over
+ * output_hard. So output_hard must hold output_soft plus the largest frame imd accepts
+ * (max_frame), or one message of that size cuts a client that reads as fast as it can. */
+static void output_caps(ims_cfg *c, const char *soft, const char *frame, const char *hard)
+{
+    ims_cfg_default(c);
+    set_ok(c, "max_frame_preauth", "1k");
+    set_ok(c, "output_soft", soft);
+    set_ok(c, "max_frame", frame);
+    set_ok(c, "output_hard", hard);
+}
+
+static void test_validate_output_caps(void **state)
+{
+    (void)state;
+    ims_cfg c;
+    char err[256];
+    static const struct {
+        const char *soft, *frame, *hard;
+        int ok;
+        const char *says; /* in the message when refused */
+    } cases[] = {
+        {"1m", "1m", "8m", 1, NULL}, /* the defaults */
+        {"1m", "1m", "2m", 1, NULL}, /* exactly one frame above the soft cap */
+        {"64k", "64k", "128k", 1, NULL},
+        {"4k", "4k", "8k", 1, NULL},
+        {"1k", "4k", "5k", 1, NULL}, /* the smallest output_hard there is */
+        {"2m", "16000k", "18m", 1, NULL},
+        {"1m", "1m", "2097151", 0,
+         "output_hard: 2097151 is less than output_soft (1MiB) + max_frame (1MiB) = 2MiB"},
+        {"7m", "1m", "8m", 1, NULL},
+        {"7m", "2m", "8m", 0, "output_soft (7MiB) + max_frame (2MiB) = 9MiB"},
+        {"8m", "1m", "8m", 0, "output_hard: 8MiB is less than output_soft (8MiB) + max_frame"},
+        {"1k", "16000k", "16000k", 0, "max_frame (16000KiB) = 16001KiB"},
+        {"1k", "4k", "4k", 0, "output_hard: 4KiB is less than output_soft (1KiB) + max_frame"},
+        {"64k", "64k", "127k", 0, "= 128KiB"},
+        {"4g", "16000k", "4g", 0, "output_soft (4GiB) + max_frame (16000KiB) = 4210304KiB"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        output_caps(&c, cases[i].soft, cases[i].frame, cases[i].hard);
+        err[0] = 0;
+        int r = ims_cfg_validate(&c, err, sizeof err);
+        if (cases[i].ok) {
+            if (r != 0)
+                fail_msg("soft %s frame %s hard %s refused: %s", cases[i].soft, cases[i].frame,
+                         cases[i].hard, err);
+            continue;
+        }
+        if (r == 0)
+            fail_msg("soft %s frame %s hard %s accepted", cases[i].soft, cases[i].frame,
+                     cases[i].hard);
+        assert_names_key(err, "output_hard");
+        assert_contains(err, cases[i].says);
+        /* the message says why, so that the operator knows which key to change */
+        assert_contains(err, "output_soft");
+        assert_contains(err, "max_frame");
+    }
+    /* the soft cap above the hard cap is still reported as such */
+    output_caps(&c, "16m", "1m", "8m");
+    assert_int_equal(ims_cfg_validate(&c, err, sizeof err), -1);
+    assert_names_key(err, "output_soft");
+    /* a file (what SIGHUP reloads) goes through the same check: ims_cfg_load_file takes the
+     * values, ims_cfg_validate refuses them */
+    ims_cfg_default(&c);
+    assert_int_equal(ims_cfg_load_file(&c,
+                                       write_file("[flow control]\noutput_soft = 4m\n"
+                                                  "output_hard = 4m\n"),
+                                       err, sizeof err),
+                     0);
+    assert_int_equal(ims_cfg_validate(&c, err, sizeof err), -1);
+    assert_names_key(err, "output_hard");
+    assert_contains(err, "4MiB is less than output_soft (4MiB) + max_frame (1MiB) = 5MiB");
+    /* fields written directly are checked too */
+    ims_cfg_default(&c);
+    c.output_hard = c.output_soft + c.max_frame - 1;
+    assert_int_equal(ims_cfg_validate(&c, err, sizeof err), -1);
+    assert_names_key(err, "output_hard");
+    c.output_hard++;
+    assert_int_equal(ims_cfg_validate(&c, err, sizeof err), 0);
+}
+
+/* The size of a message's frame, encoded by libimp. */
+static size_t frame_size(const imp_msg *m)
+{
+    imp_ssize n = imp_msg_encoded_size(m);
+    assert_true(n > 0);
+    return (size_t)n;
+}
+
+/* Issue 3: imd turns a SEND into a DELIVER (and a room SEND into HISTORY_ITEMs) that carries
+ * more fields than the SEND; no frame may exceed 16 MiB (IMP-FRAME-005). With max_frame =
+ * 16 MiB imd acknowledged a SEND it could never deliver, and the recipient's queue stopped at
+ * it. IMS_DELIVER_GROWTH is the most a frame grows, measured here on libimp's encoding. */
+static void test_max_frame_fits_deliver(void **state)
+{
+    (void)state;
+    static uint8_t body[1000];
+    const char *name32 = "abcdefghijklmnopqrstuvwxyz012345";
+    const char *names[] = {"a", name32};
+    static const int kinds[] = {IMP_TARGET_USER, IMP_TARGET_ROOM, IMP_TARGET_BROADCAST};
+    size_t most = 0;
+    for (size_t k = 0; k < 3; k++) {
+        for (size_t t = 0; t < 2; t++) {
+            for (size_t u = 0; u < 2; u++) {
+                imp_msg send, deliver, item;
+                /* the smallest SEND that carries this message: no optional field */
+                imp_msg_init(&send, IMP_SEND, 1);
+                imp_msg_set_u(&send, IMP_T_TARGET_KIND, (uint64_t)kinds[k]);
+                if (kinds[k] != IMP_TARGET_BROADCAST)
+                    imp_msg_set_s(&send, IMP_T_TARGET, names[t]);
+                imp_msg_set_b(&send, IMP_T_BODY, body, sizeof body);
+                /* what imd sends for it: every field at its largest */
+                imp_msg_init(&deliver, IMP_DELIVER, 0);
+                imp_msg_set_u(&deliver, IMP_T_TARGET_KIND, (uint64_t)kinds[k]);
+                if (kinds[k] != IMP_TARGET_BROADCAST)
+                    imp_msg_set_s(&deliver, IMP_T_TARGET, names[t]);
+                imp_msg_set_b(&deliver, IMP_T_BODY, body, sizeof body);
+                imp_msg_set_u(&deliver, IMP_T_MSG_ID, UINT64_MAX);
+                imp_msg_set_u(&deliver, IMP_T_SEQ, UINT64_MAX);
+                imp_msg_set_s(&deliver, IMP_T_SENDER, names[u]);
+                imp_msg_set_u(&deliver, IMP_T_TIMESTAMP, UINT64_MAX);
+                size_t s = frame_size(&send), d = frame_size(&deliver);
+                assert_true(d > s);
+                if (d - s > most)
+                    most = d - s;
+                if (kinds[k] != IMP_TARGET_ROOM)
+                    continue;
+                imp_msg_init(&item, IMP_HISTORY_ITEM, UINT32_MAX);
+                imp_msg_set_b(&item, IMP_T_BODY, body, sizeof body);
+                imp_msg_set_u(&item, IMP_T_MSG_ID, UINT64_MAX);
+                imp_msg_set_s(&item, IMP_T_SENDER, names[u]);
+                imp_msg_set_u(&item, IMP_T_TIMESTAMP, UINT64_MAX);
+                imp_msg_set_s(&item, IMP_T_ROOM, names[t]);
+                size_t h = frame_size(&item);
+                if (h > s && h - s > most)
+                    most = h - s;
+            }
+        }
+    }
+    assert_int_equal(most, IMS_DELIVER_GROWTH);
+    /* max_frame is at most 16 MiB less that growth */
+    ims_cfg c;
+    char err[256], v[32];
+    ims_cfg_default(&c);
+    set_ok(&c, "output_hard", "64m");
+    snprintf(v, sizeof v, "%u", (unsigned)(IMP_FRAME_MAX_HARD - IMS_DELIVER_GROWTH));
+    set_ok(&c, "max_frame", v);
+    assert_int_equal(ims_cfg_validate(&c, err, sizeof err), 0);
+    snprintf(v, sizeof v, "%u", (unsigned)(IMP_FRAME_MAX_HARD - IMS_DELIVER_GROWTH + 1));
+    assert_int_equal(ims_cfg_set(&c, "max_frame", v, err, sizeof err), -1);
+    assert_names_key(err, "max_frame");
+    assert_contains(err, "out of range");
+    assert_int_equal(ims_cfg_set(&c, "max_frame", "16m", err, sizeof err), -1);
+    assert_names_key(err, "max_frame");
+    /* written directly, it is refused too */
+    c.max_frame = IMP_FRAME_MAX_HARD;
+    assert_int_equal(ims_cfg_validate(&c, err, sizeof err), -1);
+    assert_names_key(err, "max_frame");
+}
+
+/* Issue 3: 0 and the largest values of the storage and session limits either work (the help
+ * says what 0 means) or are refused naming the key. */
+static void test_zero_and_huge_limits(void **state)
+{
+    (void)state;
+    ims_cfg c;
+    char err[256];
+    static const char *const no_zero[] = {"offline_quota", "max_sessions_per_user"};
+    for (size_t i = 0; i < sizeof no_zero / sizeof no_zero[0]; i++) {
+        ims_cfg_default(&c);
+        assert_int_equal(ims_cfg_set(&c, no_zero[i], "0", err, sizeof err), -1);
+        assert_names_key(err, no_zero[i]);
+        assert_contains(err, "out of range (1 to ");
+    }
+    /* room_history = 0 keeps every message (deliver.c prunes only when it is > 0) */
+    ims_cfg_default(&c);
+    set_ok(&c, "room_history", "0");
+    assert_int_equal(ims_cfg_validate(&c, err, sizeof err), 0);
+    assert_contains(ims_cfg_help("room_history"), "0 = no limit");
+    /* the largest values are a valid configuration */
+    ims_cfg_default(&c);
+    set_ok(&c, "offline_quota", "1000000000");
+    set_ok(&c, "room_history", "100000000");
+    set_ok(&c, "max_sessions_per_user", "100000");
     assert_int_equal(ims_cfg_validate(&c, err, sizeof err), 0);
 }
 
@@ -1411,6 +1606,9 @@ int main(void)
         cmocka_unit_test(test_file_errors),
         cmocka_unit_test(test_file_long_lines),
         cmocka_unit_test(test_validate),
+        cmocka_unit_test(test_validate_output_caps),
+        cmocka_unit_test(test_max_frame_fits_deliver),
+        cmocka_unit_test(test_zero_and_huge_limits),
         cmocka_unit_test(test_tls_keys),
         cmocka_unit_test(test_listen_safety),
         cmocka_unit_test(test_dump_roundtrip),

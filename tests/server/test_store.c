@@ -48,7 +48,7 @@ static void log_hook(void *ud, const char *msg)
 
 static ims_store *fx_open(fx *f)
 {
-    ims_store_options o = {f->file ? f->path : ":memory:", f->file, log_hook, f, 0};
+    ims_store_options o = {f->file ? f->path : ":memory:", f->file, log_hook, f, 0, 0};
     char err[256] = "unset";
     ims_store *s = ims_store_open(&o, err, sizeof err);
     if (s == NULL)
@@ -227,12 +227,12 @@ static void test_open_bad_arguments(void **state)
     memset(err, 'x', sizeof err);
     assert_null(ims_store_open(NULL, err, sizeof err));
     assert_true(strlen(err) > 0 && strlen(err) < sizeof err);
-    ims_store_options o = {NULL, 0, NULL, NULL, 0};
+    ims_store_options o = {NULL, 0, NULL, NULL, 0, 0};
     memset(err, 'x', sizeof err);
     assert_null(ims_store_open(&o, err, sizeof err));
     assert_true(strlen(err) > 0 && strlen(err) < sizeof err);
     /* A directory that does not exist: SQLite cannot create the file. */
-    ims_store_options o2 = {"/tmp/imd-test-store-no-such-dir/x/y.db", 1, NULL, NULL, 0};
+    ims_store_options o2 = {"/tmp/imd-test-store-no-such-dir/x/y.db", 1, NULL, NULL, 0, 0};
     memset(err, 'x', sizeof err);
     assert_null(ims_store_open(&o2, err, sizeof err));
     assert_true(strlen(err) > 0 && strlen(err) < sizeof err);
@@ -304,14 +304,14 @@ static void test_open_refuses_foreign_or_newer_schema(void **state)
     ims_store_close(f->s);
     f->s = NULL;
     exec_sql(f->path, "PRAGMA user_version=99");
-    ims_store_options o = {f->path, 1, NULL, NULL, 0};
+    ims_store_options o = {f->path, 1, NULL, NULL, 0, 0};
     err[0] = '\0';
     assert_null(ims_store_open(&o, err, sizeof err));
     assert_non_null(strstr(err, "99"));
     /* Some other application's database. */
     snprintf(path, sizeof path, "%s/other.db", f->dir);
     exec_sql(path, "CREATE TABLE users(x); INSERT INTO users VALUES (1)");
-    ims_store_options o2 = {path, 1, NULL, NULL, 0};
+    ims_store_options o2 = {path, 1, NULL, NULL, 0, 0};
     err[0] = '\0';
     assert_null(ims_store_open(&o2, err, sizeof err));
     assert_true(strlen(err) > 0);
@@ -322,7 +322,7 @@ static void test_open_refuses_foreign_or_newer_schema(void **state)
     for (int i = 0; i < 200; i++)
         fputs("this is not a database file\n", fp);
     fclose(fp);
-    ims_store_options o3 = {path, 1, NULL, NULL, 0};
+    ims_store_options o3 = {path, 1, NULL, NULL, 0, 0};
     err[0] = '\0';
     assert_null(ims_store_open(&o3, err, sizeof err));
     assert_true(strlen(err) > 0);
@@ -1236,7 +1236,7 @@ static void test_uncommitted_batch_lost_on_crash(void **state)
         assert_true(pid >= 0);
         if (pid == 0) {
             /* The child: no cmocka, no close: killed by SIGKILL at the end. */
-            ims_store_options o = {f->path, 1, NULL, NULL, 0};
+            ims_store_options o = {f->path, 1, NULL, NULL, 0, 0};
             char err[256];
             ims_store *s = ims_store_open(&o, err, sizeof err);
             if (s == NULL || ims_store_begin(s) != 0)
@@ -1423,7 +1423,7 @@ static void test_open_corrupt_database(void **state)
         assert_true(fd >= 0);
         assert_int_equal(pwrite(fd, garbage, (size_t)page, pg * page), page);
         close(fd);
-        ims_store_options o = {path, 1, NULL, NULL, 0};
+        ims_store_options o = {path, 1, NULL, NULL, 0, 0};
         char err[256] = "";
         ims_store *s = ims_store_open(&o, err, sizeof err);
         if (s != NULL) {
@@ -1441,7 +1441,7 @@ static void test_open_corrupt_database(void **state)
     assert_true(fd >= 0);
     assert_int_equal(pwrite(fd, garbage, 1000, 100), 1000);
     close(fd);
-    ims_store_options o = {path, 1, NULL, NULL, 0};
+    ims_store_options o = {path, 1, NULL, NULL, 0, 0};
     char err[256] = "";
     ims_store *bad = ims_store_open(&o, err, sizeof err);
     if (bad != NULL) {
@@ -1467,7 +1467,7 @@ static void test_open_truncated_database(void **state)
         unlink(path);
         copy_file(f->path, path);
         assert_int_equal(truncate(path, cuts[i]), 0);
-        ims_store_options o = {path, 1, NULL, NULL, 0};
+        ims_store_options o = {path, 1, NULL, NULL, 0, 0};
         char err[256] = "";
         ims_store *s = ims_store_open(&o, err, sizeof err);
         if (s == NULL) {
@@ -1567,7 +1567,7 @@ static void test_open_after_unclean_shutdown_full_check(void **state)
     char copy[200];
     snprintf(copy, sizeof copy, "%s/clean.db", f->dir);
     copy_file(f->path, copy);
-    ims_store_options o = {copy, 1, NULL, NULL, 0};
+    ims_store_options o = {copy, 1, NULL, NULL, 0, 0};
     char err[256] = "";
     ims_store *s = ims_store_open(&o, err, sizeof err);
     assert_non_null(s);
@@ -1577,7 +1577,7 @@ static void test_open_after_unclean_shutdown_full_check(void **state)
     pid_t pid = fork();
     assert_true(pid >= 0);
     if (pid == 0) {
-        ims_store_options oc = {f->path, 1, NULL, NULL, 0};
+        ims_store_options oc = {f->path, 1, NULL, NULL, 0, 0};
         char e[256];
         _exit(ims_store_open(&oc, e, sizeof e) != NULL ? 0 : 1);
     }
@@ -1585,7 +1585,7 @@ static void test_open_after_unclean_shutdown_full_check(void **state)
     assert_int_equal(waitpid(pid, &st, 0), pid);
     assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
     assert_true(exists(marker));
-    ims_store_options o2 = {f->path, 1, NULL, NULL, 0};
+    ims_store_options o2 = {f->path, 1, NULL, NULL, 0, 0};
     err[0] = '\0';
     s = ims_store_open(&o2, err, sizeof err);
     if (s != NULL) {
@@ -1611,7 +1611,7 @@ static void test_open_empty_file(void **state)
     int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
     assert_true(fd >= 0);
     close(fd);
-    ims_store_options o = {path, 1, NULL, NULL, 0};
+    ims_store_options o = {path, 1, NULL, NULL, 0, 0};
     char err[256] = "";
     ims_store *s = ims_store_open(&o, err, sizeof err);
     if (s != NULL) {

@@ -60,7 +60,7 @@ static uint32_t be32(const uint8_t *p)
 
 static ims_store *open_path(const char *path, char *err, size_t n)
 {
-    ims_store_options o = {path, 1, log_hook, NULL, 0};
+    ims_store_options o = {path, 1, log_hook, NULL, 0, 0};
     err[0] = '\0';
     return ims_store_open(&o, err, n);
 }

@@ -103,7 +103,7 @@ static void make_wal(wfx *f, int restart)
     snprintf(f->dir, sizeof f->dir, "/tmp/imd-test-wal-XXXXXX");
     assert_non_null(mkdtemp(f->dir));
     snprintf(f->path, sizeof f->path, "%s/imd.db", f->dir);
-    ims_store_options o = {f->path, 1, NULL, NULL, 0};
+    ims_store_options o = {f->path, 1, NULL, NULL, 0, 0};
     char err[256] = "";
     ims_store *s = ims_store_open(&o, err, sizeof err);
     if (s == NULL)
@@ -181,7 +181,7 @@ static int store_open_copy(const wfx *f, const uint8_t *wal, size_t wallen, char
     snprintf(db, sizeof db, "%s/c.db", f->dir);
     snprintf(wp, sizeof wp, "%s/c.db-wal", f->dir);
     snprintf(mk, sizeof mk, "%s/c.db-running", f->dir);
-    ims_store_options o = {db, 1, NULL, NULL, 0};
+    ims_store_options o = {db, 1, NULL, NULL, 0, 0};
     err[0] = '\0';
     ims_store *s = ims_store_open(&o, err, n);
     if (s != NULL) {
