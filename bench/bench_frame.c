@@ -9,6 +9,10 @@
  *       them (glibc, dlsym(RTLD_NEXT)), plus glibc's mallinfo2() arena use before and after
  *   (e) a server imp_conn in READY fed the 64-byte (and 16 KiB) stream in 64 KiB chunks, every
  *       event taken: frames/s, and the connection's allocations through its allocator hook
+ *   (f) imd's per-message hot path (issue 3), in ns per operation: imp_msg_decode of a parsed
+ *       SEND with a 64-byte body; imp_msg_encode of the DELIVER imd builds for it (64-byte body,
+ *       8 fields); imp_prepared_new + imp_prepared_free of that DELIVER; imp_conn_send_prepared
+ *       of it; imp_conn_send of the ACK imd answers with (CLIENT_MSG_ID, MSG_ID, OUTCOME)
  *
  * Each measurement runs for about IMP_BENCH_SECONDS (default 0.75) seconds, three times; the
  * best and the median are printed. Build: `make bench` (-O2, no sanitizers). The whole run takes
@@ -17,6 +21,8 @@
  * GB/s counts the bytes framed (the stream's size): the parser reads only the 12-byte header of
  * each frame and the decoder only field headers and checked values, so large frames frame at
  * memory-bandwidth-independent rates; (e) includes the copy into the connection's buffer.
+ *
+ * IMP_BENCH_ONLY=f runs only (f) (a few seconds): for before/after comparisons of the hot path.
  */
 #define _GNU_SOURCE
 
@@ -343,6 +349,130 @@ static size_t pass_conn(const stream *s)
     return frames;
 }
 
+/* ---- (f) imd's per-message hot path ------------------------------------------------------- */
+
+#define HOT_OPS 4096 /* operations per pass */
+
+static const uint8_t body64[64] =
+    "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+static uint8_t hot_buf[256];
+static imp_frame send64; /* a parsed SEND with a 64-byte body, as imd receives it */
+static uint8_t send64_bytes[256];
+
+/* The transient DELIVER imd builds (server/deliver.c build_deliver) for a 64-byte body. */
+static void build_deliver64(imp_msg *d, uint64_t id)
+{
+    imp_msg_init(d, IMP_DELIVER, 0);
+    imp_msg_set_u(d, IMP_T_TARGET_KIND, IMP_TARGET_USER);
+    imp_msg_set_s(d, IMP_T_TARGET, "user42");
+    imp_msg_set_u(d, IMP_T_CLASS, IMP_CLASS_TRANSIENT);
+    imp_msg_set_b(d, IMP_T_BODY, body64, sizeof body64);
+    imp_msg_set_u(d, IMP_T_MSG_ID, id);
+    imp_msg_set_u(d, IMP_T_SEQ, 0);
+    imp_msg_set_s(d, IMP_T_SENDER, "user17");
+    imp_msg_set_u(d, IMP_T_TIMESTAMP, UINT64_C(1764134100000) + id);
+}
+
+static void make_send64(void)
+{
+    imp_msg m;
+    imp_msg_init(&m, IMP_SEND, 77);
+    imp_msg_set_u(&m, IMP_T_TARGET_KIND, IMP_TARGET_USER);
+    imp_msg_set_s(&m, IMP_T_TARGET, "user42");
+    imp_msg_set_s(&m, IMP_T_CLIENT_MSG_ID, "c-000123");
+    imp_msg_set_u(&m, IMP_T_CLASS, IMP_CLASS_TRANSIENT);
+    imp_msg_set_b(&m, IMP_T_BODY, body64, sizeof body64);
+    imp_ssize n = imp_msg_encode(&m, send64_bytes, sizeof send64_bytes);
+    if (n <= 0 || imp_frame_parse(send64_bytes, (size_t)n, 0, &send64, NULL) != n)
+        die("SEND64 encode/parse failed", n);
+}
+
+static size_t pass_hot_decode(const stream *s)
+{
+    (void)s;
+    uint64_t acc = 0;
+    for (size_t i = 0; i < HOT_OPS; i++) {
+        imp_msg m;
+        int r = imp_msg_decode(&send64, &m);
+        if (r)
+            die("decode failed", r);
+        acc += m.present + m.v[IMP_T_BODY].b.len;
+    }
+    sink += acc;
+    return HOT_OPS;
+}
+
+static size_t pass_hot_encode(const stream *s)
+{
+    (void)s;
+    imp_msg d;
+    build_deliver64(&d, 1);
+    for (size_t i = 0; i < HOT_OPS; i++) {
+        d.v[IMP_T_MSG_ID].u = i;
+        imp_ssize n = imp_msg_encode(&d, hot_buf, sizeof hot_buf);
+        if (n <= 0)
+            die("encode failed", n);
+    }
+    sink += hot_buf[40];
+    return HOT_OPS;
+}
+
+static size_t pass_hot_prepare(const stream *s)
+{
+    (void)s;
+    imp_msg d;
+    build_deliver64(&d, 1);
+    uint64_t acc = 0;
+    for (size_t i = 0; i < HOT_OPS; i++) {
+        d.v[IMP_T_MSG_ID].u = i;
+        int err;
+        imp_prepared *p = imp_prepared_new(&d, NULL, &err);
+        if (!p)
+            die("imp_prepared_new failed", err);
+        acc += imp_prepared_size(p);
+        imp_prepared_free(p);
+    }
+    sink += acc;
+    return HOT_OPS;
+}
+
+static imp_prepared *hot_prep;
+
+static size_t pass_hot_send_prepared(const stream *s)
+{
+    (void)s;
+    const uint8_t *out;
+    for (size_t i = 0; i < HOT_OPS; i++) {
+        int r = imp_conn_send_prepared(bench_conn, hot_prep);
+        if (r)
+            die("imp_conn_send_prepared failed", r);
+        if ((i & 63) == 63) /* imd's writes drain the output now and then */
+            imp_conn_consume_output(bench_conn, imp_conn_pending_output(bench_conn, &out));
+    }
+    imp_conn_consume_output(bench_conn, imp_conn_pending_output(bench_conn, &out));
+    return HOT_OPS;
+}
+
+static size_t pass_hot_ack(const stream *s)
+{
+    (void)s;
+    const uint8_t *out;
+    for (size_t i = 0; i < HOT_OPS; i++) {
+        imp_msg m; /* built each time, as imd's send_ack does */
+        imp_msg_init(&m, IMP_ACK, (uint32_t)i + 1);
+        imp_msg_set_s(&m, IMP_T_CLIENT_MSG_ID, "c-000123");
+        imp_msg_set_u(&m, IMP_T_MSG_ID, i);
+        imp_msg_set_u(&m, IMP_T_OUTCOME, IMP_OUTCOME_STORED);
+        int r = imp_conn_send(bench_conn, &m);
+        if (r)
+            die("imp_conn_send(ACK) failed", r);
+        if ((i & 63) == 63)
+            imp_conn_consume_output(bench_conn, imp_conn_pending_output(bench_conn, &out));
+    }
+    imp_conn_consume_output(bench_conn, imp_conn_pending_output(bench_conn, &out));
+    return HOT_OPS;
+}
+
 typedef struct result {
     double fps[3], gbps[3];
     unsigned long heap[3];
@@ -374,7 +504,7 @@ static result measure(size_t (*pass)(const stream *), const stream *s)
         counting = 0;
         res.heap[k] = heap_calls - calls0;
         res.fps[k] = (double)frames / (t - t0);
-        res.gbps[k] = (double)passes * (double)s->len / (t - t0) / 1e9;
+        res.gbps[k] = s ? (double)passes * (double)s->len / (t - t0) / 1e9 : 0;
         res.frames += frames;
     }
     return res;
@@ -394,6 +524,41 @@ static void report(const char *name, const result *r, int with_gbps)
         printf("%-34s best %8.2f Mframes/s                median %8.2f Mframes/s\n", name,
                f[2] / 1e6, f[1] / 1e6);
     fflush(stdout);
+}
+
+static void report_ns(const char *name, const result *r)
+{
+    double f[3];
+    memcpy(f, r->fps, sizeof f);
+    qsort(f, 3, sizeof f[0], cmp_double);
+    printf("%-34s best %8.1f ns/op  (%6.2f Mops/s)   median %8.1f ns/op\n", name, 1e9 / f[2],
+           f[2] / 1e6, 1e9 / f[1]);
+    fflush(stdout);
+}
+
+/* (f): each case in ns per operation. */
+static void run_hot(void)
+{
+    make_send64();
+    result r = measure(pass_hot_decode, NULL);
+    report_ns("(f) decode SEND, 64 B body", &r);
+    r = measure(pass_hot_encode, NULL);
+    report_ns("(f) encode DELIVER, 64 B body", &r);
+    r = measure(pass_hot_prepare, NULL);
+    report_ns("(f) prepared_new+free DELIVER 64 B", &r);
+    imp_msg d;
+    build_deliver64(&d, 1);
+    int err;
+    hot_prep = imp_prepared_new(&d, NULL, &err);
+    if (!hot_prep)
+        die("imp_prepared_new failed", err);
+    bench_conn = ready_server();
+    r = measure(pass_hot_send_prepared, NULL);
+    report_ns("(f) conn_send_prepared DELIVER", &r);
+    r = measure(pass_hot_ack, NULL);
+    report_ns("(f) build + conn_send ACK", &r);
+    imp_conn_free(bench_conn);
+    imp_prepared_free(hot_prep);
 }
 
 static double best(const result *r, int gb)
@@ -423,6 +588,14 @@ int main(void)
         counting = 0;
         free(p);
         hook_works = heap_calls == before + 1;
+    }
+
+    const char *only = getenv("IMP_BENCH_ONLY");
+    if (only && strcmp(only, "f") == 0) {
+        printf("bench_frame: libimp %s; (f) only; 3 runs of %.2f s each, best and median\n",
+               IMP_LIB_VERSION, run_seconds);
+        run_hot();
+        return 0;
     }
 
     stream small = make_stream(64, 1u << 20);
@@ -458,6 +631,8 @@ int main(void)
     unsigned long e2_allocs = conn_allocs - ca0;
     report("(e) conn READY, 16 KiB, 64 KiB chunks", &e2, 1);
     imp_conn_free(bench_conn);
+    /* (f) */
+    run_hot();
 
     unsigned long decode_heap = a2.heap[0] + a2.heap[1] + a2.heap[2] + a1.heap[0] + a1.heap[1] +
                                 a1.heap[2] + b2.heap[0] + b2.heap[1] + b2.heap[2];

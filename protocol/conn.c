@@ -84,8 +84,9 @@ static void buf_release(imp_conn *c, struct buf *b)
     b->pos = b->len = b->cap = 0;
 }
 
-/* Make room for n more bytes after b->len, compacting first. 0 or IMP_ERR_NOMEM. */
-static int buf_reserve(imp_conn *c, struct buf *b, size_t n)
+/* Make room for n more bytes after b->len when the tail has none: by compacting (moving the
+ * unread bytes to the front), else by growing. 0 or IMP_ERR_NOMEM. */
+static int buf_make_room(imp_conn *c, struct buf *b, size_t n)
 {
     if (b->pos > 0) {
         memmove(b->p, b->p + b->pos, b->len - b->pos);
@@ -107,6 +108,16 @@ static int buf_reserve(imp_conn *c, struct buf *b, size_t n)
     b->p = p;
     b->cap = (uint32_t)cap;
     return 0;
+}
+
+/* Make room for n more bytes after b->len: at the tail if it has room (the common case, kept
+ * inline), else see buf_make_room. Compacting only when the tail is full keeps a partly written
+ * output from being moved on every send (issue 3: a room's fan-out queues many frames on each
+ * member's output between writes); it grows in exactly the cases it grew when it compacted
+ * first. 0 or IMP_ERR_NOMEM. */
+static inline int buf_reserve(imp_conn *c, struct buf *b, size_t n)
+{
+    return b->cap - b->len >= n ? 0 : buf_make_room(c, b, n);
 }
 
 void imp_config_default(imp_config *cfg, imp_role role)
@@ -344,7 +355,9 @@ static int on_receive(imp_conn *c, const imp_msg *m)
     }
 }
 
-static void apply(imp_conn *c, struct imp_cell cell, const imp_msg *m)
+/* A frame's effect on the state: the cell, the frame's request id and, for ERROR, its CODE
+ * (what a prepared frame keeps of its message). */
+static void apply_to(imp_conn *c, struct imp_cell cell, uint32_t request_id, uint64_t code)
 {
     switch (cell.action) {
     case CELL_GO:
@@ -353,18 +366,23 @@ static void apply(imp_conn *c, struct imp_cell cell, const imp_msg *m)
             start_pings(c);
         break;
     case CELL_ERRF:
-        if (imp_is_fatal(m->v[IMP_T_CODE].u > 0 ? (int)m->v[IMP_T_CODE].u : 700))
+        if (imp_is_fatal(code > 0 ? (int)code : 700))
             c->state = IMP_S_CLOSING;
         else if (cell.arg >= 0)
             c->state = (uint8_t)cell.arg;
         break;
     case CELL_LOGOUT_OK: /* IMP-SESS-007 */
-        if (m->request_id == c->logout_id)
+        if (request_id == c->logout_id)
             c->state = IMP_S_CLOSING;
         break;
     default:
         break;
     }
+}
+
+static void apply(imp_conn *c, struct imp_cell cell, const imp_msg *m)
+{
+    apply_to(c, cell, m->request_id, cell.action == CELL_ERRF ? m->v[IMP_T_CODE].u : 0);
 }
 
 int imp_conn_next_event(imp_conn *c, imp_msg *m)
@@ -430,10 +448,16 @@ int imp_conn_send(imp_conn *c, const imp_msg *m)
 
 /* ---- prepared frames (a room's fan-out) ------------------------------------------------ */
 
+/* What imp_conn_send_prepared needs of the message besides its bytes: the type, the request
+ * id and an ERROR's CODE (the state table's effects). The message is not decoded back from the
+ * bytes: imp_msg_write of a validated message is the canonical encoding of it (IMP-FIELD-008,
+ * test_msg.c), and its integers are within range, so these are the values the frame carries. */
 struct imp_prepared {
     imp_allocator alloc;
-    imp_msg m; /* decoded from bytes: the views point there (the state table's effects) */
     size_t len;
+    uint64_t code; /* ERROR: CODE; otherwise 0 */
+    uint32_t request_id;
+    uint8_t type;
     uint8_t bytes[]; /* the whole frame */
 };
 
@@ -461,17 +485,10 @@ imp_prepared *imp_prepared_new(const imp_msg *m, const imp_allocator *alloc, int
     }
     p->alloc = a;
     p->len = (size_t)size;
+    p->type = m->type;
+    p->request_id = m->request_id;
+    p->code = m->type == IMP_ERROR ? m->v[IMP_T_CODE].u : 0; /* ERROR requires CODE */
     imp_msg_write(m, p->bytes, p->len);
-    /* decoded back from the bytes: the message the frame carries, with views into p */
-    imp_frame f;
-    int r = imp_frame_parse(p->bytes, p->len, 0, &f, NULL) == (imp_ssize)p->len
-                ? imp_msg_decode(&f, &p->m)
-                : IMP_ERR_INTERNAL;
-    if (r) { /* cannot happen for a validated message (IMP-FIELD-008) */
-        a.realloc(a.ud, p, 0);
-        *err = r;
-        return NULL;
-    }
     *err = 0;
     return p;
 }
@@ -489,8 +506,7 @@ size_t imp_prepared_size(const imp_prepared *p)
 
 int imp_conn_send_prepared(imp_conn *c, const imp_prepared *p)
 {
-    const imp_msg *m = &p->m;
-    struct imp_cell cell = imp_state_cell((imp_role)c->role, 1, (imp_state)c->state, m->type);
+    struct imp_cell cell = imp_state_cell((imp_role)c->role, 1, (imp_state)c->state, p->type);
     if (cell.action == CELL_REFUSE)
         return cell.arg;
     if (c->role == IMP_ROLE_CLIENT) { /* IMP-MSG-003 */
@@ -505,9 +521,9 @@ int imp_conn_send_prepared(imp_conn *c, const imp_prepared *p)
         return fail(c, r);
     memcpy(c->out.p + c->out.len, p->bytes, p->len);
     c->out.len += (uint32_t)p->len; /* buf_reserve: fits */
-    if (m->type == IMP_LOGOUT)
-        c->logout_id = m->request_id;
-    apply(c, cell, m);
+    if (p->type == IMP_LOGOUT)
+        c->logout_id = p->request_id;
+    apply_to(c, cell, p->request_id, p->code);
     return 0;
 }
 

@@ -8,35 +8,36 @@
 #include "wire.h"
 
 struct tag_info {
-    const char *name;
     uint8_t kind;
-    uint64_t min; /* integer kinds: smallest value; others: shortest length */
-    uint64_t max; /* integer kinds: largest value; others: longest length */
+    uint8_t width; /* integer kinds: the fixed wire length (1, 2, 4, 8); 0: variable length */
+    uint64_t min;  /* integer kinds: smallest value; others: shortest length */
+    uint64_t max;  /* integer kinds: largest value; others: longest length */
+    const char *name;
 };
 
-#define U16(n, lo)                \
-    {                             \
-        n, IMP_K_U16, lo, 0xFFFFu \
+#define U16(n, lo)                   \
+    {                                \
+        IMP_K_U16, 2, lo, 0xFFFFu, n \
     }
-#define U32(n, lo, hi)       \
-    {                        \
-        n, IMP_K_U32, lo, hi \
+#define U32(n, lo, hi)          \
+    {                           \
+        IMP_K_U32, 4, lo, hi, n \
     }
-#define U64(n)                      \
-    {                               \
-        n, IMP_K_U64, 0, UINT64_MAX \
+#define U64(n)                         \
+    {                                  \
+        IMP_K_U64, 8, 0, UINT64_MAX, n \
     }
-#define BOOL(n)             \
-    {                       \
-        n, IMP_K_BOOL, 0, 1 \
+#define BOOL(n)                \
+    {                          \
+        IMP_K_BOOL, 1, 0, 1, n \
     }
-#define ENUM(n, lo, hi)       \
-    {                         \
-        n, IMP_K_ENUM, lo, hi \
+#define ENUM(n, lo, hi)          \
+    {                            \
+        IMP_K_ENUM, 1, lo, hi, n \
     }
 #define VAR(n, k, lo, hi) \
     {                     \
-        n, k, lo, hi      \
+        k, 0, lo, hi, n   \
     }
 
 /* SPEC.md table 3.1 (IMP-FIELD-006, IMP-FIELD-010); test_msg.c compares it with the spec. */
@@ -194,25 +195,8 @@ void imp_msg_clear(imp_msg *m, unsigned tag)
         m->present &= ~(UINT64_C(1) << tag);
 }
 
-static unsigned int_width(unsigned kind)
-{
-    switch (kind) {
-    case IMP_K_U16:
-        return 2;
-    case IMP_K_U32:
-        return 4;
-    case IMP_K_U64:
-        return 8;
-    case IMP_K_BOOL:
-    case IMP_K_ENUM:
-        return 1;
-    default:
-        return 0; /* variable length */
-    }
-}
-
 /* IMP-FIELD-006, IMP-FIELD-007: a variable-length value's length and content. */
-static int check_var(const struct tag_info *ti, const uint8_t *p, size_t len)
+static inline int check_var(const struct tag_info *ti, const uint8_t *p, size_t len)
 {
     if (len < ti->min || len > ti->max)
         return IMP_ERR_FIELD_LENGTH;
@@ -316,7 +300,7 @@ int imp_msg_decode(const imp_frame *f, imp_msg *m)
                 return IMP_ERR_UNKNOWN_CRITICAL;
         } else {
             const struct tag_info *info = &tags[tag];
-            unsigned w = int_width(info->kind);
+            unsigned w = info->width;
             int r;
             if (w) {
                 if (len != w)
@@ -342,45 +326,48 @@ int imp_msg_decode(const imp_frame *f, imp_msg *m)
     return check_message(m, ti);
 }
 
-int imp_msg_validate(const imp_msg *m)
+/* Check every field present (in ascending tag order: the first error by tag wins, as in
+ * decode) and the message rules; returns the frame size (> IMP_FRAME_MAX_HARD if too large) or
+ * an error. One pass over the fields present, not over every tag (issue 3). */
+static int64_t check_and_size(const imp_msg *m)
 {
     int ti = imp_type_index(m->type);
     if (ti < 0)
         return IMP_ERR_UNKNOWN_TYPE;
     uint64_t allowed = fields[ti].required | fields[ti].optional;
     if (m->present & ~allowed)
-        return IMP_ERR_INVAL;
-    for (unsigned tag = 1; tag <= IMP_TAG_MAX; tag++) {
-        if (!((m->present >> tag) & 1u))
-            continue;
+        return IMP_ERR_INVAL; /* also any bit outside 1..IMP_TAG_MAX: never allowed */
+    uint64_t size = IMP_HEADER_SIZE;
+    for (uint64_t rest = m->present; rest; rest &= rest - 1) {
+        unsigned tag = imp_low_bit(rest);
         const struct tag_info *info = &tags[tag];
-        int r = int_width(info->kind) ? check_int(info, m->v[tag].u)
-                                      : check_var(info, m->v[tag].b.p, m->v[tag].b.len);
+        const imp_value *v = &m->v[tag];
+        int r;
+        if (info->width) {
+            r = check_int(info, v->u);
+            size += 6u + info->width;
+        } else {
+            r = check_var(info, v->b.p, v->b.len);
+            size += 6u + v->b.len; /* checked: at most IMP_FRAME_MAX_HARD each */
+        }
         if (r)
             return r;
     }
-    return check_message(m, ti);
+    int r = check_message(m, ti);
+    return r ? r : (int64_t)size;
 }
 
-/* Size of a valid message's frame, without validating; > IMP_FRAME_MAX_HARD if too large. */
-static uint64_t frame_size(const imp_msg *m)
+int imp_msg_validate(const imp_msg *m)
 {
-    uint64_t size = IMP_HEADER_SIZE;
-    for (unsigned tag = 1; tag <= IMP_TAG_MAX; tag++) {
-        if (!((m->present >> tag) & 1u))
-            continue;
-        unsigned w = int_width(tags[tag].kind);
-        size += 6 + (w ? w : m->v[tag].b.len);
-    }
-    return size;
+    int64_t r = check_and_size(m);
+    return r < 0 ? (int)r : 0;
 }
 
 imp_ssize imp_msg_encoded_size(const imp_msg *m)
 {
-    int r = imp_msg_validate(m);
-    if (r)
-        return r;
-    uint64_t size = frame_size(m);
+    int64_t size = check_and_size(m);
+    if (size < 0)
+        return (imp_ssize)size;
     if (size > IMP_FRAME_MAX_HARD)
         return IMP_ERR_TOO_LARGE;
     return (imp_ssize)size;
@@ -388,36 +375,44 @@ imp_ssize imp_msg_encoded_size(const imp_msg *m)
 
 size_t imp_msg_write(const imp_msg *m, uint8_t *buf, size_t size)
 {
-    /* IMP-FIELD-008: ascending tags, fixed-width integers, absent fields omitted. */
+    /* IMP-FIELD-008: ascending tags, fixed-width integers, absent fields omitted. Only the
+     * fields present are visited (validated: every bit is a defined tag). */
     imp_frame_header_write(buf, m->type, (uint32_t)(size - IMP_HEADER_SIZE), m->request_id);
     uint8_t *p = buf + IMP_HEADER_SIZE;
-    for (unsigned tag = 1; tag <= IMP_TAG_MAX; tag++) {
-        if (!((m->present >> tag) & 1u))
-            continue;
-        unsigned w = int_width(tags[tag].kind);
-        size_t len = w ? w : m->v[tag].b.len;
-        imp_put16(p, (uint16_t)tag);
-        imp_put32(p + 2, (uint32_t)len);
-        p += 6;
+    for (uint64_t rest = m->present; rest; rest &= rest - 1) {
+        unsigned tag = imp_low_bit(rest);
+        unsigned w = tags[tag].width;
         uint64_t v = m->v[tag].u;
+        imp_put16(p, (uint16_t)tag);
         switch (w) {
         case 1:
-            p[0] = (uint8_t)v;
+            imp_put32(p + 2, 1);
+            p[6] = (uint8_t)v;
+            p += 7;
             break;
         case 2:
-            imp_put16(p, (uint16_t)v);
+            imp_put32(p + 2, 2);
+            imp_put16(p + 6, (uint16_t)v);
+            p += 8;
             break;
         case 4:
-            imp_put32(p, (uint32_t)v);
+            imp_put32(p + 2, 4);
+            imp_put32(p + 6, (uint32_t)v);
+            p += 10;
             break;
         case 8:
-            imp_put64(p, v);
+            imp_put32(p + 2, 8);
+            imp_put64(p + 6, v);
+            p += 14;
             break;
-        default:
+        default: {
+            size_t len = m->v[tag].b.len;
+            imp_put32(p + 2, (uint32_t)len);
             if (len)
-                memcpy(p, m->v[tag].b.p, len);
+                memcpy(p + 6, m->v[tag].b.p, len);
+            p += 6 + len;
         }
-        p += len;
+        }
     }
     return (size_t)(p - buf);
 }

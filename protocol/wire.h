@@ -34,6 +34,45 @@ static inline void imp_put64(uint8_t *p, uint64_t v)
     imp_put32(p + 4, (uint32_t)v);
 }
 
+/* The index of the lowest set bit of x, which must not be 0: the codec's loops visit only the
+ * fields present in a message's mask (issue 3), lowest tag first, as the wire order wants.
+ * imp_low_bit_portable is the fallback for compilers without __builtin_ctzll (test_frame.c
+ * compares the two). */
+static inline unsigned imp_low_bit_portable(uint64_t x)
+{
+    unsigned n = 0;
+    if (!(x & 0xFFFFFFFFu)) {
+        x >>= 32;
+        n += 32;
+    }
+    if (!(x & 0xFFFFu)) {
+        x >>= 16;
+        n += 16;
+    }
+    if (!(x & 0xFFu)) {
+        x >>= 8;
+        n += 8;
+    }
+    if (!(x & 0xFu)) {
+        x >>= 4;
+        n += 4;
+    }
+    if (!(x & 0x3u)) {
+        x >>= 2;
+        n += 2;
+    }
+    return n + (unsigned)!(x & 1u);
+}
+
+static inline unsigned imp_low_bit(uint64_t x)
+{
+#ifdef __GNUC__
+    return (unsigned)__builtin_ctzll(x);
+#else
+    return imp_low_bit_portable(x);
+#endif
+}
+
 /* Index of a type in the type table, -1 if unknown (frame.c). */
 int imp_type_index(unsigned type);
 

@@ -2190,6 +2190,150 @@ static void test_prepared_allocation(void **state)
     imp_prepared_free(p);
 }
 
+/* A prepared frame has the effects imp_conn_send has for the message it was prepared from, on
+ * the state (a non-fatal ERROR answering LOGIN returns to AWAIT_AUTH, IMP-SESS-005; AUTH_OK
+ * reaches READY and starts the PING timer; a client's LOGOUT waits for the OK with its own
+ * request id, IMP-SESS-007) and on the bytes: checked on twin connections, one sent the
+ * message, the other its prepared frame. */
+static void expect_twins(imp_conn *a, imp_conn *b)
+{
+    size_t na, nb;
+    uint8_t *ba = out_copy(a, &na), *bb = out_copy(b, &nb);
+    assert_int_equal(na, nb);
+    assert_memory_equal(ba, bb, na);
+    assert_int_equal(imp_conn_state(a), imp_conn_state(b));
+    assert_int_equal(imp_conn_error(a), imp_conn_error(b));
+    assert_int_equal(imp_conn_next_deadline(a), imp_conn_next_deadline(b));
+    free(ba);
+    free(bb);
+}
+
+static void send_both(imp_conn *a, imp_conn *b, const imp_msg *m)
+{
+    int err = 1;
+    imp_prepared *p = imp_prepared_new(m, NULL, &err);
+    assert_non_null(p);
+    assert_int_equal(err, 0);
+    assert_int_equal(imp_conn_send(a, m), 0);
+    assert_int_equal(imp_conn_send_prepared(b, p), 0);
+    imp_prepared_free(p);
+    expect_twins(a, b);
+}
+
+static void test_prepared_effects_match_send(void **state)
+{
+    (void)state;
+    imp_msg m;
+    imp_config cfg;
+    imp_config_default(&cfg, IMP_ROLE_SERVER);
+    cfg.ping_interval_ms = 5000;
+
+    /* server, AUTHENTICATING: a non-fatal ERROR returns to AWAIT_AUTH (code 510 is 5xx) */
+    imp_conn *a = server_at(&cfg, IMP_S_AUTHENTICATING, 100);
+    imp_conn *b = server_at(&cfg, IMP_S_AUTHENTICATING, 100);
+    build(&m, IMP_ERROR, 2);
+    imp_msg_set_u(&m, IMP_T_CODE, 510);
+    imp_msg_set_s(&m, IMP_T_TEXT, "try again");
+    imp_msg_set_u(&m, IMP_T_RETRY_AFTER, 250);
+    send_both(a, b, &m);
+    assert_int_equal(imp_conn_state(b), IMP_S_AWAIT_AUTH);
+    drain(a);
+    drain(b);
+    /* LOGIN again, then AUTH_OK: READY, and the PING timer runs */
+    rx(a, IMP_LOGIN, 3);
+    rx(b, IMP_LOGIN, 3);
+    build(&m, IMP_AUTH_OK, 3);
+    imp_msg_set_b(&m, IMP_T_TOKEN, "0123456789abcdef", 16);
+    imp_msg_set_u(&m, IMP_T_ADMIN, 1);
+    send_both(a, b, &m);
+    assert_int_equal(imp_conn_state(b), IMP_S_READY);
+    assert_int_equal(imp_conn_next_deadline(b), 100 + 5000);
+    imp_conn_free(a);
+    imp_conn_free(b);
+
+    /* client, READY: LOGOUT with request id 77; an OK for another request changes nothing, the
+     * OK for 77 closes */
+    a = client_at(NULL, IMP_S_READY, 0, NULL);
+    b = client_at(NULL, IMP_S_READY, 0, NULL);
+    build(&m, IMP_LOGOUT, 77);
+    send_both(a, b, &m);
+    assert_int_equal(imp_conn_state(b), IMP_S_LOGOUT_SENT);
+    rx(a, IMP_OK, 76);
+    rx(b, IMP_OK, 76);
+    assert_int_equal(imp_conn_state(b), IMP_S_LOGOUT_SENT);
+    rx(a, IMP_OK, 77);
+    rx(b, IMP_OK, 77);
+    assert_int_equal(imp_conn_state(a), IMP_S_CLOSING);
+    assert_int_equal(imp_conn_state(b), IMP_S_CLOSING);
+    imp_conn_free(a);
+    imp_conn_free(b);
+
+    /* client, READY: a SEND with every field; a fatal ERROR (code 731) closes both */
+    a = client_at(NULL, IMP_S_READY, 0, NULL);
+    b = client_at(NULL, IMP_S_READY, 0, NULL);
+    build(&m, IMP_SEND, 9);
+    imp_msg_set_s(&m, IMP_T_CLIENT_MSG_ID, "c-1");
+    imp_msg_set_u(&m, IMP_T_CLASS, IMP_CLASS_TRANSIENT);
+    imp_msg_set_u(&m, IMP_T_ACK_MODE, IMP_ACK_DELIVERED);
+    imp_msg_set_b(&m, IMP_T_HEADERS, "\x01k\x00\x01v", 5);
+    send_both(a, b, &m);
+    build(&m, IMP_ERROR, 10);
+    imp_msg_set_u(&m, IMP_T_CODE, 731);
+    send_both(a, b, &m);
+    assert_int_equal(imp_conn_state(b), IMP_S_CLOSING);
+    imp_conn_free(a);
+    imp_conn_free(b);
+}
+
+/* Output written a little at a time while frames keep being queued (a slow reader of a room's
+ * fan-out): the pending output is always exactly the frames queued minus the bytes consumed,
+ * and the buffer grows only when the unwritten bytes no longer fit it (no allocation while the
+ * unwritten output plus the next frame fit the buffer). */
+static void test_output_partly_written(void **state)
+{
+    (void)state;
+    counting k;
+    counting_init(&k);
+    imp_config cfg;
+    imp_config_default(&cfg, IMP_ROLE_SERVER);
+    cfg.alloc = &k.a;
+    imp_conn *s = server_at(&cfg, IMP_S_READY, 0);
+    imp_msg m;
+    build(&m, IMP_DELIVER, 0);
+    size_t fsize;
+    uint8_t *frame = encode_alloc(&m, &fsize);
+    size_t queued = 0, consumed = 0, grows = 0;
+    imp_conn_trim(s); /* no output buffer yet */
+    for (int i = 0; i < 2000; i++) {
+        size_t calls = k.calls;
+        const uint8_t *out;
+        size_t before = imp_conn_pending_output(s, &out);
+        assert_int_equal(imp_conn_send(s, &m), 0);
+        queued++;
+        if (k.calls != calls)
+            grows++;
+        size_t pending = imp_conn_pending_output(s, &out);
+        assert_int_equal(pending, before + fsize);
+        /* every pending byte is where it belongs in the stream of identical frames */
+        size_t off = consumed % fsize;
+        for (size_t j = 0; j < pending; j++)
+            if (out[j] != frame[(off + j) % fsize])
+                fail_msg("send %d: pending byte %zu of %zu differs", i, j, pending);
+        assert_int_equal(consumed + pending, queued * fsize);
+        /* write a little less than was queued on most turns, everything now and then */
+        size_t n = i % 97 == 96 ? pending : (size_t)(i % 7) * fsize / 3;
+        imp_conn_consume_output(s, n);
+        consumed += n < pending ? n : pending;
+    }
+    /* the unwritten output stays small (at most ~5 frames a turn more than written), so the
+     * buffer needed only a few allocations */
+    assert_true(grows <= 8);
+    assert_true(grows >= 1);
+    free(frame);
+    imp_conn_free(s);
+    assert_int_equal(k.live, 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -2234,6 +2378,8 @@ int main(void)
         cmocka_unit_test(test_prepared_validates),
         cmocka_unit_test(test_prepared_state_and_cap),
         cmocka_unit_test(test_prepared_allocation),
+        cmocka_unit_test(test_prepared_effects_match_send),
+        cmocka_unit_test(test_output_partly_written),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -19,6 +19,7 @@
 
 #include "guard.h"
 #include "imp/imp.h"
+#include "wire.h" /* private: imp_low_bit */
 
 #define HARD IMP_FRAME_MAX_HARD
 
@@ -458,6 +459,53 @@ static void test_guard_traps_overread(void **state)
     guard_buf_free(&g);
 }
 
+/* The codec's lowest-set-bit helper (wire.h) and its portable fallback: every single bit, every
+ * bit with everything above it set, and pseudo-random masks, against a bit-by-bit scan. */
+static unsigned scan_low_bit(uint64_t x)
+{
+    unsigned n = 0;
+    while (!((x >> n) & 1u))
+        n++;
+    return n;
+}
+
+static void test_low_bit(void **state)
+{
+    (void)state;
+    for (unsigned b = 0; b < 64; b++) {
+        uint64_t one = UINT64_C(1) << b, above = ~(one - 1);
+        assert_int_equal(imp_low_bit(one), b);
+        assert_int_equal(imp_low_bit_portable(one), b);
+        assert_int_equal(imp_low_bit(above), b);
+        assert_int_equal(imp_low_bit_portable(above), b);
+    }
+    uint64_t x = UINT64_C(0x9e3779b97f4a7c15);
+    for (int i = 0; i < 100000; i++) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        uint64_t m = x >> (i % 64); /* masks with 0..63 leading zero bits */
+        if (m == 0)
+            continue;
+        unsigned want = scan_low_bit(m);
+        assert_int_equal(imp_low_bit(m), want);
+        assert_int_equal(imp_low_bit_portable(m), want);
+        /* the loop the codec runs: each set bit once, in ascending order */
+        unsigned prev = 0, count = 0;
+        for (uint64_t rest = m; rest; rest &= rest - 1) {
+            unsigned t = imp_low_bit(rest);
+            assert_true(count == 0 || t > prev);
+            assert_true((m >> t) & 1u);
+            prev = t;
+            count++;
+        }
+        unsigned pop = 0;
+        for (unsigned b = 0; b < 64; b++)
+            pop += (unsigned)((m >> b) & 1u);
+        assert_int_equal(count, pop);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -475,6 +523,7 @@ int main(void)
         cmocka_unit_test(test_header_write_round_trip),
         cmocka_unit_test(test_type_table),
         cmocka_unit_test(test_guard_traps_overread),
+        cmocka_unit_test(test_low_bit),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -2735,6 +2735,296 @@ static void test_identity_fields_server_only(void **state)
     assert_int_equal(imp_msg_validate(&m), IMP_ERR_INVAL);
 }
 
+/* ---- present-field iteration (issue 3: the codec visits only the fields present) ------------
+ * Every type with only its required fields (plus what the cross-field rules need) and with every
+ * field it allows, so that the lowest and highest tags of the table (1 in HELLO, 45 in OK) and
+ * every tag in between are present somewhere: validate, encoded_size and encode agree with the
+ * hand-computed size, the library's bytes equal this file's hand-written frame, and the decoded
+ * message equals the one encoded. Then the same messages with an invalid value at their lowest
+ * and at their highest present tag, at both, with a required field missing, with a field the type
+ * does not define, and with present bits outside 1..45: the same errors on both sides, in the same
+ * order (fields in ascending tag order, then the message rules). */
+
+/* All fields the type allows, with good values; LOGIN without TOKEN (it conflicts with
+ * PASSWORD, IMP-MSG-004). */
+static void fs_all(fset *s, const spec_type *t)
+{
+    unsigned tag;
+    fs_init(s, (uint8_t)t->type);
+    for (tag = 1; tag <= IMP_TAG_MAX; tag++)
+        if (t->allowed & BIT(tag))
+            fs_good(s, tag);
+    if (t->type == IMP_LOGIN)
+        fs_clear(s, IMP_T_TOKEN);
+}
+
+static uint64_t fs_mask(const fset *s)
+{
+    uint64_t m = 0;
+    unsigned tag;
+    for (tag = 1; tag <= IMP_TAG_MAX; tag++)
+        if (s->f[tag].set)
+            m |= BIT(tag);
+    return m;
+}
+
+/* A valid set: the library's encoding is the hand-written frame, and it decodes to the same
+ * message (values equal, views inside the frame). */
+static void expect_roundtrip(const fset *s, const char *what)
+{
+    size_t total, i;
+    uint8_t *want = fs_wire(s, &total), *got = xmalloc(total);
+    imp_msg m, d;
+    imp_frame f;
+    unsigned tag;
+    int r;
+    fs_msg(s, &m);
+    assert_int_equal(imp_msg_validate(&m), 0);
+    assert_int_equal(imp_msg_encoded_size(&m), (imp_ssize)total);
+    assert_int_equal(imp_msg_encode(&m, got, total), (imp_ssize)total);
+    for (i = 0; i < total; i++)
+        if (got[i] != want[i])
+            fail_msg("%s %s: byte %zu of %zu is 0x%02x, want 0x%02x", tname(s->type), what, i,
+                     total, got[i], want[i]);
+    assert_int_equal(imp_frame_parse(got, total, 0, &f, NULL), (imp_ssize)total);
+    memset(&d, 0x5a, sizeof d);
+    r = imp_msg_decode(&f, &d);
+    if (r != 0)
+        fail_msg("%s %s: decode %s", tname(s->type), what, ename(r));
+    assert_int_equal(d.type, s->type);
+    assert_int_equal(d.request_id, s->rid);
+    if (d.present != fs_mask(s))
+        fail_msg("%s %s: decoded present 0x%" PRIx64 ", want 0x%" PRIx64, tname(s->type), what,
+                 d.present, fs_mask(s));
+    for (tag = 1; tag <= IMP_TAG_MAX; tag++) {
+        const fval *v = &s->f[tag];
+        if (!v->set)
+            continue;
+        if (is_int_kind(sfield(tag)->kind)) {
+            if (d.v[tag].u != v->u)
+                fail_msg("%s %s: %s decoded %" PRIu64 ", want %" PRIu64, tname(s->type), what,
+                         fname(tag), d.v[tag].u, v->u);
+        } else {
+            assert_int_equal(d.v[tag].b.len, v->len);
+            if (v->len > 0) {
+                assert_memory_equal(d.v[tag].b.p, v->p, v->len);
+                assert_true(d.v[tag].b.p >= got + IMP_HEADER_SIZE &&
+                            d.v[tag].b.p + v->len <= got + total);
+            }
+        }
+    }
+    /* and the decoded message (its views into got) encodes to the same bytes again */
+    {
+        uint8_t *again = xmalloc(total);
+        assert_int_equal(imp_msg_encode(&d, again, total), (imp_ssize)total);
+        assert_memory_equal(again, want, total);
+        free(again);
+    }
+    free(got);
+    free(want);
+}
+
+static const uint8_t BAD_UTF8_2[] = "a\xc3\x28"; /* a lead byte without continuation */
+static const uint8_t BAD_NAME_2[] = "al ice";    /* a space */
+static const uint8_t BAD_NAMES_2[] = "\x05"
+                                     "ab"; /* an entry longer than the list */
+static uint8_t g_long[65536 + 2];          /* 'a' * n: too long for its field */
+
+/* Make tag's value invalid in one way (variant 0, 1, ...); returns the error validate and decode
+ * must give, 0 when the field has no such variant. */
+static int fs_bad(fset *s, unsigned tag, int variant)
+{
+    const spec_field *f = sfield(tag);
+    assert_non_null(f);
+    memset(g_long, 'a', sizeof g_long);
+    if (is_int_kind(f->kind)) {
+        if (variant == 0 && f->vmin > 0) {
+            fs_set_u(s, tag, f->vmin - 1);
+            return IMP_ERR_BAD_VALUE;
+        }
+        if (variant == 1 && f->vmax < kind_max(f->kind)) {
+            fs_set_u(s, tag, f->vmax + 1);
+            return IMP_ERR_BAD_VALUE;
+        }
+        return 0;
+    }
+    if (variant == 0 && f->min_len > 0) { /* too short */
+        fs_set_b(s, tag, g_long, (size_t)f->min_len - 1);
+        return IMP_ERR_FIELD_LENGTH;
+    }
+    if (variant == 1 && f->max_len < sizeof g_long) { /* too long */
+        fs_set_b(s, tag, g_long, (size_t)f->max_len + 1);
+        return IMP_ERR_FIELD_LENGTH;
+    }
+    if (variant == 2) {
+        switch (f->kind) {
+        case IMP_K_TEXT:
+            fs_set_b(s, tag, BAD_UTF8_2, sizeof BAD_UTF8_2 - 1);
+            return IMP_ERR_BAD_UTF8;
+        case IMP_K_NAME:
+            fs_set_b(s, tag, BAD_NAME_2, sizeof BAD_NAME_2 - 1);
+            return IMP_ERR_BAD_NAME;
+        case IMP_K_NAMES:
+        case IMP_K_HEADERS:
+        case IMP_K_STATS:
+            fs_set_b(s, tag, BAD_NAMES_2, sizeof BAD_NAMES_2 - 1);
+            return IMP_ERR_BAD_LIST;
+        default:
+            return 0;
+        }
+    }
+    return 0;
+}
+
+static unsigned lowest_tag(uint64_t m)
+{
+    unsigned t = 1;
+    while (t <= IMP_TAG_MAX && !(m & BIT(t)))
+        t++;
+    return t;
+}
+
+static unsigned highest_tag(uint64_t m)
+{
+    unsigned t = IMP_TAG_MAX;
+    while (t >= 1 && !(m & BIT(t)))
+        t--;
+    return t;
+}
+
+static void test_present_fields_every_type(void **state)
+{
+    uint64_t covered = 0, all_tags = 0;
+    unsigned tag;
+    size_t i;
+    int v, checked = 0;
+    (void)state;
+    need_spec();
+    for (tag = 1; tag <= IMP_TAG_MAX; tag++)
+        all_tags |= BIT(tag);
+    for (i = 0; i < g_ntype; i++) {
+        const spec_type *t = &g_type[i];
+        fset s;
+        int shape;
+        for (shape = 0; shape < 2; shape++) {
+            const char *what = shape ? "with every field" : "with no optional field";
+            uint64_t mask;
+            unsigned lo, hi;
+            if (shape)
+                fs_all(&s, t);
+            else
+                fs_base(&s, t);
+            mask = fs_mask(&s);
+            if (!shape)
+                assert_int_equal(mask & ~(t->req | base_mask(t)), 0);
+            covered |= mask;
+            expect_both(&s, 0, what);
+            expect_roundtrip(&s, what);
+            if (mask == 0)
+                continue;
+            lo = lowest_tag(mask);
+            hi = highest_tag(mask);
+            /* an invalid value at the lowest, at the highest, at both (the lowest wins) */
+            for (v = 0; v < 3; v++) {
+                char w[128];
+                int elo, ehi;
+                fset b = s;
+                elo = fs_bad(&b, lo, v);
+                if (elo) {
+                    snprintf(w, sizeof w, "%s, bad %s (%d)", what, fname(lo), v);
+                    expect_both(&b, elo, w);
+                    checked++;
+                }
+                b = s;
+                ehi = fs_bad(&b, hi, v);
+                if (ehi) {
+                    snprintf(w, sizeof w, "%s, bad %s (%d)", what, fname(hi), v);
+                    expect_both(&b, ehi, w);
+                    checked++;
+                    /* a missing required field is found after the fields' own errors */
+                    if (t->req & ~BIT(hi)) {
+                        fs_clear(&b, lowest_tag(t->req & ~BIT(hi)));
+                        snprintf(w, sizeof w, "%s, bad %s (%d), %s missing", what, fname(hi), v,
+                                 fname(lowest_tag(t->req & ~BIT(hi))));
+                        expect_both(&b, ehi, w);
+                    }
+                }
+                if (elo && lo != hi) {
+                    b = s;
+                    (void)fs_bad(&b, hi, v);
+                    (void)fs_bad(&b, lo, v);
+                    snprintf(w, sizeof w, "%s, bad %s and %s (%d)", what, fname(lo), fname(hi), v);
+                    expect_both(&b, elo, w);
+                }
+            }
+            /* each required field missing */
+            for (tag = 1; tag <= IMP_TAG_MAX; tag++) {
+                char w[128];
+                fset b = s;
+                if (!(t->req & BIT(tag)))
+                    continue;
+                fs_clear(&b, tag);
+                snprintf(w, sizeof w, "%s, without %s", what, fname(tag));
+                expect_both(&b, IMP_ERR_MISSING_FIELD, w);
+            }
+            /* a field the type does not define, below and above the ones present; bits outside
+             * the tag range */
+            for (tag = 1; tag <= IMP_TAG_MAX; tag++) {
+                imp_msg m;
+                fset b = s;
+                if (t->allowed & BIT(tag) || (tag > lo && tag < hi && tag != lo + 1))
+                    continue;
+                fs_good(&b, tag);
+                fs_msg(&b, &m);
+                assert_int_equal(imp_msg_validate(&m), IMP_ERR_INVAL);
+                assert_int_equal(imp_msg_encoded_size(&m), IMP_ERR_INVAL);
+            }
+            {
+                static const unsigned outside[] = {0, 46, 47, 63};
+                size_t k;
+                for (k = 0; k < sizeof outside / sizeof outside[0]; k++) {
+                    imp_msg m;
+                    uint8_t buf[4096];
+                    fs_msg(&s, &m);
+                    m.present |= BIT(outside[k]);
+                    assert_int_equal(imp_msg_validate(&m), IMP_ERR_INVAL);
+                    assert_int_equal(imp_msg_encoded_size(&m), IMP_ERR_INVAL);
+                    assert_int_equal(imp_msg_encode(&m, buf, sizeof buf), IMP_ERR_INVAL);
+                }
+            }
+        }
+    }
+    /* every tag, the lowest and the highest among them, was present in some message */
+    assert_int_equal(covered, all_tags);
+    assert_true(stype(IMP_HELLO)->allowed & BIT(1));
+    assert_true(stype(IMP_OK)->allowed & BIT(IMP_TAG_MAX));
+    assert_true(checked > 40);
+}
+
+/* A type byte that is no frame type: refused before any field is looked at, whatever the
+ * fields (IMP_ERR_UNKNOWN_TYPE from validate, encoded_size and encode alike). */
+static void test_validate_unknown_type_with_fields(void **state)
+{
+    static const uint8_t types[] = {0x00, 0x09, 0x7f, 0x99, 0xff};
+    size_t i;
+    (void)state;
+    need_spec();
+    for (i = 0; i < sizeof types / sizeof types[0]; i++) {
+        fset s;
+        imp_msg m;
+        uint8_t buf[4096];
+        fs_all(&s, stype(IMP_HELLO));
+        fs_good(&s, IMP_TAG_MAX);
+        s.type = types[i];
+        fs_msg(&s, &m);
+        assert_int_equal(imp_msg_validate(&m), IMP_ERR_UNKNOWN_TYPE);
+        assert_int_equal(imp_msg_encoded_size(&m), IMP_ERR_UNKNOWN_TYPE);
+        assert_int_equal(imp_msg_encode(&m, buf, sizeof buf), IMP_ERR_UNKNOWN_TYPE);
+        m.present |= BIT(0) | BIT(63);
+        assert_int_equal(imp_msg_validate(&m), IMP_ERR_UNKNOWN_TYPE);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -2772,6 +3062,8 @@ int main(void)
         cmocka_unit_test(test_decode_unknown_type),
         cmocka_unit_test(test_roundtrip_random),
         cmocka_unit_test(test_identity_fields_server_only),
+        cmocka_unit_test(test_present_fields_every_type),
+        cmocka_unit_test(test_validate_unknown_type_with_fields),
     };
     return cmocka_run_group_tests(tests, load_spec, NULL);
 }

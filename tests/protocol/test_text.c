@@ -319,6 +319,48 @@ static void test_utf8_random(void **state)
     assert_true(agreed_valid > 1000); /* the alphabet does produce valid strings too */
 }
 
+/* IMP-TEXT-001 on long strings (the validator takes ASCII eight bytes at a time): ASCII runs of
+ * 0 to 80 bytes with one NUL, one stray continuation byte, one bad lead byte, one truncated or
+ * one valid multi-byte sequence at every position, against the reference decoder. */
+static void test_utf8_long_runs(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *s;
+        size_t n;
+    } inserts[] = {
+        {"\x00", 1},         {"\x80", 1},
+        {"\xbf", 1},         {"\xff", 1},
+        {"\xc0\x80", 2},     {"\xc3", 1},
+        {"\xc3\xa9", 2},     {"\xe2\x82\xac", 3},
+        {"\xed\xa0\x80", 3}, {"\xf0\x9f\x98\x80", 4},
+        {"\x7f", 1},         {"\x01", 1},
+    };
+    uint8_t buf[96];
+    unsigned valid = 0, invalid = 0;
+    for (size_t n = 0; n <= 80; n++) {
+        for (size_t k = 0; k < n; k++)
+            buf[k] = (uint8_t)(0x20 + (k * 7) % 0x5f);
+        assert_true(valid_guarded(buf, n));
+        for (size_t w = 0; w < sizeof inserts / sizeof inserts[0]; w++) {
+            size_t len = inserts[w].n;
+            for (size_t at = 0; at + len <= n; at++) {
+                uint8_t t[96];
+                memcpy(t, buf, n);
+                memcpy(t + at, inserts[w].s, len);
+                int want = ref_utf8_valid(t, n);
+                if (valid_guarded(t, n) != want)
+                    fail_msg("%zu bytes, insert %zu at %zu: expected %d", n, w, at, want);
+                if (want)
+                    valid++;
+                else
+                    invalid++;
+            }
+        }
+    }
+    assert_true(valid > 1000 && invalid > 1000);
+}
+
 /* ---- names ------------------------------------------------------------------------------ */
 
 static int is_alnum(unsigned c)
@@ -438,8 +480,9 @@ int main(void)
         cmocka_unit_test(test_utf8_two_bytes),    cmocka_unit_test(test_utf8_three_bytes),
         cmocka_unit_test(test_utf8_four_bytes),   cmocka_unit_test(test_utf8_every_code_point),
         cmocka_unit_test(test_utf8_boundaries),   cmocka_unit_test(test_utf8_random),
-        cmocka_unit_test(test_name_every_byte),   cmocka_unit_test(test_name_lengths),
-        cmocka_unit_test(test_name_fold),         cmocka_unit_test(test_name_equal),
+        cmocka_unit_test(test_utf8_long_runs),    cmocka_unit_test(test_name_every_byte),
+        cmocka_unit_test(test_name_lengths),      cmocka_unit_test(test_name_fold),
+        cmocka_unit_test(test_name_equal),
     };
     int r = cmocka_run_group_tests(tests, NULL, NULL);
     guard_buf_free(&gbuf);
