@@ -549,6 +549,11 @@ void imp_conn_consume_output(imp_conn *c, size_t n)
     }
 }
 
+void imp_conn_set_max_output(imp_conn *c, size_t max_output)
+{
+    c->max_output = max_output;
+}
+
 void imp_conn_trim(imp_conn *c)
 {
     /* IMP-LIB-003: what is released goes back through the allocator hook */

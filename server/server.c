@@ -1006,7 +1006,11 @@ void ims_server_reload(ims_server *srv, const ims_cfg *cfg,
     RELOAD_NUM(ping_max_missed);
     RELOAD_NUM(output_soft);
     RELOAD_NUM(output_soft_ms);
+    uint64_t hard_was = srv->cfg.output_hard;
     RELOAD_NUM(output_hard);
+    if (srv->cfg.output_hard != hard_was) /* the open connections' cap too, not only new ones */
+        for (ims_client *c = srv->clients; c; c = c->next)
+            imp_conn_set_max_output(c->conn, srv->cfg.output_hard);
     RELOAD_NUM(msg_rate);
     RELOAD_NUM(msg_burst);
     RELOAD_NUM(max_connections);

@@ -1285,6 +1285,35 @@ static void test_output_partial_consume(void **state)
     imp_conn_free(s);
 }
 
+/* imp_conn_set_max_output: a live connection's cap changes for later sends; queued output stays
+ * (a server's reloaded output_hard reaches the connections already open). */
+static void test_set_max_output(void **state)
+{
+    (void)state;
+    imp_config cfg;
+    imp_config_default(&cfg, IMP_ROLE_SERVER);
+    cfg.max_output = 100;
+    imp_conn *s = server_at(&cfg, IMP_S_READY, 0);
+    imp_msg m;
+    const uint8_t *p;
+    build(&m, IMP_OK, 1);
+    for (int i = 0; i < 4; i++) /* 4 x 12 = 48 bytes */
+        assert_int_equal(imp_conn_send(s, &m), 0);
+    imp_conn_set_max_output(s, 50); /* lowered under what the next send needs */
+    assert_int_equal(imp_conn_send(s, &m), IMP_ERR_OUTPUT_FULL);
+    assert_int_equal(imp_conn_pending_output(s, &p), 48); /* nothing dropped */
+    imp_conn_set_max_output(s, 1000);                     /* raised over the old cap */
+    for (int i = 0; i < 12; i++)                          /* 16 x 12 = 192 > 100 */
+        assert_int_equal(imp_conn_send(s, &m), 0);
+    assert_int_equal(imp_conn_pending_output(s, &p), 192);
+    imp_conn_set_max_output(s, 0); /* no cap */
+    for (int i = 0; i < 100; i++)
+        assert_int_equal(imp_conn_send(s, &m), 0);
+    assert_int_equal(imp_conn_pending_output(s, &p), 1392);
+    assert_int_equal(imp_conn_error(s), 0);
+    imp_conn_free(s);
+}
+
 /* max_output: an application send that would exceed the cap fails with OUTPUT_FULL, queues
  * nothing and is not fatal; frames the library generates (PONG) are still queued past the cap. */
 static void test_output_cap(void **state)
@@ -2368,6 +2397,7 @@ int main(void)
         cmocka_unit_test(test_time_backwards),
         cmocka_unit_test(test_allocations_through_hook),
         cmocka_unit_test(test_trim),
+        cmocka_unit_test(test_set_max_output),
         cmocka_unit_test(test_idle_object_small),
         cmocka_unit_test(test_allocation_failure_whole),
         cmocka_unit_test(test_allocation_failure_chunked),

@@ -375,6 +375,36 @@ static void test_rate_limit(void **state)
     h_free(h);
 }
 
+/* A reloaded output_hard reaches the sessions already open (not only new ones): bob, who does
+ * not read, is cut at once when the next DELIVER would take his output over the new cap; alice,
+ * connected before the reload too, keeps working. */
+static void test_reload_output_hard_live(void **state)
+{
+    (void)state;
+    th *h = h_new();
+    h_start_cfg(h);
+    tc *a = tc_user(h, "alice", 1);
+    tc *b = tc_user(h, "bob", 1);
+    turn(h);
+    char body[301];
+    memset(body, 'y', 300);
+    body[300] = '\0';
+    tc_sendmsg(a, IMP_TARGET_USER, "bob", NULL, body, -1, IMP_ACK_NONE);
+    turn(h); /* one DELIVER (> 300 bytes) in bob's output, unread */
+    assert_false(ims_client_done(b->sc));
+    ims_cfg cfg = h->cfg;
+    cfg.output_hard = 400; /* the next DELIVER does not fit */
+    ims_server_reload(h->srv, &cfg, NULL, NULL);
+    tc_sendmsg(a, IMP_TARGET_USER, "bob", NULL, body, -1, IMP_ACK_NONE);
+    turn(h);
+    assert_true(ims_client_done(b->sc));
+    assert_int_equal(st_get(h, "close.slow_consumer"), 1);
+    assert_false(ims_client_done(a->sc));
+    tc_close(a);
+    tc_close(b);
+    h_free(h);
+}
+
 /* IMP-DELIV-007: a slow consumer is closed; its messages stay queued. */
 static void test_slow_consumer(void **state)
 {
@@ -472,12 +502,19 @@ static void test_commit_failure(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_direct_online),  cmocka_unit_test(test_offline_and_redelivery),
-        cmocka_unit_test(test_login_last_seq), cmocka_unit_test(test_dedupe),
-        cmocka_unit_test(test_quota),          cmocka_unit_test(test_several_sessions),
-        cmocka_unit_test(test_ack_modes),      cmocka_unit_test(test_transient),
-        cmocka_unit_test(test_rate_limit),     cmocka_unit_test(test_slow_consumer),
-        cmocka_unit_test(test_window),         cmocka_unit_test(test_commit_failure),
+        cmocka_unit_test(test_direct_online),
+        cmocka_unit_test(test_offline_and_redelivery),
+        cmocka_unit_test(test_login_last_seq),
+        cmocka_unit_test(test_dedupe),
+        cmocka_unit_test(test_quota),
+        cmocka_unit_test(test_several_sessions),
+        cmocka_unit_test(test_ack_modes),
+        cmocka_unit_test(test_transient),
+        cmocka_unit_test(test_rate_limit),
+        cmocka_unit_test(test_slow_consumer),
+        cmocka_unit_test(test_reload_output_hard_live),
+        cmocka_unit_test(test_window),
+        cmocka_unit_test(test_commit_failure),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -149,6 +149,11 @@ uint64_t imp_conn_next_deadline(const imp_conn *c);
  * connections idle for a while. */
 void imp_conn_trim(imp_conn *c);
 
+/* Change the cap on queued output (imp_config.max_output; 0 = none) of a live connection (a
+ * server's reloaded configuration). Output already queued stays; later sends are checked
+ * against the new cap. */
+void imp_conn_set_max_output(imp_conn *c, size_t max_output);
+
 imp_state imp_conn_state(const imp_conn *c);
 imp_role imp_conn_role(const imp_conn *c);
 /* The sticky error, or 0. */
