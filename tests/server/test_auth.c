@@ -25,6 +25,7 @@
 #include <sodium.h>
 
 #include "auth.h"
+#include "hash_arena.h"
 #include "imp/errors.h"
 
 /* Small parameters: t=1, m=64 KiB (libsodium's minimum is 8 KiB). */
@@ -768,6 +769,87 @@ static void test_default_parameters(void **state)
     gate_destroy(&g);
 }
 
+/* ---- the workers' hash arena (hash_arena.h): kept while busy, released when idle ------------ */
+
+#define ARENA_MEM ((size_t)2 << 20) /* above the arena's 1 MiB threshold */
+
+static void sleep_ms(long ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+static void test_worker_region_released_when_idle(void **state)
+{
+    (void)state;
+    if (!ims_hash_arena_available()) {
+        print_message("hash arena interposition compiled out (sanitizer or platform build): "
+                      "skipped\n");
+        skip();
+    }
+    long live0 = ims_hash_arena_live();
+    gate g;
+    gate_init(&g);
+    ims_auth_options o;
+    small_options(&o, 1, 8, &g);
+    o.memlimit = ARENA_MEM;
+    ims_auth *a = ims_auth_new(&o);
+    assert_non_null(a);
+    assert_int_equal(ims_hash_arena_live(), live0); /* the dummy hash is not armed */
+
+    assert_int_equal(ims_auth_submit(a, IMS_AUTH_HASH, 1, 0, k_pw, K_PW_LEN, NULL), 0);
+    assert_int_equal(ims_auth_submit(a, IMS_AUTH_HASH, 2, 0, k_pw, K_PW_LEN, NULL), 0);
+    results rs = {0};
+    collect(a, &g, &rs, 2);
+    double t_done = mono_now();
+    long live1 = ims_hash_arena_live();
+    double seen = mono_now() - t_done;
+    assert_true(live1 == live0 || live1 == live0 + 1);
+    if (seen < 0.5) /* well before the idle release: the worker still holds its region */
+        assert_int_equal(live1, live0 + 1);
+    char h[IMS_HASH_MAX];
+    memcpy(h, find_cookie(&rs, 1)->hash, sizeof h);
+
+    while (ims_hash_arena_live() != live0 && mono_now() - t_done < WAIT_LIMIT_S)
+        sleep_ms(10);
+    double released = mono_now() - t_done;
+    assert_int_equal(ims_hash_arena_live(), live0);
+    print_message("worker region released %.2f s after the queue went idle\n", released);
+
+    /* after the release the worker maps again, and hashes as before */
+    rs.n = 0;
+    assert_int_equal(ims_auth_submit(a, IMS_AUTH_VERIFY, 3, 0, k_pw, K_PW_LEN, h), 0);
+    collect(a, &g, &rs, 1);
+    assert_int_equal(rs.r[0].ok, 1);
+    long live2 = ims_hash_arena_live();
+    assert_true(live2 == live0 || live2 == live0 + 1);
+    /* freeing the pool releases what its workers hold */
+    ims_auth_free(a);
+    assert_int_equal(ims_hash_arena_live(), live0);
+    gate_destroy(&g);
+}
+
+static void test_sync_mode_uses_no_region(void **state)
+{
+    (void)state;
+    long live0 = ims_hash_arena_live();
+    ims_auth_options o;
+    small_options(&o, 0, 4, NULL);
+    o.memlimit = ARENA_MEM;
+    ims_auth *a = ims_auth_new(&o);
+    assert_non_null(a);
+    assert_int_equal(ims_auth_submit(a, IMS_AUTH_HASH, 1, 0, k_pw, K_PW_LEN, NULL), 0);
+    results rs = {0};
+    assert_int_equal(ims_auth_poll(a, collect_cb, &rs), 1);
+    assert_int_equal(rs.r[0].ok, 1);
+    ims_hash_arena_info i;
+    ims_hash_arena_info_get(&i);
+    assert_null(i.base); /* the submitting (loop) thread keeps nothing */
+    assert_int_equal(i.armed, 0);
+    assert_int_equal(ims_hash_arena_live(), live0);
+    ims_auth_free(a);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -786,6 +868,8 @@ int main(void)
         cmocka_unit_test(test_free_with_jobs_pending),
         cmocka_unit_test(test_hash_now),
         cmocka_unit_test(test_default_parameters),
+        cmocka_unit_test(test_worker_region_released_when_idle),
+        cmocka_unit_test(test_sync_mode_uses_no_region),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
