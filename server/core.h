@@ -20,6 +20,9 @@
 #define IMS_SUBS_MAX 1000 /* presence subscriptions per session */
 #define IMS_CLIENT_BUCKETS 1024
 #define IMS_USER_BUCKETS 1024
+/* Rooms whose member ids are kept for transient fan-out, and for how long (rooms.c). */
+#define IMS_ROOM_CACHE 256
+#define IMS_ROOM_CACHE_MS 1000
 #define IMS_TRANSIENT_ID_BIT (UINT64_C(1) << 63) /* MSG_IDs of transient messages */
 
 /* Counters and gauges (ims_server_stats names in ims_stat_names, same order). */
@@ -195,6 +198,13 @@ struct ims_server {
         struct ims_batch *next;
     } * batches, **batches_tail;
     uint64_t sync_asked;
+    /* transient room fan-out: member ids per room (rooms.c, ims_room_members) */
+    struct ims_room_cache {
+        char name[33]; /* "" = empty slot */
+        int64_t *ids;  /* ascending */
+        size_t n;
+        uint64_t loaded_ms;
+    } rcache[IMS_ROOM_CACHE];
     uint64_t last_expire_ms;
     uint64_t dedupe_next_ms; /* next dedupe expiry pass (monotonic ms) */
     uint64_t st[ST_COUNT];
@@ -248,6 +258,17 @@ void ims_deliver_pump(ims_client *c);
 /* After the commit: held ACKs out (or turned into STORAGE refusals when ok == 0), then the
  * dirty users' deliveries. */
 void ims_deliver_flush(ims_server *srv, int commit_ok);
+/* ---- rooms.c ------------------------------------------------------------------------------ */
+/* The member ids of room (ascending) for a transient message from user_id: 0, or
+ * IMP_ERR_NOT_MEMBER, IMP_ERR_NO_SUCH_ROOM, IMP_ERR_STORAGE. *ids belongs to the cache: valid
+ * until the next call into rooms.c or the end of the turn. Read from the store at most every
+ * IMS_ROOM_CACHE_MS per room, and at once after a JOIN or LEAVE through this server (other
+ * processes' changes, e.g. `imd user del`, show within IMS_ROOM_CACHE_MS). */
+int ims_room_members(ims_server *srv, const char *room, int64_t user_id, const int64_t **ids,
+                     size_t *n);
+/* Forgets the cached members of room (NULL: of every room). */
+void ims_room_forget(ims_server *srv, const char *room);
+
 /* Notes that uid's queue grew to seq in this turn (published on the bus after the commit). */
 void ims_note_add(ims_server *srv, int64_t uid, uint64_t seq);
 void ims_deliver_forget_client(ims_server *srv, ims_client *c);

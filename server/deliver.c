@@ -408,6 +408,7 @@ void ims_deliver_free(ims_server *srv)
         free(b);
     }
     srv->batches_tail = &srv->batches;
+    ims_room_forget(srv, NULL);
     imp_prepared_free(srv->tprep);
     srv->tprep = NULL;
     free(srv->notes);
@@ -525,8 +526,10 @@ void ims_deliver_send(ims_client *c, const imp_msg *m)
         return;
     }
     /* The turn's batch is opened before the lookups: reads inside the write transaction skip
-     * SQLite's per-statement read-lock round trips (most of a SEND's cost otherwise). */
-    (void)ims_store_begin(st);
+     * SQLite's per-statement read-lock round trips (most of a SEND's cost otherwise). A
+     * transient message writes nothing: it opens no batch (its rare store reads run alone). */
+    if (!transient)
+        (void)ims_store_begin(st);
     if (!transient && cmid[0]) {
         /* IMP-DELIV-005, IMP-DELIV-007: the duplicate check comes first, before the target is
          * looked up again (a retry after the sender left the room is still a duplicate) and
@@ -559,7 +562,7 @@ void ims_deliver_send(ims_client *c, const imp_msg *m)
     int64_t rid = 0;
     int64_t *ids = NULL;
     size_t n = 0;
-    int r = 0;
+    int r = 0, cached = 0;
     if (kind == IMP_TARGET_USER) {
         /* a user in memory (online) needs no store lookup: the hot path of direct messages */
         ims_ouser *ou = ims_ouser_find_name(srv, target);
@@ -572,6 +575,12 @@ void ims_deliver_send(ims_client *c, const imp_msg *m)
             ids = &rid;
             n = 1;
         }
+    } else if (kind == IMP_TARGET_ROOM && transient) {
+        /* issue 3 (room fan-out): the members from the room cache, not 1,000 rows a message */
+        const int64_t *cids = NULL;
+        r = ims_room_members(srv, target, c->u->id, &cids, &n);
+        ids = (int64_t *)cids; /* not freed: the cache's (see below) */
+        cached = 1;
     } else if (kind == IMP_TARGET_ROOM) {
         r = ims_store_room_is_member(st, target, c->u->id);
         if (r == 0)
@@ -624,7 +633,7 @@ void ims_deliver_send(ims_client *c, const imp_msg *m)
             n = 1;
         }
         send_transient(c, m, &msg, ids, n, cmid, mode);
-        if (ids != &rid && ids != &all)
+        if (ids != &rid && ids != &all && !cached)
             free(ids);
         return;
     }

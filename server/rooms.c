@@ -10,6 +10,8 @@
  *   the last MSG_ID it got.
  * - Room history is pruned to room_history messages after every room message (deliver.c).
  */
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <imp/imp.h>
@@ -44,6 +46,65 @@ static void storage_error(ims_client *c, uint32_t req, int r)
                      NULL, 0);
 }
 
+/* ---- the member cache (transient fan-out) -------------------------------------------------- */
+
+static struct ims_room_cache *rc_slot(ims_server *srv, const char *room)
+{
+    uint32_t h = 2166136261u; /* FNV-1a */
+    for (const char *p = room; *p; p++)
+        h = (h ^ (uint8_t)*p) * 16777619u;
+    return &srv->rcache[h % IMS_ROOM_CACHE];
+}
+
+static int id_cmp(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+int ims_room_members(ims_server *srv, const char *room, int64_t user_id, const int64_t **ids,
+                     size_t *n)
+{
+    struct ims_room_cache *e = rc_slot(srv, room);
+    uint64_t now = ims_now_mono(srv);
+    if (strcmp(e->name, room) != 0 || now - e->loaded_ms >= IMS_ROOM_CACHE_MS) {
+        int64_t *v = NULL;
+        size_t k = 0;
+        int r = ims_store_room_member_ids(srv->store, room, &v, &k);
+        if (r != 0)
+            return r; /* a room that is not there is not cached */
+        qsort(v, k, sizeof *v, id_cmp);
+        free(e->ids);
+        e->ids = v;
+        e->n = k;
+        e->loaded_ms = now;
+        snprintf(e->name, sizeof e->name, "%s", room);
+    }
+    if (e->n == 0 || !bsearch(&user_id, e->ids, e->n, sizeof *e->ids, id_cmp))
+        return IMP_ERR_NOT_MEMBER;
+    *ids = e->ids;
+    *n = e->n;
+    return 0;
+}
+
+static void rc_clear(struct ims_room_cache *e)
+{
+    free(e->ids);
+    memset(e, 0, sizeof *e);
+}
+
+void ims_room_forget(ims_server *srv, const char *room)
+{
+    if (room) {
+        struct ims_room_cache *e = rc_slot(srv, room);
+        if (strcmp(e->name, room) == 0)
+            rc_clear(e);
+        return;
+    }
+    for (size_t i = 0; i < IMS_ROOM_CACHE; i++)
+        rc_clear(&srv->rcache[i]);
+}
+
 void ims_rooms_join(ims_client *c, const imp_msg *m)
 {
     char room[33];
@@ -53,6 +114,7 @@ void ims_rooms_join(ims_client *c, const imp_msg *m)
     int r = ims_store_begin(c->srv->store);
     if (r == 0)
         r = ims_store_room_join(c->srv->store, room, c->u->id, ims_now_wall(c->srv), &created);
+    ims_room_forget(c->srv, room);
     if (r != 0) {
         storage_error(c, m->request_id, r);
         return;
@@ -69,6 +131,7 @@ void ims_rooms_leave(ims_client *c, const imp_msg *m)
     int r = ims_store_begin(c->srv->store);
     if (r == 0)
         r = ims_store_room_leave(c->srv->store, room, c->u->id);
+    ims_room_forget(c->srv, room);
     if (r != 0) {
         storage_error(c, m->request_id, r);
         return;

@@ -872,6 +872,7 @@ void ims_server_turn_end(ims_server *srv)
             srv->st[ST_STORE_COMMIT_FAILURES]++;
             ims_log(IMS_LOG_ERROR, "commit_failed", "code=%d", -r);
             reload_users(srv);
+            ims_room_forget(srv, NULL); /* it may hold a JOIN that was rolled back */
         }
     }
     if (!srv->syncer) {

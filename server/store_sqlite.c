@@ -237,6 +237,7 @@ struct ims_store {
     int wal_fd;
     uint64_t gen, synced_gen;
     int64_t durable_msg;
+    int64_t changes_at_begin; /* sqlite3_total_changes64 when the transaction began */
     struct pending_mark {
         uint64_t gen;
         int64_t msg, user;
@@ -491,6 +492,10 @@ int ims_store_sync(ims_store *s)
 static int commit_marked(ims_store *s, int batch)
 {
     int64_t msg = -1, user = -1;
+    if (s->wal_fd >= 0 && sqlite3_total_changes64(s->db) == s->changes_at_begin) {
+        /* a batch that wrote nothing: nothing to sync (fsync_thread), no new mark */
+        return st_run(s, ST_COMMIT);
+    }
     if (s->mark_write) {
         sqlite3_stmt *q = st_get(s, ST_MARK);
         if (q != NULL && sqlite3_step(q) == SQLITE_ROW) {
@@ -544,6 +549,7 @@ static int op_begin(ims_store *s)
         }
         return st_run(s, ST_SAVEPOINT);
     }
+    s->changes_at_begin = sqlite3_total_changes64(s->db);
     return st_run(s, ST_BEGIN);
 }
 
@@ -582,8 +588,10 @@ int ims_store_begin(ims_store *s)
     if (s->in_batch)
         return 0;
     int r = st_run(s, ST_BEGIN);
-    if (r == 0)
+    if (r == 0) {
         s->in_batch = 1;
+        s->changes_at_begin = sqlite3_total_changes64(s->db);
+    }
     return r;
 }
 

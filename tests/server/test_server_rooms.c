@@ -3,6 +3,7 @@
  * (server_harness.h).
  */
 #include "server_harness.h"
+#include "core.h" /* IMS_ROOM_CACHE_MS */
 
 static void make_admin(th *h, const char *name)
 {
@@ -256,6 +257,60 @@ static void test_transient_room_fanout(void **state)
     h_free(h);
 }
 
+/* Transient room messages take their members from the server's room cache: a LEAVE or JOIN
+ * through the server shows at once (the leaver gets nothing and is refused NOT_MEMBER, the
+ * joiner gets the next one), a change made behind the server's back (another process on the
+ * same store) within IMS_ROOM_CACHE_MS, an unknown room is NO_SUCH_ROOM. */
+static void test_transient_room_members_cached(void **state)
+{
+    (void)state;
+    th *h = h_new();
+    h_start_cfg(h);
+    tc *a = tc_user(h, "alice", 1);
+    tc *b = tc_user(h, "bob", 1);
+    tc *c = tc_user(h, "carol", 1);
+    tc_join(a, "den");
+    tc_join(b, "den");
+    turn(h);
+    imp_msg m;
+    while (next_non_presence(a, &m) != 0 || next_non_presence(b, &m) != 0)
+        ;
+    tc_sendmsg(a, IMP_TARGET_ROOM, "den", NULL, "one", IMP_CLASS_TRANSIENT, 0);
+    expect_transient(b, "den", IMP_TARGET_ROOM, "one");
+    /* bob leaves: nothing more for him, and his own transient message is refused */
+    tc_room_req(b, IMP_LEAVE, "den");
+    turn(h);
+    tc_expect(b, IMP_OK, &m);
+    tc_sendmsg(a, IMP_TARGET_ROOM, "den", NULL, "two", IMP_CLASS_TRANSIENT, 0);
+    uint32_t r = tc_sendmsg(b, IMP_TARGET_ROOM, "den", NULL, "me?", IMP_CLASS_TRANSIENT, -1);
+    tc_ack(b, r, IMP_OUTCOME_REFUSED, IMP_ERR_NOT_MEMBER);
+    assert_int_equal(next_non_presence(b, &m), 0);
+    /* carol joins: she gets the next one at once */
+    tc_join(c, "den");
+    turn(h);
+    tc_sendmsg(a, IMP_TARGET_ROOM, "den", NULL, "three", IMP_CLASS_TRANSIENT, 0);
+    expect_transient(c, "den", IMP_TARGET_ROOM, "three");
+    /* carol's membership goes behind the server's back: still served from the cache until
+     * IMS_ROOM_CACHE_MS have passed, then read again */
+    ims_user cu;
+    assert_int_equal(ims_store_user_get(h->store, "carol", &cu), 0);
+    assert_int_equal(ims_store_room_leave(h->store, "den", cu.id), 0);
+    tc_sendmsg(a, IMP_TARGET_ROOM, "den", NULL, "four", IMP_CLASS_TRANSIENT, 0);
+    expect_transient(c, "den", IMP_TARGET_ROOM, "four");
+    h_tick(h, IMS_ROOM_CACHE_MS);
+    while (next_non_presence(c, &m) != 0)
+        ;
+    tc_sendmsg(a, IMP_TARGET_ROOM, "den", NULL, "five", IMP_CLASS_TRANSIENT, 0);
+    assert_int_equal(next_non_presence(c, &m), 0);
+    /* a room that does not exist */
+    r = tc_sendmsg(a, IMP_TARGET_ROOM, "nowhere", NULL, "x", IMP_CLASS_TRANSIENT, -1);
+    tc_ack(a, r, IMP_OUTCOME_REFUSED, IMP_ERR_NO_SUCH_ROOM);
+    tc_close(a);
+    tc_close(b);
+    tc_close(c);
+    h_free(h);
+}
+
 static void test_room_history_pruned(void **state)
 {
     (void)state;
@@ -476,6 +531,7 @@ int main(void)
         cmocka_unit_test(test_rooms),
         cmocka_unit_test(test_room_history_pruned),
         cmocka_unit_test(test_transient_room_fanout),
+        cmocka_unit_test(test_transient_room_members_cached),
         cmocka_unit_test(test_broadcast),
         cmocka_unit_test(test_presence_and_who),
         cmocka_unit_test(test_stats_and_monitor),

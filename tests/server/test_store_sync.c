@@ -162,6 +162,24 @@ static void test_batch_waits_for_sync(void **state)
     assert_int_equal(marker_msg(f), last2);
 }
 
+/* A batch that only read (the turn of transient messages, a refused SEND) has nothing to
+ * sync: it is not counted, so no fsync is asked for it. */
+static void test_read_only_batch_not_counted(void **state)
+{
+    sfx *f = *state;
+    uint64_t g0 = ims_store_commit_gen(f->s);
+    assert_int_equal(ims_store_begin(f->s), 0);
+    ims_user u;
+    assert_int_equal(ims_store_user_get(f->s, "bob", &u), 0);
+    int64_t count = 0;
+    assert_int_equal(ims_store_queue_count(f->s, f->bob, &count), 0);
+    assert_int_equal(ims_store_commit(f->s), 0);
+    assert_int_equal(ims_store_commit_gen(f->s), g0);
+    assert_int_equal(ims_store_synced_gen(f->s), g0);
+    put_batch(f, 1); /* a batch that wrote is */
+    assert_int_equal(ims_store_commit_gen(f->s), g0 + 1);
+}
+
 static void test_sync_now_and_inline_ops(void **state)
 {
     sfx *f = *state;
@@ -203,6 +221,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_modes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_batch_waits_for_sync, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_read_only_batch_not_counted, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sync_now_and_inline_ops, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reopen_counts_all_as_durable, setup, teardown),
     };
