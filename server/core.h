@@ -66,6 +66,8 @@ enum ims_stat {
     ST_HASH_RUNNING_MAX,    /* gauge: most password hashes running at once since start (auth.c) */
     ST_STORE_SYNCS,         /* fsync_thread: fsyncs of the log that released batches */
     ST_STORE_SYNC_FAILURES, /* fsync_thread: failed fsyncs (their batches were refused) */
+    ST_STORE_CHECKPOINTS,   /* fsync_thread: checkpoints run by the syncer */
+    ST_STORE_LOG_FRAMES,    /* gauge: frames in the write-ahead log at the last checkpoint */
     ST_COUNT
 };
 

@@ -765,8 +765,10 @@ typedef struct metrics_out {
 /* Values that go up and down; every other counter only grows. */
 static int is_gauge(const char *name)
 {
-    static const char *const gauges[] = {"connections",  "sessions",         "users_online",
-                                         "hash_pending", "hash_running_max", "store_commit_ms_max"};
+    static const char *const gauges[] = {"connections",      "sessions",
+                                         "users_online",     "hash_pending",
+                                         "hash_running_max", "store_commit_ms_max",
+                                         "store_log_frames"};
     for (size_t i = 0; i < sizeof gauges / sizeof gauges[0]; i++)
         if (strcmp(name, gauges[i]) == 0)
             return 1;

@@ -56,6 +56,8 @@ const char *const ims_stat_names[ST_COUNT] = {
     "hash_running_max",
     "store_syncs",
     "store_sync_failures",
+    "store_checkpoints",
+    "store_log_frames",
 };
 
 /* ---- clock -------------------------------------------------------------------------------- */
@@ -1049,6 +1051,11 @@ static void update_gauges(ims_server *srv)
     int pending = ims_auth_pending(srv->auth);
     srv->st[ST_HASH_PENDING] = pending > 0 ? (uint64_t)pending : 0;
     srv->st[ST_HASH_RUNNING_MAX] = (uint64_t)ims_auth_running_max(srv->auth);
+    if (srv->syncer) {
+        uint64_t syncs = 0;
+        ims_syncer_stats(srv->syncer, &syncs, &srv->st[ST_STORE_CHECKPOINTS],
+                         &srv->st[ST_STORE_LOG_FRAMES]);
+    }
 }
 
 void ims_server_stats(ims_server *srv, void (*cb)(void *ud, const char *name, uint64_t v), void *ud)

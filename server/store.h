@@ -115,7 +115,7 @@ int ims_store_in_batch(const ims_store *s);
  *
  * Without fsync_thread (or for ":memory:", or sync_full = 0) every commit is synced inline
  * (synchronous=FULL) and commit_gen == synced_gen after each commit. */
-enum { IMS_STORE_AUTOCKPT_ASYNC = 16384 };
+#define IMS_STORE_AUTOCKPT_ASYNC 16384
 /* The log's descriptor to fdatasync (owned by the store), or -1 when commits sync inline. */
 int ims_store_sync_fd(const ims_store *s);
 /* The database's path (for the syncer's checkpoint connection). */

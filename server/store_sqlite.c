@@ -972,8 +972,8 @@ ims_store *ims_store_open(const ims_store_options *opt, char *err, size_t errlen
      * log file exists */
     int async = opt->fsync_thread && opt->sync_full && s->mark_write && wal_mode;
     if (exec_sql(s->db,
-                 async            ? "PRAGMA synchronous = NORMAL; PRAGMA wal_autocheckpoint = "
-                                    "16384" /* IMS_STORE_AUTOCKPT_ASYNC */
+                 async ? "PRAGMA synchronous = NORMAL; PRAGMA wal_autocheckpoint = " IMS_STR(
+                             IMS_STORE_AUTOCKPT_ASYNC)
                  : opt->sync_full ? "PRAGMA synchronous = FULL"
                                   : "PRAGMA synchronous = OFF",
                  err, errlen) != 0 ||

@@ -35,6 +35,81 @@ static void send_ok(tc *c, const char *to, const char *cmid, const char *body, t
              ack->code);
 }
 
+/* One named counter of STATS (c: an administrator's session). */
+static long long stat_of(tc *c, const char *name)
+{
+    uint32_t req = tc_simple(c, IMP_STATS);
+    IT_CHECK(req != 0, "STATS not sent");
+    tc_frame *f = tc_wait_reply(c, req, 5000);
+    IT_CHECK(f != NULL && f->m.type == IMP_STATS_REPLY, "STATS not answered by STATS_REPLY");
+    long long v = tc_stat(&f->m, name);
+    tc_frame_free(f);
+    return v;
+}
+
+/* fsync_thread (default yes): the group commit's fsyncs run on the syncer, which also
+ * checkpoints the log (STATS store_syncs, store_checkpoints, store_log_frames); every SEND is
+ * ACKed and delivered, and the messages are there after a restart. With fsync_thread=no the
+ * syncer does nothing (the commits sync inline). */
+static void run_fsync_mode(int thread)
+{
+    static const char *const on[] = {NULL};
+    static const char *const off[] = {"--set", "fsync_thread=no", NULL};
+    imd_proc *p = it_create_imd(thread ? on : off);
+    static const char *const add[] = {"user", "add", "boss", "--admin", NULL};
+    IT_EQ(it_admin(p, "boss password\n", NULL, 0, add), 0);
+    it_start(p);
+    tc *boss = it_login(p->port, "boss", "boss password", NULL);
+    tc *a = it_register(p->port, "fsa", "fsa password", NULL);
+    tc_close(it_register(p->port, "fsb", "fsb password", NULL));
+    enum { N = 30 };
+    for (int i = 0; i < N; i++) { /* 30 batches over ~900 ms: checkpoints every 200 ms */
+        char id[16], body[32];
+        snprintf(id, sizeof id, "fs%d", i);
+        snprintf(body, sizeof body, "fsync %d", i);
+        send_ok(a, "fsb", id, body, NULL);
+        it_sleep_ms(30);
+    }
+    long long syncs = stat_of(boss, "store_syncs");
+    long long ckpts = stat_of(boss, "store_checkpoints");
+    long long frames = stat_of(boss, "store_log_frames");
+    it_note("fsync_thread=%s: %d SENDs ACKed; store_syncs %lld, store_checkpoints %lld, "
+            "store_log_frames %lld",
+            thread ? "yes" : "no", N, syncs, ckpts, frames);
+    if (thread) {
+        IT_CHECK(syncs >= N / 2, "store_syncs %lld for %d separate SENDs", syncs, N);
+        IT_CHECK(ckpts >= 1, "no checkpoint by the syncer in ~900 ms of commits");
+    } else {
+        IT_EQ(syncs, 0);
+        IT_EQ(ckpts, 0);
+    }
+    tc_close(a);
+    tc_close(boss);
+    /* a restart: everything ACKed is there, in order */
+    IT_EQ(imd_stop(p, 5000), 0);
+    it_start(p);
+    tc *b = it_login(p->port, "fsb", "fsb password", NULL);
+    for (int i = 0; i < N; i++) {
+        char body[32];
+        snprintf(body, sizeof body, "fsync %d", i);
+        tc_frame *f = tc_wait(b, IMP_DELIVER, 0, 5000);
+        IT_CHECK(f != NULL, "DELIVER %d of %d after the restart", i + 1, N);
+        IT_EQ(imp_msg_u(&f->m, IMP_T_SEQ, 0), (uint64_t)i + 1);
+        IT_CHECK(tc_field_is(&f->m, IMP_T_BODY, body), "DELIVER %d: wrong body", i + 1);
+        tc_frame_free(f);
+    }
+    tc_close(b);
+    it_liveness(p, (long)p->pid, NULL, NULL, NULL, NULL);
+    it_finish(p);
+}
+
+static void test_fsync_thread(void **state)
+{
+    (void)state;
+    run_fsync_mode(1);
+    run_fsync_mode(0);
+}
+
 static void test_restart_persistence(void **state)
 {
     (void)state;
@@ -427,6 +502,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_restart_persistence, it_teardown),
         cmocka_unit_test_teardown(test_kill9_during_sends, it_teardown),
+        cmocka_unit_test_teardown(test_fsync_thread, it_teardown),
     };
     return cmocka_run_group_tests_name("integration: durability", tests, NULL, NULL);
 }
