@@ -15,7 +15,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <unistd.h>
 
 static unsigned alarm_seconds;
@@ -440,4 +443,56 @@ int it_expect_closed(tc *c, int timeout_ms, int want, const char *what)
                  imp_err_name(code) ? imp_err_name(code) : "?", want,
                  imp_err_name(want) ? imp_err_name(want) : "?");
     return code;
+}
+
+int it_http_get(int port, const char *path, char *buf, size_t cap)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    struct sockaddr_in sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons((uint16_t)port);
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    struct timeval tv = {3, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+        close(fd);
+        return -1;
+    }
+    char req[256];
+    int rl = snprintf(req, sizeof req, "GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n", path);
+    if (send(fd, req, (size_t)rl, MSG_NOSIGNAL) != rl) {
+        close(fd);
+        return -1;
+    }
+    size_t n = 0;
+    uint64_t deadline = it_now_ms() + 3000;
+    while (n + 1 < cap && it_now_ms() < deadline) {
+        ssize_t r = recv(fd, buf + n, cap - 1 - n, 0);
+        if (r == 0)
+            break;
+        if (r < 0) {
+            if (errno == EINTR)
+                continue;
+            break; /* includes the 3 s receive timeout */
+        }
+        n += (size_t)r;
+    }
+    buf[n] = 0;
+    close(fd);
+    return (int)n;
+}
+
+long long it_stat(tc *c, const char *name)
+{
+    uint32_t req = tc_simple(c, IMP_STATS);
+    IT_CHECK(req != 0, "STATS not sent");
+    tc_frame *f = tc_wait_reply(c, req, 5000);
+    IT_CHECK(f != NULL && f->m.type == IMP_STATS_REPLY, "STATS not answered by STATS_REPLY");
+    long long v = tc_stat(&f->m, name);
+    tc_frame_free(f);
+    return v;
 }

@@ -88,6 +88,13 @@ int it_wait_log(const imd_proc *p, long from, const char *needle, int timeout_ms
 /* qsort comparison of uint64_t values. */
 int it_cmp_u64(const void *a, const void *b);
 
+/* GET path from 127.0.0.1:port over HTTP/1.0 (3 s deadline): the whole response, headers
+ * included, NUL-terminated in buf; its length, or -1 when the request could not be made. */
+int it_http_get(int port, const char *path, char *buf, size_t cap);
+/* One named counter or gauge of STATS (c: an administrator's session); fails the test when
+ * STATS is not answered; -1 when the name is not in the reply. */
+long long it_stat(tc *c, const char *name);
+
 /* Start imd with the fast hashing parameters (hash_opslimit=1, hash_memlimit=8m) and the given
  * extra arguments (NULL-terminated, may be NULL). Fails the test when it does not start. */
 imd_proc *it_start_imd(const char *const *extra);

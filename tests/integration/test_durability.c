@@ -35,18 +35,6 @@ static void send_ok(tc *c, const char *to, const char *cmid, const char *body, t
              ack->code);
 }
 
-/* One named counter of STATS (c: an administrator's session). */
-static long long stat_of(tc *c, const char *name)
-{
-    uint32_t req = tc_simple(c, IMP_STATS);
-    IT_CHECK(req != 0, "STATS not sent");
-    tc_frame *f = tc_wait_reply(c, req, 5000);
-    IT_CHECK(f != NULL && f->m.type == IMP_STATS_REPLY, "STATS not answered by STATS_REPLY");
-    long long v = tc_stat(&f->m, name);
-    tc_frame_free(f);
-    return v;
-}
-
 /* fsync_thread (default yes): the group commit's fsyncs run on the syncer, which also
  * checkpoints the log (STATS store_syncs, store_checkpoints, store_log_frames); every SEND is
  * ACKed and delivered, and the messages are there after a restart. With fsync_thread=no the
@@ -70,9 +58,9 @@ static void run_fsync_mode(int thread)
         send_ok(a, "fsb", id, body, NULL);
         it_sleep_ms(30);
     }
-    long long syncs = stat_of(boss, "store_syncs");
-    long long ckpts = stat_of(boss, "store_checkpoints");
-    long long frames = stat_of(boss, "store_log_frames");
+    long long syncs = it_stat(boss, "store_syncs");
+    long long ckpts = it_stat(boss, "store_checkpoints");
+    long long frames = it_stat(boss, "store_log_frames");
     it_note("fsync_thread=%s: %d SENDs ACKed; store_syncs %lld, store_checkpoints %lld, "
             "store_log_frames %lld",
             thread ? "yes" : "no", N, syncs, ckpts, frames);

@@ -1123,38 +1123,6 @@ static double cpu_seconds(pid_t pid)
     return r;
 }
 
-static int http_get(int port, const char *path, char *buf, size_t cap)
-{
-    struct sockaddr_in sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sin_family = AF_INET;
-    sa.sin_port = htons((uint16_t)port);
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    int fd = connect_sa((struct sockaddr *)&sa, sizeof sa, T);
-    if (fd < 0)
-        return -1;
-    char req[200];
-    int rl = snprintf(req, sizeof req, "GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n", path);
-    size_t n = 0;
-    uint64_t end = it_now_ms() + T;
-    if (send(fd, req, (size_t)rl, MSG_NOSIGNAL) != rl) {
-        close(fd);
-        return -1;
-    }
-    while (n + 1 < cap && it_now_ms() < end) {
-        struct pollfd pf = {fd, POLLIN, 0};
-        if (poll(&pf, 1, 100) <= 0)
-            continue;
-        ssize_t r = recv(fd, buf + n, cap - 1 - n, 0);
-        if (r <= 0)
-            break;
-        n += (size_t)r;
-    }
-    buf[n] = 0;
-    close(fd);
-    return (int)n;
-}
-
 /* Value of a Prometheus sample "name value" in a /metrics body, -1 when absent. */
 static long long metric(const char *text, const char *name)
 {
@@ -1289,7 +1257,7 @@ static void test_emfile(void **state)
     /* accept_errors counted in /metrics */
     static char http[65536];
     IT_CHECK(p->metrics_port > 0, "no metrics port");
-    int n = http_get(p->metrics_port, "/metrics", http, sizeof http);
+    int n = it_http_get(p->metrics_port, "/metrics", http, sizeof http);
     IT_CHECK(n > 0 && strstr(http, " 200 ") != NULL, "GET /metrics failed: %.80s", http);
     long long ae = metric(http, "imd_accept_errors");
     it_note("EMFILE: imd_accept_errors %lld", ae);

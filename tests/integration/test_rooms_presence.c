@@ -463,44 +463,6 @@ static void wait_presence(tc *c, const char *user, int status, int sessions, con
              sessions, seen);
 }
 
-/* A bounded HTTP/1.0 GET on 127.0.0.1:port; the whole response into buf. Returns its length or
- * -1. */
-static int http_get(int port, const char *path, char *buf, size_t cap)
-{
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return -1;
-    struct sockaddr_in sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sin_family = AF_INET;
-    sa.sin_port = htons((uint16_t)port);
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    struct timeval tv = {3, 0};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
-        close(fd);
-        return -1;
-    }
-    char req[256];
-    int rl = snprintf(req, sizeof req, "GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n", path);
-    if (send(fd, req, (size_t)rl, MSG_NOSIGNAL) != rl) {
-        close(fd);
-        return -1;
-    }
-    size_t n = 0;
-    uint64_t deadline = it_now_ms() + 3000;
-    while (n + 1 < cap && it_now_ms() < deadline) {
-        ssize_t r = recv(fd, buf + n, cap - 1 - n, 0);
-        if (r <= 0)
-            break;
-        n += (size_t)r;
-    }
-    buf[n] = 0;
-    close(fd);
-    return (int)n;
-}
-
 static void test_presence(void **state)
 {
     (void)state;
@@ -624,7 +586,7 @@ static void test_metrics(void **state)
     tc_close(it_register(p->port, "meter", "meter password", NULL));
     /* GET /metrics answers 200 with a non-empty body (Prometheus text format). */
     static char http[65536];
-    int hn = http_get(p->metrics_port, "/metrics", http, sizeof http);
+    int hn = it_http_get(p->metrics_port, "/metrics", http, sizeof http);
     IT_CHECK(hn > 0, "GET /metrics: no answer");
     IT_CHECK(strncmp(http, "HTTP/1.", 7) == 0 && strncmp(http + 8, " 200", 4) == 0,
              "GET /metrics: %.60s", http);

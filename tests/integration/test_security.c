@@ -286,18 +286,6 @@ static int auth_try(tc *c, uint8_t type, const char *user, const char *pw, const
     return code;
 }
 
-/* One named counter of STATS (c must be an administrator's session). */
-static long long stat_of(tc *c, const char *name)
-{
-    uint32_t req = tc_simple(c, IMP_STATS);
-    IT_CHECK(req != 0, "STATS not sent");
-    tc_frame *f = tc_wait_reply(c, req, T);
-    IT_CHECK(f != NULL && f->m.type == IMP_STATS_REPLY, "STATS not answered by STATS_REPLY");
-    long long v = tc_stat(&f->m, name);
-    tc_frame_free(f);
-    return v;
-}
-
 /* ---- many raw connections (floods) ----------------------------------------------------------- */
 
 typedef struct rconn {
@@ -1003,8 +991,8 @@ static void test_hash_flood(void **state)
     tc *boss = it_login(p->port, "boss", "boss password", NULL);
     tc_close(it_register(p->port, "flood", "flood password", NULL));
     tc *pinger = it_register(p->port, "pinger", "pinger password", NULL);
-    long long busy0 = stat_of(boss, "hash_busy");
-    long long rmax0 = stat_of(boss, "hash_running_max");
+    long long busy0 = it_stat(boss, "hash_busy");
+    long long rmax0 = it_stat(boss, "hash_running_max");
     IT_CHECK(busy0 >= 0 && rmax0 >= 0, "STATS lacks hash_busy (%lld) or hash_running_max (%lld)",
              busy0, rmax0);
 
@@ -1074,8 +1062,8 @@ static void test_hash_flood(void **state)
             closed++;
         }
     }
-    long long busy1 = stat_of(boss, "hash_busy");
-    long long rmax = stat_of(boss, "hash_running_max");
+    long long busy1 = it_stat(boss, "hash_busy");
+    long long rmax = it_stat(boss, "hash_running_max");
     size_t np = g_probe.n;
     uint64_t pong50 = pct(g_probe.lat_us, np, 0.5), pong99 = pct(g_probe.lat_us, np, 0.99),
              pongmax = np ? g_probe.lat_us[np - 1] : 0;

@@ -385,41 +385,11 @@ static long wait_closed(int fd, uint64_t t0, int timeout_ms)
     }
 }
 
-/* GET path from the metrics port into buf; the body length or -1. */
-static int http_get(int port, const char *path, char *buf, size_t len)
-{
-    int fd = tcp_connect(port);
-    if (fd < 0)
-        return -1;
-    char req[256];
-    int n = snprintf(req, sizeof req, "GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n", path);
-    if (send(fd, req, (size_t)n, MSG_NOSIGNAL) != n) {
-        close(fd);
-        return -1;
-    }
-    size_t got = 0;
-    uint64_t end = it_now_ms() + T;
-    while (got + 1 < len && it_now_ms() < end) {
-        ssize_t r = recv(fd, buf + got, len - 1 - got, 0);
-        if (r == 0)
-            break;
-        if (r < 0) {
-            if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
-                continue;
-            break;
-        }
-        got += (size_t)r;
-    }
-    buf[got] = 0;
-    close(fd);
-    return (int)got;
-}
-
 /* The value of a metric line "name value", -1 when absent. */
 static long long metric(int port, const char *name)
 {
     static char body[65536];
-    IT_CHECK(http_get(port, "/metrics", body, sizeof body) > 0, "GET /metrics");
+    IT_CHECK(it_http_get(port, "/metrics", body, sizeof body) > 0, "GET /metrics");
     char want[128];
     snprintf(want, sizeof want, "\n%s ", name);
     const char *at = strstr(body, want);
