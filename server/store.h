@@ -248,8 +248,8 @@ int ims_store_room_list(ims_store *s, const char *after, int limit,
 int ims_store_user_rooms(ims_store *s, int64_t user_id, int (*cb)(void *ud, const char *name),
                          void *ud);
 /* Room history, newest first, msg_id < before_id (0 = no bound), at most limit; *more = 1 when
- * older ones exist. Keeps at most history_max messages per room: older ones are pruned by
- * ims_store_room_prune. */
+ * older ones exist. Only messages at or below ims_store_durable_msg_id() (synced). Keeps at most
+ * history_max messages per room: older ones are pruned by ims_store_room_prune. */
 int ims_store_room_history(ims_store *s, const char *room, int64_t before_id, int limit,
                            int (*cb)(void *ud, const ims_message *m), void *ud, int *more);
 /* Returns 0 (IMP_ERR_NO_SUCH_ROOM when absent). Pruned messages still queued for someone stay

@@ -9,7 +9,9 @@
  * Transactions: ims_store_begin() is BEGIN IMMEDIATE, ims_store_commit() COMMIT (with
  * synchronous=FULL the commit is the fsync, IMP-DELIV-001). Every writing operation runs inside
  * a SAVEPOINT when a batch is open, so that a failing operation is undone alone and the batch
- * stays usable; outside a batch it runs in its own BEGIN IMMEDIATE ... COMMIT.
+ * stays usable; outside a batch it runs in its own BEGIN IMMEDIATE ... COMMIT. Inside a
+ * transaction the users' last_seq/acked_seq live in memory and are written once per user just
+ * before COMMIT ("user marks" below).
  *
  * Schema (PRAGMA user_version 1, application_id 'imd1'):
  *   users(id AUTOINCREMENT, name UNIQUE, hash, admin, last_seq, acked_seq, created_ms)
@@ -62,8 +64,7 @@ enum {
     ST_USER_COUNT,
     ST_USER_IDS,
     ST_USER_MARKS,
-    ST_USER_SET_ACKED,
-    ST_USER_NEXT_SEQ,
+    ST_USER_SET_MARKS,
     ST_TOKEN_INSERT,
     ST_TOKEN_CHECK,
     ST_TOKEN_DELETE,
@@ -77,7 +78,8 @@ enum {
     ST_MSG_COUNT,
     ST_QUEUE_INSERT,
     ST_QUEUE_READ,
-    ST_QUEUE_DELETE_UPTO,
+    ST_QUEUE_IDS_RANGE,
+    ST_QUEUE_DELETE_RANGE,
     ST_QUEUE_DELETE_USER,
     ST_ROOM_INSERT,
     ST_ROOM_EXISTS,
@@ -128,10 +130,8 @@ static const char *const st_sql[ST_COUNT] = {
     [ST_USER_COUNT] = "SELECT count(*) FROM users",
     [ST_USER_IDS] = "SELECT id FROM users ORDER BY id",
     [ST_USER_MARKS] = "SELECT last_seq, acked_seq FROM users WHERE id = ?1",
-    [ST_USER_SET_ACKED] = "UPDATE users SET acked_seq = ?2 WHERE id = ?1",
-    /* IMP-DELIV-002: the user's next sequence number, assigned when the message is stored. */
-    [ST_USER_NEXT_SEQ] = "UPDATE users SET last_seq = last_seq + 1 WHERE id = ?1 "
-                         "RETURNING last_seq",
+    /* the batch's marks (see "user marks" below), written once per user before COMMIT */
+    [ST_USER_SET_MARKS] = "UPDATE users SET last_seq = ?2, acked_seq = ?3 WHERE id = ?1",
     [ST_TOKEN_INSERT] = "INSERT INTO tokens(hash, user_id, expires_ms) VALUES (?1, ?2, ?3)",
     [ST_TOKEN_CHECK] = "SELECT user_id FROM tokens WHERE hash = ?1 AND expires_ms > ?2",
     [ST_TOKEN_DELETE] = "DELETE FROM tokens WHERE hash = ?1",
@@ -154,7 +154,10 @@ static const char *const st_sql[ST_COUNT] = {
     [ST_QUEUE_READ] = "SELECT " MSG_COLS ", q.seq FROM queue q CROSS JOIN messages m "
                       "ON m.msg_id = q.msg_id WHERE q.user_id = ?1 AND q.seq > ?2 "
                       "ORDER BY q.seq LIMIT ?3",
-    [ST_QUEUE_DELETE_UPTO] = "DELETE FROM queue WHERE user_id = ?1 AND seq <= ?2 RETURNING msg_id",
+    /* an ack: the ids first (candidates for deletion), then the range (DELETE ... RETURNING
+     * would materialize its rows in a temporary table: measured slower) */
+    [ST_QUEUE_IDS_RANGE] = "SELECT msg_id FROM queue WHERE user_id = ?1 AND seq > ?2 AND seq <= ?3",
+    [ST_QUEUE_DELETE_RANGE] = "DELETE FROM queue WHERE user_id = ?1 AND seq > ?2 AND seq <= ?3",
     [ST_QUEUE_DELETE_USER] = "DELETE FROM queue WHERE user_id = ?1 RETURNING msg_id",
     [ST_ROOM_INSERT] = "INSERT OR IGNORE INTO rooms(name, created_ms) VALUES (?1, ?2)",
     [ST_ROOM_EXISTS] = "SELECT 1 FROM rooms WHERE name = ?1",
@@ -251,6 +254,22 @@ struct ims_store {
     /* Scratch list of message ids whose queue rows were deleted (candidates for deletion). */
     int64_t *ids;
     size_t ids_n, ids_cap;
+    /* The user marks of the open transaction (see "user marks" below): an open-addressing
+     * table by user id (id 0: free slot), and the current operation's undo records. */
+    struct umark {
+        int64_t id;
+        int64_t last, acked;
+        int dirty;   /* changed since read: written by marks_flush() */
+        int gone;    /* the user was deleted in this transaction */
+        uint32_t op; /* the operation that last recorded an undo for it */
+    } * um;
+    size_t um_n, um_cap;
+    struct umark_undo {
+        int64_t id;
+        struct umark old; /* old.id == 0: the entry was absent */
+    } * undo;
+    size_t undo_n, undo_cap;
+    uint32_t op_seq;
 };
 
 /* ---- errors --------------------------------------------------------------------------------- */
@@ -485,6 +504,173 @@ int ims_store_sync(ims_store *s)
     return 0;
 }
 
+/* ---- user marks ----------------------------------------------------------------------------
+ *
+ * users.last_seq (the highest seq assigned, IMP-DELIV-002) and users.acked_seq (IMP-DELIV-003)
+ * change with every queued message and every ack. An UPDATE of the users row for each was about
+ * a third of imd's time in the durable benchmark (issue 3). Inside a transaction the two values
+ * live here instead: read from the row on first use, changed in memory, and written once per
+ * user by marks_flush() just before COMMIT, in the same transaction, so that the queue rows and
+ * the marks still commit together (the invariant ims_store_integrity_check verifies).
+ *
+ * The table exists only while a transaction is open: BEGIN IMMEDIATE holds the write lock, so
+ * no other process changes a users row meanwhile (`imd user del` from another process waits for
+ * the lock and is seen by the next transaction). It is emptied when the transaction ends,
+ * committed or rolled back (marks_reset). Inside a batch, an operation records the old value of
+ * every entry before it first changes it; when its SAVEPOINT is rolled back they are restored.
+ */
+
+static size_t um_find(const ims_store *s, int64_t id)
+{
+    size_t mask = s->um_cap - 1;
+    size_t i = (size_t)(((uint64_t)id * 0x9E3779B97F4A7C15u) >> 40) & mask;
+    while (s->um[i].id != 0 && s->um[i].id != id)
+        i = (i + 1) & mask;
+    return i;
+}
+
+/* The entry of id when the table has one (gone or not), else NULL. */
+static struct umark *marks_peek(ims_store *s, int64_t id)
+{
+    if (s->um_n == 0)
+        return NULL;
+    struct umark *e = &s->um[um_find(s, id)];
+    return e->id == id ? e : NULL;
+}
+
+static int marks_grow(ims_store *s)
+{
+    size_t cap = s->um_cap ? s->um_cap * 2 : 64;
+    struct umark *old = s->um;
+    size_t oldcap = s->um_cap;
+    struct umark *t = calloc(cap, sizeof *t);
+    if (t == NULL)
+        return IMP_ERR_NOMEM;
+    s->um = t;
+    s->um_cap = cap;
+    for (size_t i = 0; i < oldcap; i++)
+        if (old[i].id != 0)
+            s->um[um_find(s, old[i].id)] = old[i];
+    free(old);
+    return 0;
+}
+
+/* The marks of user id in the open transaction (*out valid until the next marks_get), read
+ * from its row the first time. IMP_ERR_NO_SUCH_USER when there is no such user (any more). */
+static int marks_get(ims_store *s, int64_t id, struct umark **out)
+{
+    struct umark *e = marks_peek(s, id);
+    if (e == NULL) {
+        if (id <= 0)
+            return IMP_ERR_NO_SUCH_USER;
+        if ((s->um_n + 1) * 2 > s->um_cap && marks_grow(s) != 0)
+            return IMP_ERR_NOMEM;
+        sqlite3_stmt *q = st_get(s, ST_USER_MARKS);
+        if (q == NULL)
+            return IMP_ERR_STORAGE;
+        sqlite3_bind_int64(q, 1, id);
+        int rc = sqlite3_step(q), r = 0;
+        int64_t last = 0, acked = 0;
+        if (rc == SQLITE_ROW) {
+            last = sqlite3_column_int64(q, 0);
+            acked = sqlite3_column_int64(q, 1);
+        } else {
+            r = rc == SQLITE_DONE ? IMP_ERR_NO_SUCH_USER : db_fail(s, "user marks");
+        }
+        st_put(s, ST_USER_MARKS, q);
+        if (r != 0)
+            return r;
+        e = &s->um[um_find(s, id)];
+        memset(e, 0, sizeof *e);
+        e->id = id;
+        e->last = last;
+        e->acked = acked;
+        s->um_n++;
+    }
+    if (e->gone)
+        return IMP_ERR_NO_SUCH_USER;
+    *out = e;
+    return 0;
+}
+
+/* Before the first change of e by the current operation of a batch: remember its value. */
+static int marks_touch(ims_store *s, struct umark *e)
+{
+    if (!s->in_batch || e->op == s->op_seq)
+        return 0;
+    if (s->undo_n == s->undo_cap) {
+        size_t cap = s->undo_cap ? s->undo_cap * 2 : 16;
+        struct umark_undo *u = realloc(s->undo, cap * sizeof *u);
+        if (u == NULL)
+            return IMP_ERR_NOMEM;
+        s->undo = u;
+        s->undo_cap = cap;
+    }
+    s->undo[s->undo_n].id = e->id;
+    s->undo[s->undo_n].old = *e;
+    s->undo_n++;
+    e->op = s->op_seq;
+    return 0;
+}
+
+/* The current operation's SAVEPOINT was rolled back: its changes to the marks too. */
+static void marks_undo(ims_store *s)
+{
+    while (s->undo_n > 0) {
+        const struct umark_undo *u = &s->undo[--s->undo_n];
+        struct umark *e = marks_peek(s, u->id);
+        if (e != NULL)
+            *e = u->old;
+    }
+}
+
+/* The transaction ended (committed or rolled back): the rows are the truth again. */
+static void marks_reset(ims_store *s)
+{
+    if (s->um_n > 0) {
+        if (s->um_cap > 4096) { /* a broadcast's worth: give the memory back */
+            free(s->um);
+            s->um = NULL;
+            s->um_cap = 0;
+        } else {
+            memset(s->um, 0, s->um_cap * sizeof *s->um);
+        }
+    }
+    s->um_n = 0;
+    s->undo_n = 0;
+}
+
+/* Writes the changed marks into their rows, in the open transaction (before COMMIT). */
+static int marks_flush(ims_store *s)
+{
+    for (size_t i = 0; i < s->um_cap && s->um_n > 0; i++) {
+        struct umark *e = &s->um[i];
+        if (e->id == 0 || !e->dirty || e->gone)
+            continue;
+        sqlite3_stmt *q = st_get(s, ST_USER_SET_MARKS);
+        if (q == NULL)
+            return IMP_ERR_STORAGE;
+        sqlite3_bind_int64(q, 1, e->id);
+        sqlite3_bind_int64(q, 2, e->last);
+        sqlite3_bind_int64(q, 3, e->acked);
+        int rc = sqlite3_step(q);
+        st_put(s, ST_USER_SET_MARKS, q);
+        if (rc != SQLITE_DONE)
+            return db_fail(s, "user marks write");
+        e->dirty = 0;
+    }
+    return 0;
+}
+
+static void rollback(ims_store *s, int id)
+{
+    st_run(s, id);
+    if (id == ST_ROLLBACK_TO)
+        marks_undo(s);
+    else
+        marks_reset(s);
+}
+
 /* COMMIT, then (when it returned, i.e. after the fsync) the mark read just before it into the
  * marker. Cost per commit: one SELECT of two rows of sqlite_sequence (cached pages) and one
  * pwrite when the mark changed. With fsync_thread a batch's COMMIT is not synced: its mark waits
@@ -492,6 +678,9 @@ int ims_store_sync(ims_store *s)
 static int commit_marked(ims_store *s, int batch)
 {
     int64_t msg = -1, user = -1;
+    int fr = marks_flush(s); /* the caller rolls back on failure */
+    if (fr != 0)
+        return fr;
     if (s->wal_fd >= 0 && sqlite3_total_changes64(s->db) == s->changes_at_begin) {
         /* a batch that wrote nothing: nothing to sync (fsync_thread), no new mark */
         return st_run(s, ST_COMMIT);
@@ -547,6 +736,8 @@ static int op_begin(ims_store *s)
             logf_(s, "store: the batch was rolled back by SQLite; operation refused");
             return IMP_ERR_STORAGE;
         }
+        s->op_seq++;
+        s->undo_n = 0;
         return st_run(s, ST_SAVEPOINT);
     }
     s->changes_at_begin = sqlite3_total_changes64(s->db);
@@ -560,24 +751,31 @@ static int op_end(ims_store *s, int rc)
     if (s->in_batch) {
         if (rc == 0) {
             int r = st_run(s, ST_RELEASE);
-            if (r == 0)
+            if (r == 0) {
+                s->undo_n = 0;
                 return 0;
+            }
             rc = r;
         }
         if (!sqlite3_get_autocommit(s->db)) {
-            st_run(s, ST_ROLLBACK_TO);
+            rollback(s, ST_ROLLBACK_TO);
             st_run(s, ST_RELEASE);
+        } else {
+            marks_reset(s); /* SQLite rolled the whole batch back */
         }
         return rc;
     }
     if (rc == 0) {
         int r = commit_marked(s, 0);
-        if (r == 0)
+        if (r == 0) {
+            marks_reset(s);
             return 0;
+        }
         rc = r;
     }
     if (!sqlite3_get_autocommit(s->db))
-        st_run(s, ST_ROLLBACK);
+        rollback(s, ST_ROLLBACK);
+    marks_reset(s);
     return rc;
 }
 
@@ -603,12 +801,14 @@ int ims_store_commit(ims_store *s)
         return 0;
     s->in_batch = 0;
     if (sqlite3_get_autocommit(s->db)) {
+        marks_reset(s);
         logf_(s, "store: commit: the batch was rolled back by SQLite");
         return IMP_ERR_STORAGE;
     }
     int r = commit_marked(s, 1); /* IMP-DELIV-001: the fsync with synchronous=FULL */
     if (r != 0 && !sqlite3_get_autocommit(s->db))
-        st_run(s, ST_ROLLBACK);
+        rollback(s, ST_ROLLBACK);
+    marks_reset(s);
     return r;
 }
 
@@ -1124,7 +1324,8 @@ int ims_store_integrity_check(ims_store *s, char *err, size_t errlen)
 
 /* ---- users ---------------------------------------------------------------------------------- */
 
-static void row_to_user(sqlite3_stmt *q, ims_user *u)
+/* A users row; its marks are the transaction's when it changed them (user marks, below). */
+static void row_to_user(ims_store *s, sqlite3_stmt *q, ims_user *u)
 {
     memset(u, 0, sizeof *u);
     u->id = sqlite3_column_int64(q, 0);
@@ -1134,6 +1335,11 @@ static void row_to_user(sqlite3_stmt *q, ims_user *u)
     u->last_seq = (uint64_t)sqlite3_column_int64(q, 4);
     u->acked_seq = (uint64_t)sqlite3_column_int64(q, 5);
     u->created_ms = sqlite3_column_int64(q, 6);
+    const struct umark *e = marks_peek(s, u->id);
+    if (e != NULL && !e->gone) {
+        u->last_seq = (uint64_t)e->last;
+        u->acked_seq = (uint64_t)e->acked;
+    }
 }
 
 static int hash_ok(const char *hash)
@@ -1182,7 +1388,7 @@ static int user_lookup(ims_store *s, int id, const char *name, int64_t uid, ims_
     int rc = sqlite3_step(q);
     int r = 0;
     if (rc == SQLITE_ROW)
-        row_to_user(q, u);
+        row_to_user(s, q, u);
     else if (rc == SQLITE_DONE)
         r = IMP_ERR_NO_SUCH_USER;
     else
@@ -1265,16 +1471,21 @@ static int ids_push(ims_store *s, int64_t id)
 /* Runs a "DELETE FROM queue ... RETURNING msg_id" statement (?1 user_id, ?2 upto when
  * non-negative), then deletes the messages that no queue holds any
  * more and that are not room history. */
-static int queue_delete(ims_store *s, int id, int64_t user_id, int64_t upto)
+/* Deletes queue rows of user_id, then the messages nobody needs any more: all of them
+ * (ST_QUEUE_DELETE_USER) or the range after < seq <= upto (ST_QUEUE_DELETE_RANGE). */
+static int queue_delete(ims_store *s, int id, int64_t user_id, int64_t after, int64_t upto)
 {
-    sqlite3_stmt *q = st_get(s, id);
+    /* The ids are collected first: the message deletes are separate statements. A nested call
+     * (callbacks do not run here) cannot interleave, so s->ids is ours. */
+    int range = id == ST_QUEUE_DELETE_RANGE;
+    sqlite3_stmt *q = st_get(s, range ? ST_QUEUE_IDS_RANGE : id);
     if (q == NULL)
         return IMP_ERR_STORAGE;
     sqlite3_bind_int64(q, 1, user_id);
-    if (upto >= 0)
-        sqlite3_bind_int64(q, 2, upto);
-    /* The ids are collected first: the message deletes are separate statements. A nested call
-     * (callbacks do not run here) cannot interleave, so s->ids is ours. */
+    if (range) {
+        sqlite3_bind_int64(q, 2, after);
+        sqlite3_bind_int64(q, 3, upto);
+    }
     size_t base = s->ids_n;
     int rc, r = 0;
     while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
@@ -1283,7 +1494,20 @@ static int queue_delete(ims_store *s, int id, int64_t user_id, int64_t upto)
     }
     if (rc != SQLITE_DONE && r == 0)
         r = db_fail(s, "queue delete");
-    st_put(s, id, q);
+    st_put(s, range ? ST_QUEUE_IDS_RANGE : id, q);
+    if (r == 0 && range) {
+        q = st_get(s, ST_QUEUE_DELETE_RANGE);
+        if (q == NULL) {
+            r = IMP_ERR_STORAGE;
+        } else {
+            sqlite3_bind_int64(q, 1, user_id);
+            sqlite3_bind_int64(q, 2, after);
+            sqlite3_bind_int64(q, 3, upto);
+            if (sqlite3_step(q) != SQLITE_DONE)
+                r = db_fail(s, "queue delete");
+            st_put(s, ST_QUEUE_DELETE_RANGE, q);
+        }
+    }
     for (size_t i = base; r == 0 && i < s->ids_n; i++) {
         sqlite3_stmt *d = st_get(s, ST_MSG_DELETE_UNUSED);
         if (d == NULL) {
@@ -1319,7 +1543,7 @@ int ims_store_user_delete(ims_store *s, int64_t id)
         return r;
     /* The queue first (its messages may become unused), then the user: tokens, memberships and
      * dedupe entries go with it (ON DELETE CASCADE). All in this one operation. */
-    r = queue_delete(s, ST_QUEUE_DELETE_USER, id, -1);
+    r = queue_delete(s, ST_QUEUE_DELETE_USER, id, 0, 0);
     if (r == 0) {
         sqlite3_stmt *q = st_get(s, ST_USER_DELETE);
         if (q == NULL)
@@ -1331,6 +1555,9 @@ int ims_store_user_delete(ims_store *s, int64_t id)
             r = IMP_ERR_NO_SUCH_USER;
         st_put(s, ST_USER_DELETE, q);
     }
+    struct umark *e = r == 0 ? marks_peek(s, id) : NULL;
+    if (e != NULL && (r = marks_touch(s, e)) == 0)
+        e->gone = 1; /* no more seqs for it in this transaction, and no write at COMMIT */
     return op_end(s, r);
 }
 
@@ -1349,7 +1576,7 @@ int ims_store_user_list(ims_store *s, const char *after, int limit,
     int n = 0, rc;
     ims_user u;
     while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
-        row_to_user(q, &u);
+        row_to_user(s, q, &u);
         n++;
         if (cb(ud, &u) != 0) {
             rc = SQLITE_DONE;
@@ -1635,22 +1862,16 @@ static int first_occurrences(const int64_t *r, size_t n, size_t *first)
 /* Queues msg_id for user_id under the user's next seq (IMP-DELIV-002). */
 static int enqueue(ims_store *s, int64_t user_id, int64_t msg_id, uint64_t *seq_out)
 {
-    sqlite3_stmt *q = st_get(s, ST_USER_NEXT_SEQ);
-    if (q == NULL)
-        return IMP_ERR_STORAGE;
-    sqlite3_bind_int64(q, 1, user_id);
-    int rc = sqlite3_step(q), r = 0;
-    int64_t seq = 0;
-    if (rc == SQLITE_ROW)
-        seq = sqlite3_column_int64(q, 0);
-    else if (rc == SQLITE_DONE)
-        r = IMP_ERR_NO_SUCH_USER;
-    else
-        r = db_fail(s, "next seq");
-    st_put(s, ST_USER_NEXT_SEQ, q);
+    /* IMP-DELIV-002: the user's next sequence number, assigned when the message is stored
+     * (kept in the transaction's user marks, written at COMMIT) */
+    struct umark *e = NULL;
+    int r = marks_get(s, user_id, &e);
+    if (r == 0)
+        r = marks_touch(s, e);
     if (r != 0)
         return r;
-    q = st_get(s, ST_QUEUE_INSERT);
+    int64_t seq = e->last + 1;
+    sqlite3_stmt *q = st_get(s, ST_QUEUE_INSERT);
     if (q == NULL)
         return IMP_ERR_STORAGE;
     sqlite3_bind_int64(q, 1, user_id);
@@ -1659,8 +1880,12 @@ static int enqueue(ims_store *s, int64_t user_id, int64_t msg_id, uint64_t *seq_
     if (sqlite3_step(q) != SQLITE_DONE)
         r = db_fail(s, "queue insert");
     st_put(s, ST_QUEUE_INSERT, q);
+    if (r != 0)
+        return r;
+    e->last = seq;
+    e->dirty = 1;
     *seq_out = (uint64_t)seq;
-    return r;
+    return 0;
 }
 
 /* IMP-DELIV-006: msg_id is AUTOINCREMENT, so ids ascend in store order and are never reused,
@@ -1818,6 +2043,15 @@ int ims_store_queue_read(ims_store *s, int64_t user_id, uint64_t after_seq, int 
 
 static int user_marks(ims_store *s, int64_t user_id, uint64_t *last, uint64_t *acked)
 {
+    if (!sqlite3_get_autocommit(s->db)) { /* a transaction: its marks (user marks, above) */
+        struct umark *e = NULL;
+        int r = marks_get(s, user_id, &e);
+        if (r == 0) {
+            *last = (uint64_t)e->last;
+            *acked = (uint64_t)e->acked;
+        }
+        return r;
+    }
     sqlite3_stmt *q = st_get(s, ST_USER_MARKS);
     if (q == NULL)
         return IMP_ERR_STORAGE;
@@ -1858,25 +2092,23 @@ int ims_store_queue_ack(ims_store *s, int64_t user_id, uint64_t upto, uint64_t *
     int r = op_begin(s);
     if (r != 0)
         return r;
-    uint64_t last = 0, acked = 0;
-    r = user_marks(s, user_id, &last, &acked);
-    if (r == 0 && upto > last)
-        r = IMP_ERR_BAD_REQUEST;
+    struct umark *e = NULL;
+    uint64_t acked = 0;
+    r = marks_get(s, user_id, &e);
+    if (r == 0) {
+        acked = (uint64_t)e->acked;
+        if (upto > (uint64_t)e->last)
+            r = IMP_ERR_BAD_REQUEST;
+    }
     if (r == 0 && upto > acked) {
-        sqlite3_stmt *q = st_get(s, ST_USER_SET_ACKED);
-        if (q == NULL) {
-            r = IMP_ERR_STORAGE;
-        } else {
-            sqlite3_bind_int64(q, 1, user_id);
-            sqlite3_bind_int64(q, 2, u64_to_i64(upto));
-            if (sqlite3_step(q) != SQLITE_DONE)
-                r = db_fail(s, "ack");
-            st_put(s, ST_USER_SET_ACKED, q);
-        }
+        r = marks_touch(s, e);
         if (r == 0)
-            r = queue_delete(s, ST_QUEUE_DELETE_UPTO, user_id, u64_to_i64(upto));
-        if (r == 0)
+            r = queue_delete(s, ST_QUEUE_DELETE_RANGE, user_id, (int64_t)acked, u64_to_i64(upto));
+        if (r == 0) {
+            e->acked = u64_to_i64(upto); /* e: no marks_get since */
+            e->dirty = 1;
             acked = upto;
+        }
     }
     r = op_end(s, r);
     if (r == 0 && acked_out != NULL)
@@ -2084,11 +2316,17 @@ int ims_store_room_history(ims_store *s, const char *room, int64_t before_id, in
     int e = room_exists(s, room);
     if (e <= 0)
         return e < 0 ? e : IMP_ERR_NO_SUCH_ROOM;
+    /* IMP-DELIV-001: only what is on disk (fsync_thread: a committed batch may still wait for
+     * its fsync; its messages are neither ACKed nor delivered yet, so not history either) */
+    int64_t bound = before_id == 0 ? INT64_MAX : before_id;
+    int64_t durable = ims_store_durable_msg_id(s);
+    if (durable < INT64_MAX && bound > durable + 1)
+        bound = durable + 1;
     sqlite3_stmt *q = st_get(s, ST_HISTORY);
     if (q == NULL)
         return IMP_ERR_STORAGE;
     sqlite3_bind_text(q, 1, room, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(q, 2, before_id == 0 ? INT64_MAX : before_id);
+    sqlite3_bind_int64(q, 2, bound);
     sqlite3_bind_int64(q, 3, (int64_t)limit + 1); /* one more: is there an older one? */
     int n = 0, rc;
     ims_message m;

@@ -1160,6 +1160,113 @@ static void test_batch_failure_isolated(void **state)
     integrity_ok(s);
 }
 
+/* users.last_seq/acked_seq of another connection (what a second process sees): -1 if no row. */
+static void marks_outside(const char *path, int64_t id, int64_t *last, int64_t *acked)
+{
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    sqlite3_stmt *q = NULL;
+    assert_int_equal(
+        sqlite3_prepare_v2(db, "SELECT last_seq, acked_seq FROM users WHERE id = ?1", -1, &q, NULL),
+        SQLITE_OK);
+    sqlite3_bind_int64(q, 1, id);
+    *last = *acked = -1;
+    if (sqlite3_step(q) == SQLITE_ROW) {
+        *last = sqlite3_column_int64(q, 0);
+        *acked = sqlite3_column_int64(q, 1);
+    }
+    sqlite3_finalize(q);
+    sqlite3_close(db);
+}
+
+/* Issue 3 (durable throughput): in a batch the seq and ack marks are kept in memory and written
+ * into the users row once, in the same transaction, just before COMMIT: readers of the store see
+ * them at once, other processes only with the commit, and a failed operation takes its changes
+ * back. IMP-DELIV-002 (seqs), IMP-DELIV-003 (acks). */
+static void test_batch_marks_written_at_commit(void **state)
+{
+    fx *f = *state;
+    ims_store *s = f->s;
+    int64_t a = mk_user(s, "alice"), b = mk_user(s, "bob"), c = mk_user(s, "carol");
+    int64_t rb[] = {b}, rc[] = {c}, bad[] = {b, c, 9999};
+    uint64_t seqs[3];
+    int64_t last = 0, acked = 0, mid = 0;
+    assert_int_equal(ims_store_begin(s), 0);
+    for (int i = 0; i < 3; i++) {
+        put(s, a, "alice", 1, "bob", "m", rb, 1, seqs);
+        assert_int_equal(seqs[0], (uint64_t)i + 1);
+    }
+    uint64_t acked_out = 0;
+    assert_int_equal(ims_store_queue_ack(s, b, 2, &acked_out), 0);
+    assert_int_equal(acked_out, 2);
+    /* a failing operation: bob's and carol's seqs are given back */
+    assert_int_equal(put_rc(s, a, "alice", 1, "bob", "x", NULL, bad, 3, &mid, seqs),
+                     IMP_ERR_NO_SUCH_USER);
+    assert_int_equal(ims_store_queue_ack(s, b, 4, NULL), IMP_ERR_BAD_REQUEST);
+    ims_user u;
+    assert_int_equal(ims_store_user_get_id(s, b, &u), 0);
+    assert_int_equal(u.last_seq, 3);
+    assert_int_equal(u.acked_seq, 2);
+    assert_int_equal(qcount(s, b), 1);
+    assert_int_equal(qcount(s, c), 0);
+    if (f->file) {
+        marks_outside(f->path, b, &last, &acked);
+        assert_int_equal(last, 0); /* not committed yet */
+        assert_int_equal(acked, 0);
+    }
+    put(s, a, "alice", 1, "carol", "c1", rc, 1, seqs);
+    assert_int_equal(seqs[0], 1);
+    /* carol deleted in the batch: no seq for her any more, and no row written back */
+    assert_int_equal(ims_store_user_delete(s, c), 0);
+    assert_int_equal(put_rc(s, a, "alice", 1, "carol", "c2", NULL, rc, 1, &mid, seqs),
+                     IMP_ERR_NO_SUCH_USER);
+    assert_int_equal(ims_store_queue_count(s, c, &last), IMP_ERR_NO_SUCH_USER);
+    assert_int_equal(ims_store_commit(s), 0);
+    if (f->file) {
+        marks_outside(f->path, b, &last, &acked);
+        assert_int_equal(last, 3);
+        assert_int_equal(acked, 2);
+        marks_outside(f->path, c, &last, &acked);
+        assert_int_equal(last, -1);
+    }
+    assert_int_equal(ims_store_user_get_id(s, b, &u), 0);
+    assert_int_equal(u.last_seq, 3);
+    assert_int_equal(u.acked_seq, 2);
+    integrity_ok(s);
+    /* the next transaction reads the rows again: a change made in between by someone else
+     * (here: bob's row deleted behind the store's back) is seen */
+    if (f->file) {
+        sqlite3 *db = NULL;
+        char sql[256];
+        snprintf(sql, sizeof sql,
+                 "PRAGMA foreign_keys = ON; DELETE FROM queue WHERE user_id = %lld;"
+                 "DELETE FROM users WHERE id = %lld; DELETE FROM messages WHERE hist = 0 AND "
+                 "msg_id NOT IN (SELECT msg_id FROM queue)",
+                 (long long)b, (long long)b);
+        assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
+        assert_int_equal(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
+        sqlite3_close(db);
+        assert_int_equal(ims_store_begin(s), 0);
+        assert_int_equal(put_rc(s, a, "alice", 1, "bob", "y", NULL, rb, 1, &mid, seqs),
+                         IMP_ERR_NO_SUCH_USER);
+        assert_int_equal(ims_store_commit(s), 0);
+        integrity_ok(s);
+    }
+    /* outside a batch each operation commits its own marks */
+    int64_t d = mk_user(s, "dave"), rd[] = {d};
+    put(s, a, "alice", 1, "dave", "d1", rd, 1, seqs);
+    put(s, a, "alice", 1, "dave", "d2", rd, 1, seqs);
+    assert_int_equal(seqs[0], 2);
+    assert_int_equal(ims_store_queue_ack(s, d, 1, NULL), 0);
+    if (f->file) {
+        marks_outside(f->path, d, &last, &acked);
+        assert_int_equal(last, 2);
+        assert_int_equal(acked, 1);
+    }
+    assert_int_equal(qcount(s, d), 1);
+    integrity_ok(s);
+}
+
 /* Everything committed survives close and open; ims_store_close commits an open batch. */
 static void test_persistence(void **state)
 {
@@ -1712,6 +1819,7 @@ int main(void)
         BOTH(test_room_history_and_prune),
         BOTH(test_user_delete_removes_everything),
         BOTH(test_batch_failure_isolated),
+        BOTH(test_batch_marks_written_at_commit),
         FILE_ONLY(test_persistence),
         FILE_ONLY(test_uncommitted_batch_lost_on_crash),
         FILE_ONLY(test_locked_database),

@@ -216,6 +216,52 @@ static void test_reopen_counts_all_as_durable(void **state)
     assert_int_equal(count, 2);
 }
 
+static int count_cb(void *ud, const ims_message *m)
+{
+    (void)m;
+    (*(int *)ud)++;
+    return 0;
+}
+
+/* HISTORY shows only what is on disk: a room message committed in a batch whose fsync has not
+ * been reported yet is not in the room's history (it could still be lost; its senders have no
+ * ACK and its members no DELIVER yet). IMP-DELIV-001. */
+static void test_history_waits_for_sync(void **state)
+{
+    sfx *f = *state;
+    assert_int_equal(ims_store_room_join(f->s, "lobby", f->alice, 1, NULL), 0);
+    int64_t durable0 = ims_store_durable_msg_id(f->s);
+    assert_int_equal(ims_store_begin(f->s), 0);
+    ims_message m;
+    memset(&m, 0, sizeof m);
+    m.sender_id = f->alice;
+    snprintf(m.sender, sizeof m.sender, "alice");
+    m.target_kind = 2;
+    snprintf(m.target, sizeof m.target, "lobby");
+    m.ts_ms = 2000;
+    m.body = (const uint8_t *)"hi";
+    m.body_len = 2;
+    int64_t id = 0;
+    assert_int_equal(ims_store_message_put(f->s, &m, NULL, NULL, &f->alice, 1, &id, NULL), 0);
+    assert_int_equal(ims_store_commit(f->s), 0);
+    assert_true(id > durable0);
+    int n = 0, more = -1;
+    assert_int_equal(ims_store_room_history(f->s, "lobby", 0, 10, count_cb, &n, &more), 0);
+    assert_int_equal(n, 0);
+    assert_int_equal(more, 0);
+    n = 0;
+    assert_int_equal(ims_store_room_history(f->s, "lobby", id + 1, 10, count_cb, &n, &more), 0);
+    assert_int_equal(n, 0);
+    assert_int_equal(ims_store_sync(f->s), 0);
+    assert_int_equal(ims_store_durable_msg_id(f->s), id);
+    n = 0;
+    assert_int_equal(ims_store_room_history(f->s, "lobby", 0, 10, count_cb, &n, &more), 1);
+    assert_int_equal(n, 1);
+    n = 0;
+    assert_int_equal(ims_store_room_history(f->s, "lobby", id, 10, count_cb, &n, &more), 0);
+    assert_int_equal(n, 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -224,6 +270,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_read_only_batch_not_counted, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sync_now_and_inline_ops, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reopen_counts_all_as_durable, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_history_waits_for_sync, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
