@@ -76,6 +76,7 @@ enum {
     ST_MSG_INSERT,
     ST_MSG_DELETE_UNUSED,
     ST_MSG_COUNT,
+    ST_MSG_DELETE_UNUSED_LIST,
     ST_QUEUE_INSERT,
     ST_QUEUE_READ,
     ST_QUEUE_IDS_RANGE,
@@ -150,6 +151,11 @@ static const char *const st_sql[ST_COUNT] = {
     [ST_MSG_DELETE_UNUSED] = "DELETE FROM messages WHERE msg_id = ?1 AND hist = 0 AND "
                              "NOT EXISTS (SELECT 1 FROM queue WHERE msg_id = ?1)",
     [ST_MSG_COUNT] = "SELECT count(*) FROM messages",
+    /* the messages of an ack's range that nobody needs any more, in one statement (?1: a JSON
+     * array of ids; one DELETE per message was a fifth of the durable benchmark's time) */
+    [ST_MSG_DELETE_UNUSED_LIST] =
+        "DELETE FROM messages WHERE msg_id IN (SELECT value FROM json_each(?1)) AND hist = 0 AND "
+        "NOT EXISTS (SELECT 1 FROM queue WHERE msg_id = messages.msg_id)",
     [ST_QUEUE_INSERT] = "INSERT INTO queue(user_id, seq, msg_id) VALUES (?1, ?2, ?3)",
     [ST_QUEUE_READ] = "SELECT " MSG_COLS ", q.seq FROM queue q CROSS JOIN messages m "
                       "ON m.msg_id = q.msg_id WHERE q.user_id = ?1 AND q.seq > ?2 "
@@ -1471,6 +1477,45 @@ static int ids_push(ims_store *s, int64_t id)
 /* Runs a "DELETE FROM queue ... RETURNING msg_id" statement (?1 user_id, ?2 upto when
  * non-negative), then deletes the messages that no queue holds any
  * more and that are not room history. */
+static int delete_if_unused(ims_store *s, int64_t msg_id)
+{
+    sqlite3_stmt *d = st_get(s, ST_MSG_DELETE_UNUSED);
+    if (d == NULL)
+        return IMP_ERR_STORAGE;
+    sqlite3_bind_int64(d, 1, msg_id);
+    int r = sqlite3_step(d) == SQLITE_DONE ? 0 : db_fail(s, "message delete");
+    st_put(s, ST_MSG_DELETE_UNUSED, d);
+    return r;
+}
+
+/* The same for n ids at once (n > 1). */
+static int delete_unused_list(ims_store *s, const int64_t *ids, size_t n)
+{
+    char small[1024];
+    size_t cap = n * 21 + 3;
+    char *json = cap <= sizeof small ? small : malloc(cap);
+    if (json == NULL)
+        return IMP_ERR_NOMEM;
+    size_t len = 0;
+    json[len++] = '[';
+    for (size_t i = 0; i < n; i++)
+        len += (size_t)snprintf(json + len, cap - len, i ? ",%lld" : "%lld", (long long)ids[i]);
+    json[len++] = ']';
+    int r = 0;
+    sqlite3_stmt *d = st_get(s, ST_MSG_DELETE_UNUSED_LIST);
+    if (d == NULL) {
+        r = IMP_ERR_STORAGE;
+    } else {
+        sqlite3_bind_text(d, 1, json, (int)len, SQLITE_STATIC);
+        if (sqlite3_step(d) != SQLITE_DONE)
+            r = db_fail(s, "message delete");
+        st_put(s, ST_MSG_DELETE_UNUSED_LIST, d);
+    }
+    if (json != small)
+        free(json);
+    return r;
+}
+
 /* Deletes queue rows of user_id, then the messages nobody needs any more: all of them
  * (ST_QUEUE_DELETE_USER) or the range after < seq <= upto (ST_QUEUE_DELETE_RANGE). */
 static int queue_delete(ims_store *s, int id, int64_t user_id, int64_t after, int64_t upto)
@@ -1508,29 +1553,11 @@ static int queue_delete(ims_store *s, int id, int64_t user_id, int64_t after, in
             st_put(s, ST_QUEUE_DELETE_RANGE, q);
         }
     }
-    for (size_t i = base; r == 0 && i < s->ids_n; i++) {
-        sqlite3_stmt *d = st_get(s, ST_MSG_DELETE_UNUSED);
-        if (d == NULL) {
-            r = IMP_ERR_STORAGE;
-            break;
-        }
-        sqlite3_bind_int64(d, 1, s->ids[i]);
-        if (sqlite3_step(d) != SQLITE_DONE)
-            r = db_fail(s, "message delete");
-        st_put(s, ST_MSG_DELETE_UNUSED, d);
-    }
+    if (r == 0 && s->ids_n - base > 1)
+        r = delete_unused_list(s, s->ids + base, s->ids_n - base);
+    else if (r == 0 && s->ids_n - base == 1)
+        r = delete_if_unused(s, s->ids[base]);
     s->ids_n = base;
-    return r;
-}
-
-static int delete_if_unused(ims_store *s, int64_t msg_id)
-{
-    sqlite3_stmt *d = st_get(s, ST_MSG_DELETE_UNUSED);
-    if (d == NULL)
-        return IMP_ERR_STORAGE;
-    sqlite3_bind_int64(d, 1, msg_id);
-    int r = sqlite3_step(d) == SQLITE_DONE ? 0 : db_fail(s, "message delete");
-    st_put(s, ST_MSG_DELETE_UNUSED, d);
     return r;
 }
 

@@ -804,6 +804,25 @@ static void test_ack_deletes_message_after_last_recipient(void **state)
     assert_int_equal(ims_store_queue_ack(s, c, 1, NULL), 0);
     assert_int_equal(mcount(s), 0);
     integrity_ok(s);
+    /* one ack over several messages (they are deleted in one statement): only those nobody
+     * else holds go; a room message in its room's history stays */
+    int64_t rb[] = {b};
+    assert_int_equal(ims_store_room_join(s, "lobby", b, 1, NULL), 0);
+    put(s, a, "alice", 3, "", "bc1", r, 2, NULL);      /* b 2, c 2 */
+    put(s, a, "alice", 1, "bob", "d1", rb, 1, NULL);   /* b 3 */
+    put(s, a, "alice", 3, "", "bc2", r, 2, NULL);      /* b 4, c 3 */
+    put(s, a, "alice", 2, "lobby", "r1", rb, 1, NULL); /* b 5, history */
+    put(s, a, "alice", 1, "bob", "d2", rb, 1, NULL);   /* b 6 */
+    assert_int_equal(mcount(s), 5);
+    assert_int_equal(ims_store_queue_ack(s, b, 6, NULL), 0);
+    assert_int_equal(mcount(s), 3); /* bc1, bc2 (carol), r1 (history) */
+    g.n = 0;
+    assert_int_equal(ims_store_queue_read(s, c, 0, 10, collect_msg, &g), 2);
+    assert_memory_equal(g.m[0].body, "bc1", 3);
+    assert_memory_equal(g.m[1].body, "bc2", 3);
+    assert_int_equal(ims_store_queue_ack(s, c, 3, NULL), 0);
+    assert_int_equal(mcount(s), 1);
+    integrity_ok(s);
 }
 
 /* IMP-DELIV-005: a sender's CLIENT_MSG_ID maps to the first message and its digest. */
