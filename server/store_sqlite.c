@@ -1281,6 +1281,8 @@ void ims_store_close(ims_store *s)
         close(s->wal_fd);
     free(s->marker);
     free(s->ids);
+    free(s->um);
+    free(s->undo);
     free(s->pend);
     free(s->path);
     free(s);
