@@ -52,8 +52,10 @@ struct imp_conn {
     uint8_t role;   /* imp_role */
     uint8_t state;  /* imp_state */
     uint8_t authed; /* READY was reached */
-    uint8_t ping_outstanding;
+    uint8_t flags;  /* F_* (one byte: the object stays within its size, issue 3) */
 };
+#define F_PING_OUTSTANDING 1u /* a PING of ours is not answered yet (IMP-TIME-002) */
+#define F_DEFER_LOGOUT 2u     /* server: LOGOUT's OK is the application's (IMP-SESS-008) */
 
 /* now + ms without wrapping: a time past the clock's range saturates at UINT64_MAX
  * (IMP-TIME-001, IMP-TIME-002). */
@@ -280,12 +282,18 @@ uint32_t imp_conn_recv_limit(const imp_conn *c)
     return c->max_frame;
 }
 
+/* CLOSING (IMP-SESS-003) and LOGOUT_RCVD (IMP-SESS-008) ignore all input. */
+static int input_closed(const imp_conn *c)
+{
+    return c->state == IMP_S_CLOSING || c->state == IMP_S_LOGOUT_RCVD;
+}
+
 imp_ssize imp_conn_feed(imp_conn *c, const uint8_t *buf, size_t len)
 {
     if (c->err)
         return c->err;
-    if (c->state == IMP_S_CLOSING)
-        return (imp_ssize)len; /* IMP-SESS-003: input is ignored */
+    if (input_closed(c))
+        return (imp_ssize)len; /* IMP-SESS-003, IMP-SESS-008: input is ignored */
     size_t unread = c->in.len - c->in.pos;
     size_t limit = (size_t)imp_conn_recv_limit(c) + INPUT_SLACK;
     size_t take = unread < limit ? limit - unread : 0;
@@ -328,8 +336,9 @@ static int send_empty(imp_conn *c, uint8_t type, uint32_t request_id)
     return queue(c, &m, IMP_HEADER_SIZE);
 }
 
-/* What the library does by itself when a frame arrives (the "(auto …)" of section 7). */
-static int on_receive(imp_conn *c, const imp_msg *m)
+/* What the library does by itself when a frame arrives (the "(auto …)" of section 7), for the
+ * frame's cell. */
+static int on_receive(imp_conn *c, const imp_msg *m, struct imp_cell cell)
 {
     switch (m->type) {
     case IMP_HELLO: /* IMP-MSG-002: version 1 must be in the client's range */
@@ -345,10 +354,14 @@ static int on_receive(imp_conn *c, const imp_msg *m)
     case IMP_PING:
         return send_empty(c, IMP_PONG, m->request_id);
     case IMP_PONG: /* IMP-TIME-002: any PONG resets the missed counter */
-        c->ping_outstanding = 0;
+        c->flags &= (uint8_t)~F_PING_OUTSTANDING;
         c->missed = 0;
         return 0;
     case IMP_LOGOUT: /* IMP-MSG-005 */
+        if (cell.action == CELL_LOGOUT_IN && (c->flags & F_DEFER_LOGOUT)) {
+            c->logout_id = m->request_id; /* IMP-SESS-008: the application's OK closes */
+            return 0;
+        }
         return send_empty(c, IMP_OK, m->request_id);
     default:
         return 0;
@@ -371,9 +384,12 @@ static void apply_to(imp_conn *c, struct imp_cell cell, uint32_t request_id, uin
         else if (cell.arg >= 0)
             c->state = (uint8_t)cell.arg;
         break;
-    case CELL_LOGOUT_OK: /* IMP-SESS-007 */
+    case CELL_LOGOUT_OK: /* IMP-SESS-007; IMP-SESS-008 (server: the OK for LOGOUT sent) */
         if (request_id == c->logout_id)
             c->state = IMP_S_CLOSING;
+        break;
+    case CELL_LOGOUT_IN: /* IMP-MSG-005; IMP-SESS-008 */
+        c->state = (c->flags & F_DEFER_LOGOUT) ? IMP_S_LOGOUT_RCVD : (uint8_t)cell.arg;
         break;
     default:
         break;
@@ -389,7 +405,7 @@ int imp_conn_next_event(imp_conn *c, imp_msg *m)
 {
     if (c->err)
         return c->err;
-    if (c->state == IMP_S_CLOSING) { /* IMP-SESS-003 */
+    if (input_closed(c)) { /* IMP-SESS-003, IMP-SESS-008 */
         c->in.pos = c->in.len;
         return 0;
     }
@@ -413,7 +429,7 @@ int imp_conn_next_event(imp_conn *c, imp_msg *m)
         return fail_req(c, cell.arg, f.request_id); /* IMP-MSG-001, IMP-SESS-004 */
     int r = imp_msg_decode(&f, m);
     if (r == 0)
-        r = on_receive(c, m);
+        r = on_receive(c, m, cell);
     if (r)
         return fail_req(c, r, f.request_id); /* IMP-ERR-003: the frame has no effect */
     apply(c, cell, m);
@@ -554,6 +570,17 @@ void imp_conn_set_max_output(imp_conn *c, size_t max_output)
     c->max_output = max_output;
 }
 
+int imp_conn_set_defer_logout(imp_conn *c, int on)
+{
+    if (c->role != IMP_ROLE_SERVER)
+        return IMP_ERR_INVAL;
+    if (on) /* IMP-SESS-008 */
+        c->flags |= F_DEFER_LOGOUT;
+    else
+        c->flags &= (uint8_t)~F_DEFER_LOGOUT;
+    return 0;
+}
+
 void imp_conn_trim(imp_conn *c)
 {
     /* IMP-LIB-003: what is released goes back through the allocator hook */
@@ -574,12 +601,12 @@ int imp_conn_tick(imp_conn *c, uint64_t now_ms)
     if (!c->authed && c->deadline && c->now >= c->deadline)
         return fail(c, IMP_ERR_AUTH_TIMEOUT); /* IMP-TIME-001 */
     if (c->state == IMP_S_READY && c->ping_interval_ms && c->now >= c->next_ping) {
-        if (c->ping_outstanding && ++c->missed >= c->ping_max_missed)
+        if ((c->flags & F_PING_OUTSTANDING) && ++c->missed >= c->ping_max_missed)
             return fail(c, IMP_ERR_PING_TIMEOUT); /* IMP-TIME-002 */
         int r = send_empty(c, IMP_PING, ++c->ping_id);
         if (r)
             return fail(c, r);
-        c->ping_outstanding = 1;
+        c->flags |= F_PING_OUTSTANDING;
         /* IMP-TIME-002: every I ms on the original schedule, so that a tick that comes late
          * does not push every later PING back; more than one interval late restarts it. */
         c->next_ping = time_after(c->next_ping, c->ping_interval_ms);

@@ -83,6 +83,16 @@ static enum group group_of(uint8_t type)
     {                 \
         CELL_ERRF, -1 \
     }
+/* "CLOSING if LOGOUT's id, else =" (IMP-SESS-007, IMP-SESS-008) */
+#define LOGOUT_OK         \
+    {                     \
+        CELL_LOGOUT_OK, 0 \
+    }
+/* "CLOSING (auto OK), LOGOUT_RCVD if deferred" (IMP-SESS-008) */
+#define LOGOUT_IN                     \
+    {                                 \
+        CELL_LOGOUT_IN, IMP_S_CLOSING \
+    }
 #define ALL(c)                          \
     {                                   \
         c, c, c, c, c, c, c, c, c, c, c \
@@ -105,19 +115,25 @@ static const row server_rx[IMP_STATE_COUNT] = {
     [IMP_S_AUTHENTICATING] = {FAIL(STATE), FAIL(WRONG_ROLE), FAIL(STATE), FAIL(WRONG_ROLE),
                               GO(CLOSING), FAIL(WRONG_ROLE), GO(CLOSING), SAME, SAME,
                               FAIL(NOT_AUTHENTICATED), FAIL(WRONG_ROLE)},
-    [IMP_S_READY] = {FAIL(STATE), FAIL(WRONG_ROLE), FAIL(STATE), FAIL(WRONG_ROLE), GO(CLOSING),
+    [IMP_S_READY] = {FAIL(STATE), FAIL(WRONG_ROLE), FAIL(STATE), FAIL(WRONG_ROLE), LOGOUT_IN,
                      FAIL(WRONG_ROLE), GO(CLOSING), SAME, SAME, SAME, FAIL(WRONG_ROLE)},
+    /* IMP-SESS-008: after a deferred LOGOUT input is ignored, as in CLOSING */
+    [IMP_S_LOGOUT_RCVD] = ALL(IGN),
     [IMP_S_CLOSING] = ALL(IGN),
 };
 
 /* 7.2 Server role: send. A non-fatal ERROR answering REGISTER/LOGIN returns to AWAIT_AUTH
- * (IMP-SESS-005). */
+ * (IMP-SESS-005). The spec's OK column is the G_OK group, its "APP_S except OK" G_APP_S. */
 static const row server_tx[IMP_STATE_COUNT] = {
     [IMP_S_AWAIT_HELLO] = {NOPE, NOPE, NOPE, NOPE, NOPE, NOPE, ERRF_SAME, NOPE, NOPE, NOPE, NOPE},
     [IMP_S_AWAIT_AUTH] = {NOPE, NOPE, NOPE, NOPE, NOPE, NOPE, ERRF_SAME, NOPE, NOPE, NOPE, NOPE},
     [IMP_S_AUTHENTICATING] = {NOPE, NOPE, NOPE, GO(READY), NOPE, NOPE, ERRF(AWAIT_AUTH), NOPE, NOPE,
                               NOPE, NOPE},
     [IMP_S_READY] = {NOPE, NOPE, NOPE, NOPE, NOPE, SAME, ERRF_SAME, SAME, NOPE, NOPE, SAME},
+    /* IMP-SESS-008: the answers owed for the requests before LOGOUT, then the OK with LOGOUT's
+     * request id, which closes */
+    [IMP_S_LOGOUT_RCVD] = {NOPE, NOPE, NOPE, NOPE, NOPE, LOGOUT_OK, ERRF_SAME, NOPE, NOPE, NOPE,
+                           SAME},
     [IMP_S_CLOSING] = ALL(SHUT),
 };
 
@@ -173,6 +189,6 @@ const char *imp_state_name(imp_state s)
 {
     static const char *const names[IMP_STATE_COUNT] = {
         "AWAIT_HELLO", "AWAIT_AUTH", "AUTHENTICATING", "HELLO_SENT", "CONNECTED",
-        "AUTH_SENT",   "READY",      "LOGOUT_SENT",    "CLOSING"};
+        "AUTH_SENT",   "READY",      "LOGOUT_SENT",    "CLOSING",    "LOGOUT_RCVD"};
     return (unsigned)s < IMP_STATE_COUNT ? names[s] : NULL;
 }

@@ -7,13 +7,16 @@
 #include "imp/conn.h"
 
 enum cell_action {
-    CELL_GO = 1,   /* move to state arg */
-    CELL_STAY,     /* = */
-    CELL_IGNORE,   /* drop silently */
-    CELL_FAIL,     /* fatal protocol violation with error arg */
-    CELL_REFUSE,   /* send refused with error arg; nothing changes */
-    CELL_ERRF,     /* ERROR: fatal code -> CLOSING, else state arg (or stay if arg < 0) */
-    CELL_LOGOUT_OK /* client LOGOUT_SENT, OK: CLOSING if LOGOUT's id, else stay */
+    CELL_GO = 1,    /* move to state arg */
+    CELL_STAY,      /* = */
+    CELL_IGNORE,    /* drop silently */
+    CELL_FAIL,      /* fatal protocol violation with error arg */
+    CELL_REFUSE,    /* send refused with error arg; nothing changes */
+    CELL_ERRF,      /* ERROR: fatal code -> CLOSING, else state arg (or stay if arg < 0) */
+    CELL_LOGOUT_OK, /* client LOGOUT_SENT receives OK, server LOGOUT_RCVD sends OK: CLOSING if
+                       LOGOUT's id, else stay */
+    CELL_LOGOUT_IN  /* server READY receives LOGOUT: CLOSING with the auto OK, or LOGOUT_RCVD
+                       and nothing sent when deferred (IMP-SESS-008) */
 };
 
 struct imp_cell {

@@ -173,6 +173,14 @@ struct ims_server {
         uint64_t seq;
     } * notes; /* queues grown in this turn, published on the bus after the commit */
     size_t nnotes, capnotes;
+    /* deferred LOGOUT (IMP-SESS-008): clients whose OK to LOGOUT waits for their ACKs held for
+     * a commit or an fsync (held, batches), with LOGOUT's request id. Kept here, not in the
+     * clients (issue 3: an idle client's bytes); allocated only while one is pending. */
+    struct ims_logout {
+        uint64_t client; /* client id */
+        uint32_t req;
+    } * logouts;
+    size_t nlogouts, caplogouts;
     ims_client *cur;    /* the client whose input is being handled */
     int64_t wall_cache; /* ims_now_wall while cur's input is handled (wall_cached) */
     int wall_cached;

@@ -496,6 +496,7 @@ void ims_server_free(ims_server *srv)
         client_free(c);
     }
     ims_deliver_free(srv);
+    free(srv->logouts);
     for (size_t i = 0; i < IMS_USER_BUCKETS; i++) {
         while (srv->ubucket[i]) {
             ims_ouser *u = srv->ubucket[i];
@@ -560,6 +561,8 @@ ims_client *ims_server_accept(ims_server *srv, const char *peer, void *io_ctx)
         free(c);
         return NULL;
     }
+    /* IMP-SESS-008: LOGOUT's OK is sent by logout_received/logouts_check, after the ACKs */
+    (void)imp_conn_set_defer_logout(c->conn, 1);
     /* count the clients open now, in total and from this address */
     int total = 0, same = 0;
     for (ims_client *o = srv->clients; o; o = o->next) {
@@ -594,6 +597,98 @@ ims_client *ims_server_accept(ims_server *srv, const char *peer, void *io_ctx)
     return c;
 }
 
+/* ---- LOGOUT (IMP-SESS-008) ---------------------------------------------------------------- */
+
+/* Deferred LOGOUT: the OK to LOGOUT follows the answers to every request read before it. The
+ * synchronous answers (ERROR, OK, replies) went out while those requests were handled; the ACKs
+ * of durable SENDs are held until the turn's commit (srv->held) and, with the fsync thread,
+ * until its fsync (srv->batches), then sent in order by ims_deliver_flush. So the OK goes out
+ * once no ACK of the client is held any more: at once when none is, else by logouts_check after
+ * the flush that sent the last one. The lists are walked only for clients with a LOGOUT pending
+ * (LOGOUT is rare); the send path is untouched.
+ *
+ * ACK_MODE 2 ACKs that wait for recipients' DELIVERED (srv->waiting, moved there by the flush)
+ * do not delay the OK: they may wait forever. As on any close, they are never sent: the client's
+ * entries are dropped by ims_deliver_forget_client when it is freed (the messages are stored and
+ * delivered; only the "delivered" answer is lost, and SPEC.md IMP-SESS-008 says so).
+ *
+ * While the OK is pending the connection is in LOGOUT_RCVD: libimp drops its input, it is not
+ * ims_client_ready (no DELIVERs, transients, presence or monitor events), and the session stays
+ * until the OK (then mark_closed: counted as close.logout, the session ends). A client that
+ * goes away meanwhile is counted as close.peer; its entry in srv->logouts names a client id
+ * that is never reused, and is dropped by the next logouts_check, as its held ACKs are by
+ * send_ack (no such client). */
+
+/* 1 when an ACK of client id is held for a commit or an fsync. */
+static int has_held(const ims_server *srv, uint64_t id)
+{
+    for (const ims_held *h = srv->held; h; h = h->next)
+        if (h->client == id)
+            return 1;
+    for (const struct ims_batch *b = srv->batches; b; b = b->next)
+        for (const ims_held *h = b->held; h; h = h->next)
+            if (h->client == id)
+                return 1;
+    return 0;
+}
+
+/* The OK to LOGOUT (libimp moves the connection to CLOSING) and the close. */
+static void logout_finish(ims_client *c, uint32_t req)
+{
+    ims_client_ok(c, req, 0, 0, 0); /* a failure closes c with its own reason */
+    if (!c->reason)
+        mark_closed(c, 0); /* close.logout */
+    ims_client_wake(c);
+}
+
+static void logout_received(ims_client *c, uint32_t req)
+{
+    ims_server *srv = c->srv;
+    if (c->reason || imp_conn_state(c->conn) != IMP_S_LOGOUT_RCVD)
+        return; /* before READY libimp answered it and closed (conn_closed counts it) */
+    if (!has_held(srv, c->id)) {
+        logout_finish(c, req);
+        return;
+    }
+    if (srv->nlogouts == srv->caplogouts) {
+        size_t cap = srv->caplogouts ? 2 * srv->caplogouts : 8;
+        struct ims_logout *l = realloc(srv->logouts, cap * sizeof *l);
+        if (!l) {
+            /* out of memory: the OK at once, as without deferral (the held ACKs are lost) */
+            logout_finish(c, req);
+            return;
+        }
+        srv->logouts = l;
+        srv->caplogouts = cap;
+    }
+    srv->logouts[srv->nlogouts].client = c->id;
+    srv->logouts[srv->nlogouts].req = req;
+    srv->nlogouts++;
+}
+
+/* After a flush: the pending LOGOUTs whose ACKs are all out get their OK; entries of clients
+ * gone or closed meanwhile are dropped. */
+static void logouts_check(ims_server *srv)
+{
+    size_t keep = 0;
+    for (size_t i = 0; i < srv->nlogouts; i++) {
+        struct ims_logout l = srv->logouts[i];
+        ims_client *c = ims_client_by_id(srv, l.client);
+        if (c && !c->reason && has_held(srv, l.client)) {
+            srv->logouts[keep++] = l;
+            continue;
+        }
+        if (c && !c->reason)
+            logout_finish(c, l.req); /* never adds to srv->logouts (only input does) */
+    }
+    srv->nlogouts = keep;
+    if (keep == 0) { /* LOGOUT is rare: no memory held for it meanwhile */
+        free(srv->logouts);
+        srv->logouts = NULL;
+        srv->caplogouts = 0;
+    }
+}
+
 /* ---- input -------------------------------------------------------------------------------- */
 
 static void stats_reply(ims_client *c, const imp_msg *m);
@@ -618,6 +713,9 @@ static void handle(ims_client *c, const imp_msg *m)
         return;
     case IMP_LOGIN:
         ims_session_login(c, m);
+        return;
+    case IMP_LOGOUT:
+        logout_received(c, m->request_id);
         return;
     default:
         break;
@@ -664,7 +762,7 @@ static void handle(ims_client *c, const imp_msg *m)
         monitor_req(c, m);
         break;
     default:
-        break; /* HELLO, PING, PONG, LOGOUT, ERROR: libimp did what there is to do */
+        break; /* HELLO, PING, PONG, ERROR: libimp did what there is to do */
     }
 }
 
@@ -837,6 +935,8 @@ static void batch_release(ims_server *srv, uint64_t gen, int ok)
         free(mnotes);
         free(b);
     }
+    if (srv->nlogouts)
+        logouts_check(srv); /* IMP-SESS-008: the OKs after the ACKs just sent */
 }
 
 /* fsync_thread: what the syncer finished since the last look. */
@@ -885,6 +985,8 @@ void ims_server_turn_end(ims_server *srv)
             srv->st[ST_STORE_SYNC_FAILURES]++;
         }
         ims_deliver_flush(srv, ok);
+        if (srv->nlogouts)
+            logouts_check(srv); /* IMP-SESS-008: the OKs after the ACKs just sent */
         return;
     }
     /* IMP-DELIV-001 with the fsync off the loop: the turn's ACKs and deliveries wait for the
@@ -898,6 +1000,8 @@ void ims_server_turn_end(ims_server *srv)
     }
     sync_poll(srv);
     ims_deliver_flush(srv, 1); /* nothing held here: the users whose queues moved */
+    if (srv->nlogouts)
+        logouts_check(srv); /* batch_stash's fallback flushed without batch_release */
 }
 
 static void sync_wait(ims_server *srv)
@@ -966,7 +1070,10 @@ void ims_server_auth_ready(ims_server *srv)
 void ims_server_shutdown(ims_server *srv)
 {
     srv->shutting_down = 1;
-    ims_server_turn_end(srv); /* the turn's messages are committed and ACKed first */
+    /* The turn's messages are committed and ACKed first. A LOGOUT pending (IMP-SESS-008) gets
+     * its OK here, after the final sync has released its ACKs (logouts_check): that client sees
+     * every answer and the OK, not SHUTDOWN; the others get ERROR SHUTDOWN below. */
+    ims_server_turn_end(srv);
     sync_wait(srv);
     for (ims_client *c = srv->clients; c; c = c->next)
         ims_client_close(c, -IMP_ERR_SHUTDOWN, "server shutting down");

@@ -4,8 +4,8 @@
  * together in memory whole and byte by byte (IMP-FRAME-008), receive limits (IMP-FRAME-005,
  * IMP-SESS-006, IMP-SEC-001, IMP-SEC-002), sticky errors (IMP-ERR-002, IMP-ERR-003), input flow
  * control, the output queue and its cap, timers (IMP-TIME-001..003), allocation failure
- * (IMP-LIB-003) and the lifetime of event views (IMP-LIB-002). The per-cell behaviour of the
- * state tables is in test_state.c.
+ * (IMP-LIB-003), the lifetime of event views (IMP-LIB-002) and a server's deferred LOGOUT
+ * (IMP-SESS-008, IMP-MSG-005). The per-cell behaviour of the state tables is in test_state.c.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -2363,6 +2363,223 @@ static void test_output_partly_written(void **state)
     assert_int_equal(k.live, 0);
 }
 
+/* ---- deferred LOGOUT (IMP-SESS-008) ------------------------------------------------------- */
+
+/* Send a built message of this type and id; imp_conn_send must return want. */
+static void tx_expect(imp_conn *c, uint8_t type, uint32_t id, int want)
+{
+    imp_msg m;
+    build(&m, type, id);
+    assert_int_equal(imp_conn_send(c, &m), want);
+}
+
+/* SEND 5, SEND 6, LOGOUT 7, PING 8, SEND 9 in one piece of input. */
+static size_t pipelined_logout(uint8_t *buf, size_t cap)
+{
+    imp_msg ms[5];
+    build(&ms[0], IMP_SEND, 5);
+    build(&ms[1], IMP_SEND, 6);
+    build(&ms[2], IMP_LOGOUT, 7);
+    build(&ms[3], IMP_PING, 8);
+    build(&ms[4], IMP_SEND, 9);
+    return encode_seq(buf, cap, ms, 5);
+}
+
+/* Option off (the default, and set back to off): LOGOUT is answered by the library at once and
+ * closes, byte for byte as before (IMP-MSG-005, IMP-SESS-003); the option is the server's. */
+static void test_defer_logout_off(void **state)
+{
+    (void)state;
+    uint8_t buf[512];
+    imp_msg ev;
+    size_t n = pipelined_logout(buf, sizeof buf);
+    imp_conn *a = server_at(NULL, IMP_S_READY, 0);
+    imp_conn *b = server_at(NULL, IMP_S_READY, 0);
+    assert_int_equal(imp_conn_set_defer_logout(b, 1), 0);
+    assert_int_equal(imp_conn_set_defer_logout(b, 0), 0);
+    assert_int_equal(imp_conn_feed(a, buf, n), (imp_ssize)n);
+    assert_int_equal(imp_conn_feed(b, buf, n), (imp_ssize)n);
+    imp_conn *both[2] = {a, b};
+    for (int i = 0; i < 2; i++) {
+        expect_event(both[i], IMP_SEND, 5);
+        expect_event(both[i], IMP_SEND, 6);
+        expect_event(both[i], IMP_LOGOUT, 7);
+        assert_int_equal(imp_conn_next_event(both[i], &ev), 0);
+        assert_int_equal(imp_conn_state(both[i]), IMP_S_CLOSING);
+        assert_true(imp_conn_want_close(both[i]));
+        outlist o;
+        out_decode(both[i], &o);
+        assert_int_equal(o.n, 1); /* the OK, nothing for PING 8 */
+        assert_int_equal(o.m[0].type, IMP_OK);
+        assert_int_equal(o.m[0].request_id, 7);
+        /* the answers to SEND 5 and 6 can no longer be sent */
+        tx_expect(both[i], IMP_ACK, 5, IMP_ERR_CLOSED);
+    }
+    expect_twins(a, b);
+    imp_conn_free(a);
+    imp_conn_free(b);
+    /* a client has no such option */
+    imp_conn *c = client_at(NULL, IMP_S_READY, 0, NULL);
+    assert_int_equal(imp_conn_set_defer_logout(c, 1), IMP_ERR_INVAL);
+    tx(c, IMP_LOGOUT, 7);
+    assert_int_equal(imp_conn_state(c), IMP_S_LOGOUT_SENT);
+    imp_conn_free(c);
+}
+
+/* Option on: LOGOUT is an event like before but nothing is sent by itself; the connection is in
+ * LOGOUT_RCVD, where input after LOGOUT is ignored (no event, no PONG, taken and dropped), no
+ * timer runs, and the application still sends what it owes (ACK, ERROR, OK for other requests,
+ * other APP_S frames) in the order it wants; the OK with LOGOUT's request id comes last and
+ * closes; later sends are refused with CLOSED. */
+static void test_defer_logout_on(void **state)
+{
+    (void)state;
+    uint8_t buf[512];
+    imp_msg ev, m;
+    imp_config cfg;
+    imp_config_default(&cfg, IMP_ROLE_SERVER);
+    cfg.ping_interval_ms = 1000;
+    size_t n = pipelined_logout(buf, sizeof buf);
+    imp_conn *s = server_at(&cfg, IMP_S_READY, 0);
+    assert_int_equal(imp_conn_set_defer_logout(s, 1), 0);
+    assert_int_equal(imp_conn_feed(s, buf, n), (imp_ssize)n);
+    expect_event(s, IMP_SEND, 5);
+    expect_event(s, IMP_SEND, 6);
+    expect_event(s, IMP_LOGOUT, 7);
+    assert_int_equal(imp_conn_state(s), IMP_S_LOGOUT_RCVD);
+    assert_int_equal(imp_conn_next_event(s, &ev), 0); /* PING 8 and SEND 9: ignored */
+    assert_int_equal(imp_conn_next_event(s, &ev), 0);
+    assert_false(imp_conn_want_close(s));
+    assert_int_equal(imp_conn_error(s), 0);
+    const uint8_t *p;
+    assert_int_equal(imp_conn_pending_output(s, &p), 0); /* no OK, no PONG */
+    /* more input, even garbage, is taken and dropped */
+    assert_int_equal(imp_conn_feed(s, buf, n), (imp_ssize)n);
+    assert_int_equal(imp_conn_feed(s, (const uint8_t *)"\xff\xff\xff\xff", 4), 4);
+    assert_int_equal(imp_conn_next_event(s, &ev), 0);
+    assert_int_equal(imp_conn_error(s), 0);
+    /* no keepalive while the answers are owed */
+    assert_int_equal(imp_conn_next_deadline(s), UINT64_MAX);
+    assert_int_equal(imp_conn_tick(s, 10000), 0);
+    assert_int_equal(imp_conn_pending_output(s, &p), 0);
+    /* what the application owes, and what it may not send */
+    tx(s, IMP_ACK, 5);
+    build(&m, IMP_ERROR, 6);
+    imp_msg_set_u(&m, IMP_T_CODE, 504); /* QUOTA: not fatal */
+    assert_int_equal(imp_conn_send(s, &m), 0);
+    assert_int_equal(imp_conn_state(s), IMP_S_LOGOUT_RCVD);
+    tx(s, IMP_OK, 99); /* an OK for another request does not close */
+    assert_int_equal(imp_conn_state(s), IMP_S_LOGOUT_RCVD);
+    tx(s, IMP_DELIVER, 0);
+    tx_expect(s, IMP_PING, 3, IMP_ERR_NOT_ALLOWED);
+    tx_expect(s, IMP_PONG, 8, IMP_ERR_NOT_ALLOWED);
+    tx_expect(s, IMP_AUTH_OK, 2, IMP_ERR_NOT_ALLOWED);
+    assert_int_equal(imp_conn_state(s), IMP_S_LOGOUT_RCVD);
+    assert_false(imp_conn_want_close(s));
+    tx(s, IMP_OK, 7);
+    assert_int_equal(imp_conn_state(s), IMP_S_CLOSING);
+    assert_true(imp_conn_want_close(s));
+    tx_expect(s, IMP_ACK, 9, IMP_ERR_CLOSED);
+    tx_expect(s, IMP_OK, 7, IMP_ERR_CLOSED);
+    outlist o;
+    out_decode(s, &o);
+    static const uint8_t types[] = {IMP_ACK, IMP_ERROR, IMP_OK, IMP_DELIVER, IMP_OK};
+    static const uint32_t ids[] = {5, 6, 99, 0, 7};
+    assert_int_equal(o.n, 5);
+    for (int i = 0; i < 5; i++) {
+        assert_int_equal(o.m[i].type, types[i]);
+        assert_int_equal(o.m[i].request_id, ids[i]);
+    }
+    assert_int_equal(imp_conn_error(s), 0);
+    imp_conn_free(s);
+}
+
+/* Option on: the OK that closes may be a prepared frame too; a fatal ERROR or imp_conn_close
+ * (a server shutting down) in LOGOUT_RCVD closes with the ERROR and no OK; the OK for a LOGOUT
+ * with request id 0 is OK 0. */
+static void test_defer_logout_other_ends(void **state)
+{
+    (void)state;
+    imp_msg m;
+    outlist o;
+    /* prepared OK */
+    imp_conn *s = server_at(NULL, IMP_S_READY, 0);
+    assert_int_equal(imp_conn_set_defer_logout(s, 1), 0);
+    rx(s, IMP_LOGOUT, 0);
+    assert_int_equal(imp_conn_state(s), IMP_S_LOGOUT_RCVD);
+    build(&m, IMP_OK, 1);
+    imp_prepared *p1 = imp_prepared_new(&m, NULL, NULL);
+    build(&m, IMP_OK, 0);
+    imp_prepared *p0 = imp_prepared_new(&m, NULL, NULL);
+    assert_non_null(p1);
+    assert_non_null(p0);
+    assert_int_equal(imp_conn_send_prepared(s, p1), 0);
+    assert_int_equal(imp_conn_state(s), IMP_S_LOGOUT_RCVD);
+    assert_int_equal(imp_conn_send_prepared(s, p0), 0);
+    assert_int_equal(imp_conn_state(s), IMP_S_CLOSING);
+    assert_int_equal(imp_conn_send_prepared(s, p0), IMP_ERR_CLOSED);
+    imp_prepared_free(p0);
+    imp_prepared_free(p1);
+    imp_conn_free(s);
+    /* fatal ERROR sent by the application */
+    s = server_at(NULL, IMP_S_READY, 0);
+    assert_int_equal(imp_conn_set_defer_logout(s, 1), 0);
+    rx(s, IMP_LOGOUT, 7);
+    build(&m, IMP_ERROR, 0);
+    imp_msg_set_u(&m, IMP_T_CODE, 731);
+    assert_int_equal(imp_conn_send(s, &m), 0);
+    assert_int_equal(imp_conn_state(s), IMP_S_CLOSING);
+    imp_conn_free(s);
+    /* imp_conn_close */
+    s = server_at(NULL, IMP_S_READY, 0);
+    assert_int_equal(imp_conn_set_defer_logout(s, 1), 0);
+    rx(s, IMP_LOGOUT, 7);
+    imp_conn_close(s, 730, "shutting down");
+    assert_int_equal(imp_conn_state(s), IMP_S_CLOSING);
+    assert_true(imp_conn_want_close(s));
+    out_decode(s, &o);
+    assert_int_equal(o.n, 1);
+    assert_int_equal(o.m[0].type, IMP_ERROR);
+    assert_int_equal(imp_msg_u(&o.m[0], IMP_T_CODE, 0), 730);
+    assert_int_equal(imp_conn_error(s), 0);
+    imp_conn_free(s);
+}
+
+/* Option on, before READY: nothing but the authentication can be owed, and LOGOUT abandons it;
+ * the OK is sent at once and the connection closes, as with the option off (IMP-SESS-008). The
+ * option may be set at any time before the LOGOUT. */
+static void test_defer_logout_before_ready(void **state)
+{
+    (void)state;
+    imp_state sts[2] = {IMP_S_AWAIT_AUTH, IMP_S_AUTHENTICATING};
+    for (int i = 0; i < 2; i++) {
+        imp_conn *s = server_at(NULL, sts[i], 0);
+        assert_int_equal(imp_conn_set_defer_logout(s, 1), 0);
+        rx(s, IMP_LOGOUT, 7);
+        assert_int_equal(imp_conn_state(s), IMP_S_CLOSING);
+        outlist o;
+        out_decode(s, &o);
+        assert_int_equal(o.n, 1);
+        assert_int_equal(o.m[0].type, IMP_OK);
+        assert_int_equal(o.m[0].request_id, 7);
+        tx_expect(s, IMP_AUTH_OK, 2, IMP_ERR_CLOSED);
+        imp_conn_free(s);
+    }
+    /* set before HELLO: the LOGOUT in READY is deferred */
+    imp_conn *s = imp_conn_new(IMP_ROLE_SERVER, NULL, 0);
+    assert_non_null(s);
+    assert_int_equal(imp_conn_set_defer_logout(s, 1), 0);
+    rx(s, IMP_HELLO, 1);
+    rx(s, IMP_LOGIN, 2);
+    tx(s, IMP_AUTH_OK, 2);
+    drain(s);
+    rx(s, IMP_LOGOUT, 3);
+    assert_int_equal(imp_conn_state(s), IMP_S_LOGOUT_RCVD);
+    const uint8_t *p;
+    assert_int_equal(imp_conn_pending_output(s, &p), 0);
+    imp_conn_free(s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -2409,6 +2626,10 @@ int main(void)
         cmocka_unit_test(test_prepared_state_and_cap),
         cmocka_unit_test(test_prepared_allocation),
         cmocka_unit_test(test_prepared_effects_match_send),
+        cmocka_unit_test(test_defer_logout_off),
+        cmocka_unit_test(test_defer_logout_on),
+        cmocka_unit_test(test_defer_logout_other_ends),
+        cmocka_unit_test(test_defer_logout_before_ready),
         cmocka_unit_test(test_output_partly_written),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -11,7 +11,12 @@
  *   send tables:    imp_conn_send is called, and its result, the state after it and the output
  *                   (exactly the frame, or nothing on refusal) are compared with the cell.
  * IMP-SESS-001, IMP-SESS-002, IMP-SESS-003, IMP-SESS-004, IMP-SESS-005, IMP-SESS-007,
- * IMP-MSG-001, IMP-MSG-002, IMP-MSG-005, IMP-ERR-002, IMP-SEC-001.
+ * IMP-SESS-008, IMP-MSG-001, IMP-MSG-002, IMP-MSG-005, IMP-ERR-002, IMP-SEC-001.
+ *
+ * The server's tables are checked twice, on connections with deferred LOGOUT off (the default)
+ * and on (imp_conn_set_defer_logout, IMP-SESS-008): a cell "…, X if deferred" gives X with the
+ * option on (and no automatic answer), every other cell must mean the same in both modes. The
+ * row LOGOUT_RCVD is reachable with the option on only.
  *
  * A cell that does not match is reported with its table, state and type (all mismatches of a
  * table are printed before the test fails).
@@ -69,11 +74,13 @@ typedef struct action {
 /* One cell, interpreted per the notation paragraph of section 7. */
 typedef struct cell {
     char text[CELL_LEN];
-    action normal;     /* the cell, or for ERROR "as the rest of the cell says" */
-    int has_fatal;     /* "fatal→X, rest" (ERROR columns only) */
-    action fatal;      /* X */
-    int has_cond;      /* "A if LOGOUT's id, else B": normal = A, cond_else = B */
-    action cond_else;  /* B */
+    action normal;    /* the cell, or for ERROR "as the rest of the cell says" */
+    int has_fatal;    /* "fatal→X, rest" (ERROR columns only) */
+    action fatal;     /* X */
+    int has_cond;     /* "A if LOGOUT's id, else B": normal = A, cond_else = B */
+    action cond_else; /* B */
+    int has_deferred; /* "…, X if deferred": deferred = X (server receive, IMP-SESS-008) */
+    action deferred;
     uint8_t auto_type; /* "(auto X)": the library queues X by itself */
     int alt_err;       /* "(...; VERSION→fatal)": the condition that makes the frame fatal */
     int set;           /* filled from exactly one column */
@@ -118,6 +125,7 @@ static const struct {
     {"READY", IMP_S_READY},
     {"LOGOUT_SENT", IMP_S_LOGOUT_SENT},
     {"CLOSING", IMP_S_CLOSING},
+    {"LOGOUT_RCVD", IMP_S_LOGOUT_RCVD},
 };
 #define NSTATES (sizeof k_states / sizeof k_states[0])
 
@@ -448,6 +456,21 @@ static int parse_cell(const table *t, const char *text, uint8_t type, cell *c)
     memset(c, 0, sizeof *c);
     scopy(c->text, sizeof c->text, text);
     scopy(main_part, sizeof main_part, text);
+    /* "REST, X if deferred": X with deferred LOGOUT, REST otherwise (read below) */
+    {
+        const char *suffix = " if deferred";
+        size_t n = strlen(main_part), sl = strlen(suffix);
+        if (n > sl && strcmp(main_part + n - sl, suffix) == 0) {
+            main_part[n - sl] = '\0';
+            char *comma = strrchr(main_part, ',');
+            if (!comma || t->is_send || t->role != IMP_ROLE_SERVER)
+                return -1;
+            *comma = '\0';
+            c->has_deferred = 1;
+            if (parse_action(t, comma + 1, &c->deferred))
+                return -1;
+        }
+    }
     char *open = strchr(main_part, '(');
     if (open) {
         char *close = strchr(open, ')');
@@ -505,8 +528,8 @@ static int parse_cell(const table *t, const char *text, uint8_t type, cell *c)
     }
     /* the notation's constraints: ignore only in receive tables, NOT_ALLOWED/CLOSED only in
      * send tables, only local refusals in send tables */
-    action acts[3] = {c->normal, c->fatal, c->cond_else};
-    for (int i = 0; i < 3; i++) {
+    action acts[4] = {c->normal, c->fatal, c->cond_else, c->deferred};
+    for (int i = 0; i < 4; i++) {
         if (acts[i].kind == A_IGNORE && t->is_send)
             return -1;
         if (acts[i].kind == A_ERROR && t->is_send && acts[i].err != IMP_ERR_NOT_ALLOWED &&
@@ -869,9 +892,12 @@ static uint32_t first_output_id(imp_conn *c, uint8_t type)
 }
 
 /* A connection of `role` in state `st`, output drained. route selects how CLOSING is reached:
- * 0 = the orderly way (server: LOGOUT received in READY; client: OK for its LOGOUT),
- * 1 = by a fatal error (server: it sends a fatal ERROR; client: it receives one). */
-static void conn_at(fixture *fx, imp_role role, imp_state st, int route)
+ * 0 = the orderly way (server: LOGOUT received in READY, and with deferred LOGOUT its OK sent
+ *     then; client: OK for its LOGOUT),
+ * 1 = by a fatal error (server: it sends a fatal ERROR; client: it receives one).
+ * defer: a server connection with deferred LOGOUT on (IMP-SESS-008), set right after creation
+ * (LOGOUT_RCVD is reached only so). */
+static void conn_at(fixture *fx, imp_role role, imp_state st, int route, int defer)
 {
     imp_config cfg;
     imp_msg m;
@@ -880,6 +906,11 @@ static void conn_at(fixture *fx, imp_role role, imp_state st, int route)
     fx->c = imp_conn_new(role, &cfg, 0);
     assert_non_null(fx->c);
     imp_conn *c = fx->c;
+    if (defer) {
+        assert_int_equal(role, IMP_ROLE_SERVER);
+        assert_int_equal(imp_conn_set_defer_logout(c, 1), 0);
+    }
+    assert_true(defer || st != IMP_S_LOGOUT_RCVD);
     if (role == IMP_ROLE_SERVER) {
         assert_int_equal(imp_conn_state(c), IMP_S_AWAIT_HELLO);
         if (st == IMP_S_AWAIT_HELLO)
@@ -902,9 +933,15 @@ static void conn_at(fixture *fx, imp_role role, imp_state st, int route)
         drive_tx(c, &m, IMP_S_READY);
         if (st == IMP_S_READY)
             goto done;
-        assert_int_equal(st, IMP_S_CLOSING);
         build_msg(&m, IMP_LOGOUT, ID_LOGOUT);
-        drive_rx(c, &m, IMP_S_CLOSING);
+        drive_rx(c, &m, defer ? IMP_S_LOGOUT_RCVD : IMP_S_CLOSING);
+        if (st == IMP_S_LOGOUT_RCVD)
+            goto done;
+        assert_int_equal(st, IMP_S_CLOSING);
+        if (defer) {
+            build_msg(&m, IMP_OK, ID_LOGOUT);
+            drive_tx(c, &m, IMP_S_CLOSING);
+        }
     } else {
         assert_int_equal(imp_conn_state(c), IMP_S_HELLO_SENT);
         fx->hello_id = first_output_id(c, IMP_HELLO);
@@ -972,6 +1009,7 @@ typedef struct ctx {
     int row;
     int ti; /* type index */
     const char *variant;
+    int defer; /* server: deferred LOGOUT on (IMP-SESS-008) */
     unsigned failures;
 } ctx;
 
@@ -982,8 +1020,9 @@ static void PRINTF_LIKE(2, 3) cell_fail(ctx *x, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    print_error("%s | %s | %s [%s] cell '%s': %s\n", x->t->heading, x->t->row_name[x->row],
-                g.types[x->ti].name, x->variant, x->t->cells[x->row][x->ti].text, msg);
+    print_error("%s | %s | %s [%s%s] cell '%s': %s\n", x->t->heading, x->t->row_name[x->row],
+                g.types[x->ti].name, x->variant, x->defer ? ", deferred LOGOUT" : "",
+                x->t->cells[x->row][x->ti].text, msg);
     x->failures++;
 }
 
@@ -1023,7 +1062,7 @@ static void rx_variant(ctx *x, int route, const imp_msg *m, const uint8_t *raw, 
     char want[64];
 
     g.checks++;
-    conn_at(&fx, t->role, st, route);
+    conn_at(&fx, t->role, st, route, x->defer);
     imp_conn *c = fx.c;
     if (raw) {
         memcpy(buf, raw, rawlen);
@@ -1071,8 +1110,10 @@ static void rx_variant(ctx *x, int route, const imp_msg *m, const uint8_t *raw, 
             cell_fail(x, "want ignore: %d frame(s) queued, first %s", o.n, type_str(o.m[0].type));
         if (imp_conn_error(c) != err_before)
             cell_fail(x, "want ignore: error changed to %d", imp_conn_error(c));
-        if (!imp_conn_want_close(c))
-            cell_fail(x, "want ignore: want_close is 0 in CLOSING");
+        /* CLOSING wants the transport closed; LOGOUT_RCVD still has answers to send */
+        if (imp_conn_want_close(c) != (st == IMP_S_CLOSING))
+            cell_fail(x, "want ignore: want_close is %d in %s", imp_conn_want_close(c),
+                      state_str(st));
         break;
     case A_SAME:
     case A_STATE: {
@@ -1176,28 +1217,32 @@ static void check_rx_cell(ctx *x, int route)
     imp_msg m;
     uint8_t raw[64];
     uint32_t id = rx_request_id(type);
+    /* IMP-SESS-008: with deferred LOGOUT a cell "…, X if deferred" means X, nothing sent */
+    int deferred = x->defer && ce->has_deferred;
+    const action *normal = deferred ? &ce->deferred : &ce->normal;
+    uint8_t auto_type = deferred ? 0 : ce->auto_type;
 
     if (type == IMP_ERROR) {
         build_msg(&m, IMP_ERROR, id);
         imp_msg_set_u(&m, IMP_T_CODE, (uint64_t)k_fatal_code);
         x->variant = "fatal code 730";
-        rx_variant(x, route, &m, NULL, 0, ce->has_fatal ? &ce->fatal : &ce->normal, 0);
+        rx_variant(x, route, &m, NULL, 0, ce->has_fatal ? &ce->fatal : normal, 0);
         for (size_t i = 0; i < sizeof k_nonfatal_codes / sizeof k_nonfatal_codes[0]; i++) {
             imp_msg_set_u(&m, IMP_T_CODE, (uint64_t)k_nonfatal_codes[i]);
             x->variant = i == 0 ? "non-fatal code 400" : "non-fatal code 505";
-            rx_variant(x, route, &m, NULL, 0, &ce->normal, 0);
+            rx_variant(x, route, &m, NULL, 0, normal, 0);
         }
     } else if (ce->has_cond) {
         build_msg(&m, type, ID_LOGOUT);
         x->variant = "LOGOUT's id";
-        rx_variant(x, route, &m, NULL, 0, &ce->normal, ce->auto_type);
+        rx_variant(x, route, &m, NULL, 0, normal, auto_type);
         build_msg(&m, type, ID_LOGIN);
         x->variant = "another id";
-        rx_variant(x, route, &m, NULL, 0, &ce->cond_else, ce->auto_type);
+        rx_variant(x, route, &m, NULL, 0, &ce->cond_else, auto_type);
     } else {
         build_msg(&m, type, id);
         x->variant = "valid frame";
-        rx_variant(x, route, &m, NULL, 0, &ce->normal, ce->auto_type);
+        rx_variant(x, route, &m, NULL, 0, normal, auto_type);
     }
     if (ce->alt_err) {
         /* IMP-MSG-002: the only condition named this way is VERSION, for HELLO */
@@ -1217,7 +1262,7 @@ static void check_rx_cell(ctx *x, int route)
      * refused or ignored frame gives the table's result whatever its payload; an accepted one
      * is decoded, so its bad payload fails with ZERO_TAG. */
     {
-        action a = ce->normal, zero = {A_ERROR, IMP_S_CLOSING, IMP_ERR_ZERO_TAG};
+        action a = *normal, zero = {A_ERROR, IMP_S_CLOSING, IMP_ERR_ZERO_TAG};
         const action *want = (a.kind == A_ERROR || a.kind == A_IGNORE) ? &a : &zero;
         size_t n = bad_payload_frame(type, id, raw);
         x->variant = "payload with tag 0";
@@ -1251,7 +1296,7 @@ static void tx_variant(ctx *x, int route, const imp_msg *m, const action *a)
     const uint8_t *p;
 
     g.checks++;
-    conn_at(&fx, t->role, st, route);
+    conn_at(&fx, t->role, st, route, x->defer);
     imp_conn *c = fx.c;
     int err_before = imp_conn_error(c);
     action_str(a, st, want, sizeof want);
@@ -1310,9 +1355,15 @@ static void check_tx_cell(ctx *x, int route)
             x->variant = i == 0 ? "non-fatal code 400" : "non-fatal code 505";
             tx_variant(x, route, &m, &ce->normal);
         }
+    } else if (ce->has_cond) {
+        /* IMP-SESS-008: the OK that answers the deferred LOGOUT closes, any other OK does not */
+        build_msg(&m, type, ID_LOGOUT);
+        x->variant = "LOGOUT's id";
+        tx_variant(x, route, &m, &ce->normal);
+        build_msg(&m, type, ID_OTHER);
+        x->variant = "another id";
+        tx_variant(x, route, &m, &ce->cond_else);
     } else {
-        if (ce->has_cond)
-            cell_fail(x, "conditional cell in a send table");
         x->variant = "valid frame";
         tx_variant(x, route, &m, &ce->normal);
     }
@@ -1328,13 +1379,20 @@ static void check_table(int k)
     x.t = t;
     for (x.row = 0; x.row < t->nrows; x.row++)
         for (x.ti = 0; x.ti < g.ntypes; x.ti++) {
-            /* CLOSING is checked on both ways of reaching it */
-            int routes = t->row_state[x.row] == IMP_S_CLOSING ? 2 : 1;
-            for (int route = 0; route < routes; route++) {
-                if (t->is_send)
-                    check_tx_cell(&x, route);
-                else
-                    check_rx_cell(&x, route);
+            imp_state st = t->row_state[x.row];
+            /* a server's cells with deferred LOGOUT off and on (IMP-SESS-008); LOGOUT_RCVD
+             * exists only with it on */
+            for (x.defer = 0; x.defer <= (t->role == IMP_ROLE_SERVER); x.defer++) {
+                if (!x.defer && st == IMP_S_LOGOUT_RCVD)
+                    continue;
+                /* CLOSING is checked on both ways of reaching it */
+                int routes = st == IMP_S_CLOSING ? 2 : 1;
+                for (int route = 0; route < routes; route++) {
+                    if (t->is_send)
+                        check_tx_cell(&x, route);
+                    else
+                        check_rx_cell(&x, route);
+                }
             }
             cells++;
         }
@@ -1406,7 +1464,7 @@ static void test_role_states(void **state)
             assert_string_equal(imp_state_name(rx->row_state[r]), rx->row_name[r]);
         }
     }
-    assert_int_equal(g.tables[0].nrows, 5); /* server */
+    assert_int_equal(g.tables[0].nrows, 6); /* server, LOGOUT_RCVD included (IMP-SESS-008) */
     assert_int_equal(g.tables[2].nrows, 6); /* client */
     /* every state of conn.h belongs to at least one role, and names round-trip */
     for (size_t i = 0; i < NSTATES; i++) {
@@ -1439,7 +1497,8 @@ static void test_role_states(void **state)
     imp_conn_free(c);
 }
 
-/* 7.1 — IMP-SESS-002, IMP-SESS-003, IMP-SESS-004, IMP-MSG-001, IMP-MSG-002, IMP-MSG-005,
+/* 7.1 — IMP-SESS-002, IMP-SESS-003, IMP-SESS-004, IMP-SESS-008 (LOGOUT deferred: no OK by
+ * itself, LOGOUT_RCVD ignores input), IMP-MSG-001, IMP-MSG-002, IMP-MSG-005,
  * IMP-SEC-001 (only the frames of IMP-SESS-004 before authentication), IMP-SEC-003 (every
  * request that names a user or room, APP_C, fails with NOT_AUTHENTICATED before AUTH_OK). */
 static void test_table_server_receive(void **state)
@@ -1448,7 +1507,8 @@ static void test_table_server_receive(void **state)
     check_table(0);
 }
 
-/* 7.2 — IMP-SESS-002, IMP-SESS-003, IMP-SESS-005 (a non-fatal ERROR answering LOGIN returns the
+/* 7.2 — IMP-SESS-002, IMP-SESS-003, IMP-SESS-008 (LOGOUT_RCVD: answers still sent, the OK with
+ * LOGOUT's id closes), IMP-SESS-005 (a non-fatal ERROR answering LOGIN returns the
  * server to AWAIT_AUTH), IMP-ERR-002 (a fatal ERROR closes). */
 static void test_table_server_send(void **state)
 {
@@ -1479,9 +1539,9 @@ static void test_all_cells_counted(void **state)
     for (int k = 0; k < 4; k++)
         want += (unsigned long)g.tables[k].nrows * IMP_TYPE_COUNT;
     print_message("state tables: %lu cells checked (%lu sub-cases), want %lu = 31 types x "
-                  "(5+5+6+6) state rows\n",
+                  "(6+6+6+6) state rows\n",
                   g.cells_checked, g.checks, want);
-    assert_int_equal(want, 31ul * (5 + 5 + 6 + 6));
+    assert_int_equal(want, 31ul * (6 + 6 + 6 + 6));
     assert_int_equal(g.cells_checked, want);
 }
 

@@ -498,6 +498,84 @@ static void test_idle_client_memory(void **state)
     h_free(h);
 }
 
+/* Deferred LOGOUT in the core (IMP-SESS-008), deterministic: the harness commits inline and
+ * ACKs are held until turn(). */
+/* SEND then LOGOUT in one input: no OK before the turn's commit; then the ACK, then the OK. */
+static void test_logout_after_held_ack(void **state)
+{
+    (void)state;
+    th *h = h_new();
+    h_start_cfg(h);
+    tc *a = tc_user(h, "alice", 1);
+    tc *b = tc_user(h, "bob", 1);
+    turn(h);
+    uint32_t req = tc_sendmsg(a, IMP_TARGET_USER, "bob", "c1", "hi", -1, -1);
+    imp_msg m;
+    imp_msg_init(&m, IMP_LOGOUT, 77);
+    tc_send(a, &m);
+    tc_none(a); /* the ACK is held for the commit: so is the OK */
+    assert_false(ims_client_done(a->sc));
+    assert_int_equal(st_get(h, "close.logout"), 0);
+    turn(h);
+    tc_ack(a, req, IMP_OUTCOME_STORED, 0);
+    tc_expect(a, IMP_OK, &m);
+    assert_int_equal(m.request_id, 77);
+    assert_true(ims_client_done(a->sc));
+    assert_int_equal(st_get(h, "close.logout"), 1);
+    tc_deliver(b, 1, "hi");
+    tc_close(a);
+    tc_close(b);
+    h_free(h);
+}
+
+/* SIGTERM while the OK is pending: the ACK and the OK, no SHUTDOWN for that client. */
+static void test_logout_pending_at_shutdown(void **state)
+{
+    (void)state;
+    th *h = h_new();
+    h_start_cfg(h);
+    tc *a = tc_user(h, "alice", 1);
+    tc *b = tc_user(h, "bob", 1);
+    turn(h);
+    uint32_t req = tc_sendmsg(a, IMP_TARGET_USER, "bob", "c1", "hi", -1, -1);
+    imp_msg m;
+    imp_msg_init(&m, IMP_LOGOUT, 77);
+    tc_send(a, &m);
+    ims_server_shutdown(h->srv);
+    tc_ack(a, req, IMP_OUTCOME_STORED, 0);
+    tc_expect(a, IMP_OK, &m);
+    assert_int_equal(m.request_id, 77);
+    tc_none(a);
+    assert_int_equal(st_get(h, "close.logout"), 1);
+    tc_deliver(b, 1, "hi"); /* the turn's delivery, then the SHUTDOWN */
+    tc_expect_error(b, 730);
+    tc_close(a);
+    tc_close(b);
+    h_free(h);
+}
+
+/* The client goes away with its OK pending: counted as peer, nothing sent to it, no leak. */
+static void test_logout_pending_peer_gone(void **state)
+{
+    (void)state;
+    th *h = h_new();
+    h_start_cfg(h);
+    tc *a = tc_user(h, "alice", 1);
+    tc *b = tc_user(h, "bob", 1);
+    turn(h);
+    (void)tc_sendmsg(a, IMP_TARGET_USER, "bob", "c1", "hi", -1, -1);
+    imp_msg m;
+    imp_msg_init(&m, IMP_LOGOUT, 77);
+    tc_send(a, &m);
+    tc_close(a);
+    turn(h);
+    assert_int_equal(st_get(h, "close.logout"), 0);
+    assert_int_equal(st_get(h, "close.peer"), 1);
+    tc_deliver(b, 1, "hi"); /* stored all the same */
+    tc_close(b);
+    h_free(h);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -514,6 +592,9 @@ int main(void)
         cmocka_unit_test(test_ping_timeout),
         cmocka_unit_test(test_app_frame_before_auth),
         cmocka_unit_test(test_logout),
+        cmocka_unit_test(test_logout_after_held_ack),
+        cmocka_unit_test(test_logout_pending_at_shutdown),
+        cmocka_unit_test(test_logout_pending_peer_gone),
         cmocka_unit_test(test_shutdown),
         cmocka_unit_test(test_reload),
         cmocka_unit_test(test_idle_client_memory),

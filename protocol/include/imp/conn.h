@@ -33,7 +33,9 @@ extern "C" {
 typedef enum imp_role { IMP_ROLE_CLIENT = 1, IMP_ROLE_SERVER = 2 } imp_role;
 
 /* States (SPEC.md section 7). Server: AWAIT_HELLO, AWAIT_AUTH, AUTHENTICATING, READY,
- * CLOSING. Client: HELLO_SENT, CONNECTED, AUTH_SENT, READY, LOGOUT_SENT, CLOSING. */
+ * LOGOUT_RCVD (only with imp_conn_set_defer_logout), CLOSING. Client: HELLO_SENT, CONNECTED,
+ * AUTH_SENT, READY, LOGOUT_SENT, CLOSING. LOGOUT_RCVD comes last so that the older values keep
+ * their numbers. */
 typedef enum imp_state {
     IMP_S_AWAIT_HELLO = 0,
     IMP_S_AWAIT_AUTH,
@@ -43,9 +45,10 @@ typedef enum imp_state {
     IMP_S_AUTH_SENT,
     IMP_S_READY,
     IMP_S_LOGOUT_SENT,
-    IMP_S_CLOSING
+    IMP_S_CLOSING,
+    IMP_S_LOGOUT_RCVD
 } imp_state;
-#define IMP_STATE_COUNT 9
+#define IMP_STATE_COUNT 10
 const char *imp_state_name(imp_state s); /* "AWAIT_HELLO", ...; NULL if out of range */
 
 /* The one allocator hook (IMP-LIB-003): realloc semantics; size 0 frees and returns NULL.
@@ -153,6 +156,17 @@ void imp_conn_trim(imp_conn *c);
  * server's reloaded configuration). Output already queued stays; later sends are checked
  * against the new cap. */
 void imp_conn_set_max_output(imp_conn *c, size_t max_output);
+
+/* Server role: defer the answer to LOGOUT (on != 0) or not (0, the default), IMP-SESS-008.
+ * With it on, a LOGOUT received in READY is returned as an event as ever, but the library sends
+ * no OK by itself: the connection moves to IMP_S_LOGOUT_RCVD, where every later input is taken
+ * and dropped (no events, no PONG, as in CLOSING), no timer runs, want_close is 0, and the
+ * application still sends what it owes for the requests before LOGOUT (ACK, ERROR, OK, replies,
+ * any APP_S frame). It then sends OK with LOGOUT's request id (imp_conn_send or
+ * imp_conn_send_prepared), which moves the connection to CLOSING; an OK with another request id
+ * does not. A LOGOUT before READY is answered at once either way. The option applies to the
+ * LOGOUTs received after the call. Returns 0, or IMP_ERR_INVAL for a client connection. */
+int imp_conn_set_defer_logout(imp_conn *c, int on);
 
 imp_state imp_conn_state(const imp_conn *c);
 imp_role imp_conn_role(const imp_conn *c);
