@@ -13,16 +13,21 @@
  * transaction the users' last_seq/acked_seq live in memory and are written once per user just
  * before COMMIT ("user marks" below).
  *
- * Schema (PRAGMA user_version 1, application_id 'imd1'):
+ * Schema (PRAGMA user_version 2, application_id 'imd1'; version 1 databases are migrated):
  *   users(id AUTOINCREMENT, name UNIQUE, hash, admin, last_seq, acked_seq, created_ms)
  *   tokens(hash BLOB(32) PK, user_id, expires_ms)
  *   messages(msg_id AUTOINCREMENT: global, ascending, never reused; sender_id, sender,
  *            target_kind, target, ts_ms, headers, body, hist: 1 while in its room's kept history)
- *   queue(user_id, seq, msg_id) PK(user_id, seq) WITHOUT ROWID: the unacknowledged entries, so
- *            that each user's rows are exactly the seqs acked_seq+1..last_seq
+ *            room and broadcast messages (shared by their recipients' queues)
+ *   queue(user_id, seq, msg_id, inl, sender_id, sender, target, ts_ms, headers, body)
+ *            PK(user_id, seq) WITHOUT ROWID: the unacknowledged entries, so that each user's
+ *            rows are exactly the seqs acked_seq+1..last_seq. A direct message is kept in its
+ *            entry (inl = 1); other entries refer to their messages row (inl = 0). msg_ids of
+ *            both come from the one sequence of messages (sqlite_sequence, next_msg_id).
  *   dedupe(sender_id, client_msg_id, msg_id, digest, ts_ms) PK(sender_id, client_msg_id)
  *   rooms(name PK, created_ms), members(room, user_id) PK(room, user_id)
- * A message row is deleted as soon as no queue row refers to it and hist = 0.
+ * A message row is deleted as soon as no queue row refers to it and hist = 0; an inline message
+ * goes with its queue entry.
  */
 #include "store.h"
 #include "store_wal.h"
@@ -39,7 +44,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define IMS_SCHEMA_VERSION 1
+#define IMS_SCHEMA_VERSION 2
 #define IMS_APPLICATION_ID 0x696d6431 /* "imd1" */
 #define IMS_NAME_MAX 32
 #define IMS_HASH_LEN_MAX 127
@@ -77,11 +82,14 @@ enum {
     ST_MSG_DELETE_UNUSED,
     ST_MSG_COUNT,
     ST_MSG_DELETE_UNUSED_LIST,
+    ST_MSG_SEQ_GET,
+    ST_MSG_SEQ_SET,
+    ST_MSG_SEQ_ADD,
     ST_QUEUE_INSERT,
+    ST_QUEUE_INSERT_INLINE,
     ST_QUEUE_READ,
     ST_QUEUE_IDS_RANGE,
     ST_QUEUE_DELETE_RANGE,
-    ST_QUEUE_DELETE_USER,
     ST_ROOM_INSERT,
     ST_ROOM_EXISTS,
     ST_ROOM_LIST,
@@ -146,25 +154,40 @@ static const char *const st_sql[ST_COUNT] = {
         "SELECT ts_ms FROM dedupe WHERE ts_ms < ?1 ORDER BY ts_ms LIMIT 1 OFFSET " IMS_STR(
             IMS_DEDUPE_EXPIRE_BATCH) " - 1",
     [ST_DEDUPE_EXPIRE] = "DELETE FROM dedupe WHERE ts_ms < ?1",
+    /* msg_id given (next_msg_id): the same sequence as the direct messages kept inline */
     [ST_MSG_INSERT] = "INSERT INTO messages(sender_id, sender, target_kind, target, ts_ms, "
-                      "headers, body, hist) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                      "headers, body, hist, msg_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     [ST_MSG_DELETE_UNUSED] = "DELETE FROM messages WHERE msg_id = ?1 AND hist = 0 AND "
-                             "NOT EXISTS (SELECT 1 FROM queue WHERE msg_id = ?1)",
-    [ST_MSG_COUNT] = "SELECT count(*) FROM messages",
+                             "NOT EXISTS (SELECT 1 FROM queue WHERE msg_id = ?1 AND inl = 0)",
+    /* the messages: the shared rows and the direct messages kept inline in a queue */
+    [ST_MSG_COUNT] = "SELECT (SELECT count(*) FROM messages) + "
+                     "(SELECT count(*) FROM queue WHERE inl = 1)",
     /* the messages of an ack's range that nobody needs any more, in one statement (?1: a JSON
      * array of ids; one DELETE per message was a fifth of the durable benchmark's time) */
     [ST_MSG_DELETE_UNUSED_LIST] =
         "DELETE FROM messages WHERE msg_id IN (SELECT value FROM json_each(?1)) AND hist = 0 AND "
-        "NOT EXISTS (SELECT 1 FROM queue WHERE msg_id = messages.msg_id)",
+        "NOT EXISTS (SELECT 1 FROM queue WHERE msg_id = messages.msg_id AND inl = 0)",
+    [ST_MSG_SEQ_GET] = "SELECT seq FROM sqlite_sequence WHERE name = 'messages'",
+    [ST_MSG_SEQ_SET] = "UPDATE sqlite_sequence SET seq = ?1 WHERE name = 'messages' AND seq < ?1",
+    [ST_MSG_SEQ_ADD] = "INSERT INTO sqlite_sequence(name, seq) SELECT 'messages', ?1 "
+                       "WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'messages')",
+    /* an entry for a message of the messages table (room, broadcast) */
     [ST_QUEUE_INSERT] = "INSERT INTO queue(user_id, seq, msg_id) VALUES (?1, ?2, ?3)",
-    [ST_QUEUE_READ] = "SELECT " MSG_COLS ", q.seq FROM queue q CROSS JOIN messages m "
-                      "ON m.msg_id = q.msg_id WHERE q.user_id = ?1 AND q.seq > ?2 "
+    /* a direct message: kept in its recipient's queue entry (issue 3: one row, not three) */
+    [ST_QUEUE_INSERT_INLINE] =
+        "INSERT INTO queue(user_id, seq, msg_id, inl, sender_id, sender, target, ts_ms, headers, "
+        "body) VALUES (?1, ?2, ?3, 1, ?4, ?5, ?6, ?7, ?8, ?9)",
+    /* columns 0-7 the inline message, 8-15 the shared one (NULL for an inline entry), 16 seq,
+     * 17 inl */
+    [ST_QUEUE_READ] = "SELECT q.msg_id, q.sender_id, q.sender, 1, q.target, q.ts_ms, q.headers, "
+                      "q.body, " MSG_COLS ", q.seq, q.inl FROM queue q LEFT JOIN messages m "
+                      "ON q.inl = 0 AND m.msg_id = q.msg_id WHERE q.user_id = ?1 AND q.seq > ?2 "
                       "ORDER BY q.seq LIMIT ?3",
-    /* an ack: the ids first (candidates for deletion), then the range (DELETE ... RETURNING
-     * would materialize its rows in a temporary table: measured slower) */
-    [ST_QUEUE_IDS_RANGE] = "SELECT msg_id FROM queue WHERE user_id = ?1 AND seq > ?2 AND seq <= ?3",
+    /* an ack: the ids of the shared messages first (candidates for deletion), then the range
+     * (DELETE ... RETURNING would materialize its rows in a temporary table: measured slower) */
+    [ST_QUEUE_IDS_RANGE] = "SELECT msg_id FROM queue WHERE user_id = ?1 AND seq > ?2 AND "
+                           "seq <= ?3 AND inl = 0",
     [ST_QUEUE_DELETE_RANGE] = "DELETE FROM queue WHERE user_id = ?1 AND seq > ?2 AND seq <= ?3",
-    [ST_QUEUE_DELETE_USER] = "DELETE FROM queue WHERE user_id = ?1 RETURNING msg_id",
     [ST_ROOM_INSERT] = "INSERT OR IGNORE INTO rooms(name, created_ms) VALUES (?1, ?2)",
     [ST_ROOM_EXISTS] = "SELECT 1 FROM rooms WHERE name = ?1",
     [ST_ROOM_LIST] = "SELECT name FROM rooms WHERE name > ?1 ORDER BY name LIMIT ?2",
@@ -184,6 +207,29 @@ static const char *const st_sql[ST_COUNT] = {
     /* The committed high-water mark (see "the committed mark" below). */
     [ST_MARK] = MARK_SQL,
 };
+
+/* Schema version 2 (issue 3, durable throughput): a direct message lives in its recipient's
+ * queue entry (inl = 1: the message's columns in the entry, no messages row); an entry of a room
+ * or broadcast message refers to its messages row (inl = 0, the other columns NULL). msg_id has
+ * no foreign key any more (an inline entry has no parent row): ims_store_integrity_check checks
+ * the references. */
+#define QUEUE_DDL(name)                                                                     \
+    "CREATE TABLE " name "("                                                                \
+    " user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,"                     \
+    " seq INTEGER NOT NULL,"                                                                \
+    " msg_id INTEGER NOT NULL,"                                                             \
+    " inl INTEGER NOT NULL DEFAULT 0,"                                                      \
+    " sender_id INTEGER, sender TEXT, target TEXT, ts_ms INTEGER, headers BLOB, body BLOB," \
+    " PRIMARY KEY(user_id, seq)) WITHOUT ROWID;"
+#define QUEUE_INDEX_DDL "CREATE INDEX queue_msg ON queue(msg_id) WHERE inl = 0;"
+
+/* Version 1 to 2: the queue table rebuilt (its entries all refer to messages rows). */
+static const char migrate_1_2_sql[] =
+    QUEUE_DDL("queue_v2") "INSERT INTO queue_v2(user_id, seq, msg_id) "
+                          "SELECT user_id, seq, msg_id FROM queue;"
+                          "DROP TABLE queue;"
+                          "ALTER TABLE queue_v2 RENAME TO queue;" QUEUE_INDEX_DDL
+                          "PRAGMA user_version = 2;";
 
 static const char schema_sql[] =
     "CREATE TABLE users("
@@ -209,29 +255,23 @@ static const char schema_sql[] =
     " headers BLOB,"
     " body BLOB NOT NULL,"
     " hist INTEGER NOT NULL DEFAULT 0);"
-    "CREATE INDEX messages_hist ON messages(target, msg_id) WHERE hist = 1;"
-    "CREATE TABLE queue("
-    " user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,"
-    " seq INTEGER NOT NULL,"
-    " msg_id INTEGER NOT NULL REFERENCES messages(msg_id),"
-    " PRIMARY KEY(user_id, seq)) WITHOUT ROWID;"
-    "CREATE INDEX queue_msg ON queue(msg_id);"
-    "CREATE TABLE dedupe("
-    " sender_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,"
-    " client_msg_id TEXT NOT NULL,"
-    " msg_id INTEGER NOT NULL,"
-    " digest BLOB,"
-    " ts_ms INTEGER NOT NULL,"
-    " PRIMARY KEY(sender_id, client_msg_id)) WITHOUT ROWID;"
-    "CREATE INDEX dedupe_ts ON dedupe(ts_ms);"
-    "CREATE TABLE rooms("
-    " name TEXT PRIMARY KEY NOT NULL,"
-    " created_ms INTEGER NOT NULL) WITHOUT ROWID;"
-    "CREATE TABLE members("
-    " room TEXT NOT NULL REFERENCES rooms(name) ON DELETE CASCADE,"
-    " user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,"
-    " PRIMARY KEY(room, user_id)) WITHOUT ROWID;"
-    "CREATE INDEX members_user ON members(user_id, room);";
+    "CREATE INDEX messages_hist ON messages(target, msg_id) WHERE hist = 1;" QUEUE_DDL("queue")
+        QUEUE_INDEX_DDL "CREATE TABLE dedupe("
+                        " sender_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,"
+                        " client_msg_id TEXT NOT NULL,"
+                        " msg_id INTEGER NOT NULL,"
+                        " digest BLOB,"
+                        " ts_ms INTEGER NOT NULL,"
+                        " PRIMARY KEY(sender_id, client_msg_id)) WITHOUT ROWID;"
+                        "CREATE INDEX dedupe_ts ON dedupe(ts_ms);"
+                        "CREATE TABLE rooms("
+                        " name TEXT PRIMARY KEY NOT NULL,"
+                        " created_ms INTEGER NOT NULL) WITHOUT ROWID;"
+                        "CREATE TABLE members("
+                        " room TEXT NOT NULL REFERENCES rooms(name) ON DELETE CASCADE,"
+                        " user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,"
+                        " PRIMARY KEY(room, user_id)) WITHOUT ROWID;"
+                        "CREATE INDEX members_user ON members(user_id, room);";
 
 struct ims_store {
     sqlite3 *db;
@@ -276,6 +316,10 @@ struct ims_store {
     } * undo;
     size_t undo_n, undo_cap;
     uint32_t op_seq;
+    /* The last msg_id given in the open transaction (next_msg_id), read from sqlite_sequence on
+     * first use and written back before COMMIT; its value when the current operation began. */
+    int64_t msg_seq, msg_seq_op;
+    int msg_seq_state, msg_seq_state_op; /* 0: not read, 1: read, 2: changed */
 };
 
 /* ---- errors --------------------------------------------------------------------------------- */
@@ -622,6 +666,8 @@ static int marks_touch(ims_store *s, struct umark *e)
 /* The current operation's SAVEPOINT was rolled back: its changes to the marks too. */
 static void marks_undo(ims_store *s)
 {
+    s->msg_seq = s->msg_seq_op;
+    s->msg_seq_state = s->msg_seq_state_op;
     while (s->undo_n > 0) {
         const struct umark_undo *u = &s->undo[--s->undo_n];
         struct umark *e = marks_peek(s, u->id);
@@ -644,11 +690,57 @@ static void marks_reset(ims_store *s)
     }
     s->um_n = 0;
     s->undo_n = 0;
+    s->msg_seq_state = 0;
+}
+
+/* The next msg_id (IMP-DELIV-006: ascending, never reused): the messages table's AUTOINCREMENT
+ * sequence, counted here for the transaction and written back by marks_flush, so that a direct
+ * message kept inline in a queue entry takes an id from the same sequence without a row. */
+static int next_msg_id(ims_store *s, int64_t *id)
+{
+    if (s->msg_seq_state == 0) {
+        sqlite3_stmt *q = st_get(s, ST_MSG_SEQ_GET);
+        if (q == NULL)
+            return IMP_ERR_STORAGE;
+        int rc = sqlite3_step(q);
+        int64_t v = rc == SQLITE_ROW ? sqlite3_column_int64(q, 0) : 0;
+        st_put(s, ST_MSG_SEQ_GET, q);
+        if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+            return db_fail(s, "message sequence");
+        s->msg_seq = v;
+        s->msg_seq_state = 1;
+    }
+    if (s->msg_seq == INT64_MAX)
+        return IMP_ERR_STORAGE;
+    *id = ++s->msg_seq;
+    s->msg_seq_state = 2;
+    return 0;
+}
+
+static int msg_seq_flush(ims_store *s)
+{
+    if (s->msg_seq_state != 2)
+        return 0;
+    for (int id = ST_MSG_SEQ_SET; id <= ST_MSG_SEQ_ADD; id++) {
+        sqlite3_stmt *q = st_get(s, id);
+        if (q == NULL)
+            return IMP_ERR_STORAGE;
+        sqlite3_bind_int64(q, 1, s->msg_seq);
+        int rc = sqlite3_step(q);
+        st_put(s, id, q);
+        if (rc != SQLITE_DONE)
+            return db_fail(s, "message sequence write");
+    }
+    s->msg_seq_state = 1;
+    return 0;
 }
 
 /* Writes the changed marks into their rows, in the open transaction (before COMMIT). */
 static int marks_flush(ims_store *s)
 {
+    int r = msg_seq_flush(s);
+    if (r != 0)
+        return r;
     for (size_t i = 0; i < s->um_cap && s->um_n > 0; i++) {
         struct umark *e = &s->um[i];
         if (e->id == 0 || !e->dirty || e->gone)
@@ -744,6 +836,8 @@ static int op_begin(ims_store *s)
         }
         s->op_seq++;
         s->undo_n = 0;
+        s->msg_seq_op = s->msg_seq;
+        s->msg_seq_state_op = s->msg_seq_state;
         return st_run(s, ST_SAVEPOINT);
     }
     s->changes_at_begin = sqlite3_total_changes64(s->db);
@@ -934,6 +1028,9 @@ static int schema_setup(sqlite3 *db, char *err, size_t errlen)
     } else if (app != IMS_APPLICATION_ID) {
         set_err(err, errlen, "not an imd database (application_id %lld)", (long long)app);
         goto fail;
+    } else if (version == 1) {
+        if (exec_sql(db, migrate_1_2_sql, err, errlen) != 0)
+            goto fail;
     } else if (version != IMS_SCHEMA_VERSION) {
         set_err(err, errlen, "database schema version %lld, this imd knows version %d",
                 (long long)version, IMS_SCHEMA_VERSION);
@@ -1307,7 +1404,16 @@ int ims_store_integrity_check(ims_store *s, char *err, size_t errlen)
          "(SELECT count(*) FROM queue q WHERE q.user_id = u.id) OR EXISTS (SELECT 1 FROM queue q "
          "WHERE q.user_id = u.id AND (q.seq <= u.acked_seq OR q.seq > u.last_seq)) LIMIT 1"),
         ("SELECT 'message ' || m.msg_id || ' is kept for nothing' FROM messages m WHERE m.hist = 0 "
-         "AND NOT EXISTS (SELECT 1 FROM queue q WHERE q.msg_id = m.msg_id) LIMIT 1"),
+         "AND NOT EXISTS (SELECT 1 FROM queue q WHERE q.msg_id = m.msg_id AND q.inl = 0) LIMIT 1"),
+        /* schema version 2: msg_id has no foreign key (inline entries have no parent row) */
+        ("SELECT 'queue entry ' || q.user_id || '/' || q.seq || ' refers to message ' || q.msg_id "
+         "|| ', which does not exist' FROM queue q WHERE q.inl = 0 AND NOT EXISTS (SELECT 1 FROM "
+         "messages m WHERE m.msg_id = q.msg_id) LIMIT 1"),
+        ("SELECT 'queue entry ' || q.user_id || '/' || q.seq || ' has no message' FROM queue q "
+         "WHERE q.inl = 1 AND (q.body IS NULL OR q.sender IS NULL OR q.target IS NULL) LIMIT 1"),
+        ("SELECT 'message id ' || max(id) || ' is above the sequence' FROM (SELECT msg_id AS id "
+         "FROM queue UNION ALL SELECT msg_id FROM messages) HAVING max(id) > coalesce((SELECT seq "
+         "FROM sqlite_sequence WHERE name = 'messages'), 0)"),
     };
     for (size_t i = 0; i < sizeof checks / sizeof checks[0]; i++) {
         sqlite3_stmt *q = NULL;
@@ -1518,21 +1624,18 @@ static int delete_unused_list(ims_store *s, const int64_t *ids, size_t n)
     return r;
 }
 
-/* Deletes queue rows of user_id, then the messages nobody needs any more: all of them
- * (ST_QUEUE_DELETE_USER) or the range after < seq <= upto (ST_QUEUE_DELETE_RANGE). */
-static int queue_delete(ims_store *s, int id, int64_t user_id, int64_t after, int64_t upto)
+/* Deletes the queue rows after < seq <= upto of user_id, then the shared messages nobody needs
+ * any more. */
+static int queue_delete(ims_store *s, int64_t user_id, int64_t after, int64_t upto)
 {
     /* The ids are collected first: the message deletes are separate statements. A nested call
      * (callbacks do not run here) cannot interleave, so s->ids is ours. */
-    int range = id == ST_QUEUE_DELETE_RANGE;
-    sqlite3_stmt *q = st_get(s, range ? ST_QUEUE_IDS_RANGE : id);
+    sqlite3_stmt *q = st_get(s, ST_QUEUE_IDS_RANGE);
     if (q == NULL)
         return IMP_ERR_STORAGE;
     sqlite3_bind_int64(q, 1, user_id);
-    if (range) {
-        sqlite3_bind_int64(q, 2, after);
-        sqlite3_bind_int64(q, 3, upto);
-    }
+    sqlite3_bind_int64(q, 2, after);
+    sqlite3_bind_int64(q, 3, upto);
     size_t base = s->ids_n;
     int rc, r = 0;
     while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
@@ -1541,8 +1644,8 @@ static int queue_delete(ims_store *s, int id, int64_t user_id, int64_t after, in
     }
     if (rc != SQLITE_DONE && r == 0)
         r = db_fail(s, "queue delete");
-    st_put(s, range ? ST_QUEUE_IDS_RANGE : id, q);
-    if (r == 0 && range) {
+    st_put(s, ST_QUEUE_IDS_RANGE, q);
+    if (r == 0) {
         q = st_get(s, ST_QUEUE_DELETE_RANGE);
         if (q == NULL) {
             r = IMP_ERR_STORAGE;
@@ -1572,7 +1675,7 @@ int ims_store_user_delete(ims_store *s, int64_t id)
         return r;
     /* The queue first (its messages may become unused), then the user: tokens, memberships and
      * dedupe entries go with it (ON DELETE CASCADE). All in this one operation. */
-    r = queue_delete(s, ST_QUEUE_DELETE_USER, id, 0, 0);
+    r = queue_delete(s, id, -1, INT64_MAX);
     if (r == 0) {
         sqlite3_stmt *q = st_get(s, ST_USER_DELETE);
         if (q == NULL)
@@ -1889,7 +1992,23 @@ static int first_occurrences(const int64_t *r, size_t n, size_t *first)
 }
 
 /* Queues msg_id for user_id under the user's next seq (IMP-DELIV-002). */
-static int enqueue(ims_store *s, int64_t user_id, int64_t msg_id, uint64_t *seq_out)
+/* Binds a message's blobs: headers NULL when absent, body never NULL (zero-length blob). */
+static void bind_content(sqlite3_stmt *q, int col, const ims_message *m)
+{
+    if (m->headers != NULL)
+        sqlite3_bind_blob(q, col, m->headers, (int)m->headers_len, SQLITE_STATIC);
+    else
+        sqlite3_bind_null(q, col);
+    if (m->body_len > 0)
+        sqlite3_bind_blob(q, col + 1, m->body, (int)m->body_len, SQLITE_STATIC);
+    else
+        sqlite3_bind_zeroblob(q, col + 1, 0);
+}
+
+/* Queues message msg_id for user_id under the user's next seq: the message itself in the entry
+ * when inl is not NULL (a direct message), else a reference to its messages row. */
+static int enqueue(ims_store *s, int64_t user_id, int64_t msg_id, const ims_message *inl,
+                   uint64_t *seq_out)
 {
     /* IMP-DELIV-002: the user's next sequence number, assigned when the message is stored
      * (kept in the transaction's user marks, written at COMMIT) */
@@ -1900,15 +2019,23 @@ static int enqueue(ims_store *s, int64_t user_id, int64_t msg_id, uint64_t *seq_
     if (r != 0)
         return r;
     int64_t seq = e->last + 1;
-    sqlite3_stmt *q = st_get(s, ST_QUEUE_INSERT);
+    int st = inl ? ST_QUEUE_INSERT_INLINE : ST_QUEUE_INSERT;
+    sqlite3_stmt *q = st_get(s, st);
     if (q == NULL)
         return IMP_ERR_STORAGE;
     sqlite3_bind_int64(q, 1, user_id);
     sqlite3_bind_int64(q, 2, seq);
     sqlite3_bind_int64(q, 3, msg_id);
+    if (inl) {
+        sqlite3_bind_int64(q, 4, inl->sender_id);
+        sqlite3_bind_text(q, 5, inl->sender, -1, SQLITE_STATIC);
+        sqlite3_bind_text(q, 6, inl->target, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(q, 7, inl->ts_ms);
+        bind_content(q, 8, inl);
+    }
     if (sqlite3_step(q) != SQLITE_DONE)
         r = db_fail(s, "queue insert");
-    st_put(s, ST_QUEUE_INSERT, q);
+    st_put(s, st, q);
     if (r != 0)
         return r;
     e->last = seq;
@@ -1917,9 +2044,8 @@ static int enqueue(ims_store *s, int64_t user_id, int64_t msg_id, uint64_t *seq_
     return 0;
 }
 
-/* IMP-DELIV-006: msg_id is AUTOINCREMENT, so ids ascend in store order and are never reused,
- * even after the newest message was deleted and the server restarted. */
-static int put_message_row(ims_store *s, const ims_message *m, int64_t *msg_id)
+/* The messages row of a room or broadcast message; msg_id from next_msg_id (IMP-DELIV-006). */
+static int put_message_row(ims_store *s, const ims_message *m, int64_t msg_id)
 {
     sqlite3_stmt *q = st_get(s, ST_MSG_INSERT);
     if (q == NULL)
@@ -1929,19 +2055,11 @@ static int put_message_row(ims_store *s, const ims_message *m, int64_t *msg_id)
     sqlite3_bind_int(q, 3, m->target_kind);
     sqlite3_bind_text(q, 4, m->target, -1, SQLITE_STATIC);
     sqlite3_bind_int64(q, 5, m->ts_ms);
-    if (m->headers != NULL)
-        sqlite3_bind_blob(q, 6, m->headers, (int)m->headers_len, SQLITE_STATIC);
-    if (m->body_len > 0)
-        sqlite3_bind_blob(q, 7, m->body, (int)m->body_len, SQLITE_STATIC);
-    else
-        sqlite3_bind_zeroblob(q, 7, 0);
+    bind_content(q, 6, m);
     /* Room messages are also the room's history (IMP-DELIV-008). */
     sqlite3_bind_int(q, 8, m->target_kind == 2 ? 1 : 0);
-    int r = 0;
-    if (sqlite3_step(q) == SQLITE_DONE)
-        *msg_id = sqlite3_last_insert_rowid(s->db);
-    else
-        r = db_fail(s, "message insert");
+    sqlite3_bind_int64(q, 9, msg_id);
+    int r = sqlite3_step(q) == SQLITE_DONE ? 0 : db_fail(s, "message insert");
     st_put(s, ST_MSG_INSERT, q);
     return r;
 }
@@ -1996,8 +2114,14 @@ int ims_store_message_put(ims_store *s, const ims_message *m, const char *client
             free(first);
         return r;
     }
+    /* IMP-DELIV-006: one sequence for every message. A direct message is kept in its
+     * recipient's queue entry; a room or broadcast message once, shared by the entries. A
+     * message for nobody (a broadcast without users) only uses up its id. */
     int64_t msg_id = 0;
-    r = put_message_row(s, m, &msg_id);
+    int inl = m->target_kind == 1 && n == 1;
+    r = next_msg_id(s, &msg_id);
+    if (r == 0 && !inl && (n > 0 || m->target_kind == 2))
+        r = put_message_row(s, m, msg_id);
     if (r == 0 && dedupe)
         r = put_dedupe_row(s, m, client_msg_id, digest, msg_id);
     /* IMP-DELIV-008: the whole fan-out is part of this operation (and of the batch). */
@@ -2008,13 +2132,10 @@ int ims_store_message_put(ims_store *s, const ims_message *m, const char *client
                 seqs[i] = seqs[first[i]];
             continue;
         }
-        r = enqueue(s, recipients[i], msg_id, &seq);
+        r = enqueue(s, recipients[i], msg_id, inl ? m : NULL, &seq);
         if (seqs != NULL)
             seqs[i] = seq;
     }
-    /* A non-room message without recipients is kept for nobody: its id stays used. */
-    if (r == 0 && n == 0 && m->target_kind != 2)
-        r = delete_if_unused(s, msg_id);
     if (first != first_small)
         free(first);
     r = op_end(s, r);
@@ -2023,19 +2144,25 @@ int ims_store_message_put(ims_store *s, const ims_message *m, const char *client
     return r;
 }
 
-static void row_to_msg(sqlite3_stmt *q, ims_message *m)
+/* A message from 8 columns starting at c (MSG_COLS' order). */
+static void row_to_msg_at(sqlite3_stmt *q, int c, ims_message *m)
 {
     memset(m, 0, sizeof *m);
-    m->msg_id = sqlite3_column_int64(q, 0);
-    m->sender_id = sqlite3_column_int64(q, 1);
-    copy_col_text(m->sender, sizeof m->sender, q, 2);
-    m->target_kind = sqlite3_column_int(q, 3);
-    copy_col_text(m->target, sizeof m->target, q, 4);
-    m->ts_ms = sqlite3_column_int64(q, 5);
-    m->headers = sqlite3_column_blob(q, 6);
-    m->headers_len = m->headers ? (size_t)sqlite3_column_bytes(q, 6) : 0;
-    m->body = sqlite3_column_blob(q, 7);
-    m->body_len = m->body ? (size_t)sqlite3_column_bytes(q, 7) : 0;
+    m->msg_id = sqlite3_column_int64(q, c);
+    m->sender_id = sqlite3_column_int64(q, c + 1);
+    copy_col_text(m->sender, sizeof m->sender, q, c + 2);
+    m->target_kind = sqlite3_column_int(q, c + 3);
+    copy_col_text(m->target, sizeof m->target, q, c + 4);
+    m->ts_ms = sqlite3_column_int64(q, c + 5);
+    m->headers = sqlite3_column_blob(q, c + 6);
+    m->headers_len = m->headers ? (size_t)sqlite3_column_bytes(q, c + 6) : 0;
+    m->body = sqlite3_column_blob(q, c + 7);
+    m->body_len = m->body ? (size_t)sqlite3_column_bytes(q, c + 7) : 0;
+}
+
+static void row_to_msg(sqlite3_stmt *q, ims_message *m)
+{
+    row_to_msg_at(q, 0, m);
 }
 
 /* IMP-DELIV-004: what a session (re)delivers, in seq order (IMP-DELIV-002): every queued
@@ -2056,8 +2183,14 @@ int ims_store_queue_read(ims_store *s, int64_t user_id, uint64_t after_seq, int 
     int n = 0, rc;
     ims_message m;
     while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
-        row_to_msg(q, &m);
-        m.seq = (uint64_t)sqlite3_column_int64(q, 8);
+        int inl = sqlite3_column_int(q, 17);
+        if (!inl && sqlite3_column_type(q, 8) == SQLITE_NULL) {
+            /* a reference to a missing row (ims_store_integrity_check reports it): skipped,
+             * as the join of schema version 1 did */
+            continue;
+        }
+        row_to_msg_at(q, inl ? 0 : 8, &m);
+        m.seq = (uint64_t)sqlite3_column_int64(q, 16);
         n++;
         if (cb(ud, &m) != 0) {
             rc = SQLITE_DONE;
@@ -2132,7 +2265,7 @@ int ims_store_queue_ack(ims_store *s, int64_t user_id, uint64_t upto, uint64_t *
     if (r == 0 && upto > acked) {
         r = marks_touch(s, e);
         if (r == 0)
-            r = queue_delete(s, ST_QUEUE_DELETE_RANGE, user_id, (int64_t)acked, u64_to_i64(upto));
+            r = queue_delete(s, user_id, (int64_t)acked, u64_to_i64(upto));
         if (r == 0) {
             e->acked = u64_to_i64(upto); /* e: no marks_get since */
             e->dirty = 1;

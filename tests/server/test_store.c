@@ -283,7 +283,7 @@ static void test_schema_and_pragmas(void **state)
     pragma_text(f->path, "PRAGMA journal_mode", v, sizeof v);
     assert_string_equal(v, "wal");
     pragma_text(f->path, "PRAGMA user_version", v, sizeof v);
-    assert_string_equal(v, "1");
+    assert_string_equal(v, "2");
     pragma_text(f->path,
                 "SELECT group_concat(name, ',') FROM (SELECT name FROM sqlite_schema WHERE "
                 "type='table' AND name NOT LIKE 'sqlite_%' ORDER BY name)",
@@ -326,7 +326,117 @@ static void test_open_refuses_foreign_or_newer_schema(void **state)
     err[0] = '\0';
     assert_null(ims_store_open(&o3, err, sizeof err));
     assert_true(strlen(err) > 0);
-    exec_sql(f->path, "PRAGMA user_version=1");
+    exec_sql(f->path, "PRAGMA user_version=2");
+    f->s = fx_open(f);
+}
+
+/* A database of schema version 1 (every queue entry a reference to a messages row) is migrated
+ * to version 2 at open, in one transaction: the entries, the marks, the sequence and the
+ * history are kept, the ids go on from the sequence, and acks delete what nobody needs. */
+static void test_migrate_schema_1(void **state)
+{
+    fx *f = *state;
+    ims_store_close(f->s);
+    f->s = NULL;
+    char path[200];
+    snprintf(path, sizeof path, "%s/v1.db", f->dir);
+    exec_sql(
+        path,
+        "PRAGMA journal_mode = WAL;"
+        "CREATE TABLE users(id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL UNIQUE,"
+        " hash TEXT NOT NULL, admin INTEGER NOT NULL DEFAULT 0,"
+        " last_seq INTEGER NOT NULL DEFAULT 0, acked_seq INTEGER NOT NULL DEFAULT 0,"
+        " created_ms INTEGER NOT NULL);"
+        "CREATE TABLE tokens(hash BLOB PRIMARY KEY NOT NULL CHECK (length(hash) = 32),"
+        " user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,"
+        " expires_ms INTEGER NOT NULL);"
+        "CREATE INDEX tokens_user ON tokens(user_id);"
+        "CREATE TABLE messages(msg_id INTEGER PRIMARY KEY AUTOINCREMENT,"
+        " sender_id INTEGER NOT NULL, sender TEXT NOT NULL, target_kind INTEGER NOT NULL,"
+        " target TEXT NOT NULL, ts_ms INTEGER NOT NULL, headers BLOB, body BLOB NOT NULL,"
+        " hist INTEGER NOT NULL DEFAULT 0);"
+        "CREATE INDEX messages_hist ON messages(target, msg_id) WHERE hist = 1;"
+        "CREATE TABLE queue(user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,"
+        " seq INTEGER NOT NULL, msg_id INTEGER NOT NULL REFERENCES messages(msg_id),"
+        " PRIMARY KEY(user_id, seq)) WITHOUT ROWID;"
+        "CREATE INDEX queue_msg ON queue(msg_id);"
+        "CREATE TABLE dedupe(sender_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,"
+        " client_msg_id TEXT NOT NULL, msg_id INTEGER NOT NULL, digest BLOB,"
+        " ts_ms INTEGER NOT NULL, PRIMARY KEY(sender_id, client_msg_id)) WITHOUT ROWID;"
+        "CREATE INDEX dedupe_ts ON dedupe(ts_ms);"
+        "CREATE TABLE rooms(name TEXT PRIMARY KEY NOT NULL, created_ms INTEGER NOT NULL)"
+        " WITHOUT ROWID;"
+        "CREATE TABLE members(room TEXT NOT NULL REFERENCES rooms(name) ON DELETE CASCADE,"
+        " user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,"
+        " PRIMARY KEY(room, user_id)) WITHOUT ROWID;"
+        "CREATE INDEX members_user ON members(user_id, room);"
+        "INSERT INTO users(name, hash, last_seq, acked_seq, created_ms) VALUES"
+        " ('alice', 'h', 0, 0, 1), ('bob', 'h', 4, 2, 1), ('carol', 'h', 1, 0, 1);"
+        "INSERT INTO rooms VALUES ('lobby', 1);"
+        "INSERT INTO members VALUES ('lobby', 2), ('lobby', 3);"
+        "INSERT INTO messages(msg_id, sender_id, sender, target_kind, target, ts_ms, body,"
+        " hist) VALUES (3, 1, 'alice', 1, 'bob', 10, x'6431', 0),"
+        " (7, 1, 'alice', 2, 'lobby', 11, x'7231', 1);"
+        "UPDATE sqlite_sequence SET seq = 9 WHERE name = 'messages';"
+        "INSERT INTO queue VALUES (2, 3, 3), (2, 4, 7), (3, 1, 7);"
+        "INSERT INTO dedupe VALUES (1, 'cm-1', 3, NULL, 10);"
+        "PRAGMA application_id = 1768776753; PRAGMA user_version = 1;");
+    ims_store_options o = {path, 1, log_hook, f, 0, 0};
+    char err[256] = "";
+    ims_store *s = ims_store_open(&o, err, sizeof err);
+    if (s == NULL)
+        fail_msg("open: %s", err);
+    char v[64];
+    pragma_text(path, "PRAGMA user_version", v, sizeof v);
+    assert_string_equal(v, "2");
+    integrity_ok(s);
+    ims_user bob, carol;
+    assert_int_equal(ims_store_user_get(s, "bob", &bob), 0);
+    assert_int_equal(ims_store_user_get(s, "carol", &carol), 0);
+    assert_int_equal(bob.last_seq, 4);
+    assert_int_equal(bob.acked_seq, 2);
+    got g = {.n = 0};
+    assert_int_equal(ims_store_queue_read(s, bob.id, 0, 10, collect_msg, &g), 2);
+    assert_int_equal(g.m[0].seq, 3);
+    assert_int_equal(g.m[0].msg_id, 3);
+    assert_memory_equal(g.m[0].body, "d1", 2);
+    assert_int_equal(g.m[1].seq, 4);
+    assert_int_equal(g.m[1].msg_id, 7);
+    assert_int_equal(g.m[1].kind, 2);
+    assert_string_equal(g.m[1].target, "lobby");
+    int64_t mid = 0;
+    assert_int_equal(ims_store_dedupe_get(s, 1, "cm-1", &mid, NULL), 1);
+    assert_int_equal(mid, 3);
+    /* new messages: ids after the sequence (never 8 or 9 again), the direct one inline */
+    uint64_t seqs[1];
+    int64_t rb[] = {bob.id};
+    int64_t id = put(s, 1, "alice", 1, "bob", "d2", rb, 1, seqs);
+    assert_int_equal(id, 10);
+    assert_int_equal(seqs[0], 5);
+    assert_int_equal(mcount(s), 3);
+    g.n = 0;
+    assert_int_equal(ims_store_queue_read(s, bob.id, 4, 10, collect_msg, &g), 1);
+    assert_int_equal(g.m[0].msg_id, 10);
+    assert_memory_equal(g.m[0].body, "d2", 2);
+    /* bob acks all: the old direct message and the new one go, the room message stays (carol
+     * has it, and it is history) */
+    assert_int_equal(ims_store_queue_ack(s, bob.id, 5, NULL), 0);
+    assert_int_equal(mcount(s), 1);
+    int more = 0;
+    g.n = 0;
+    assert_int_equal(ims_store_room_history(s, "lobby", 0, 10, collect_msg, &g, &more), 1);
+    assert_memory_equal(g.m[0].body, "r1", 2);
+    integrity_ok(s);
+    ims_store_close(s);
+    /* and it opens again as version 2 */
+    s = ims_store_open(&o, err, sizeof err);
+    if (s == NULL)
+        fail_msg("reopen: %s", err);
+    g.n = 0;
+    assert_int_equal(ims_store_queue_read(s, carol.id, 0, 10, collect_msg, &g), 1);
+    assert_memory_equal(g.m[0].body, "r1", 2);
+    integrity_ok(s);
+    ims_store_close(s);
     f->s = fx_open(f);
 }
 
@@ -1821,6 +1931,7 @@ int main(void)
         cmocka_unit_test(test_open_bad_arguments),
         BOTH(test_schema_and_pragmas),
         FILE_ONLY(test_open_refuses_foreign_or_newer_schema),
+        FILE_ONLY(test_migrate_schema_1),
         BOTH(test_users_crud),
         BOTH(test_users_bad_input),
         BOTH(test_users_list_paging),
