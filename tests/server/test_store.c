@@ -1396,6 +1396,70 @@ static void test_batch_marks_written_at_commit(void **state)
     integrity_ok(s);
 }
 
+/* A direct message in a batch runs without a SAVEPOINT (issue 3): a refusal found before anything
+ * was written (an unknown recipient, a reused CLIENT_MSG_ID) changes nothing and the batch goes
+ * on; a failure after a write (here: the queue entry collides with one planted behind the
+ * store's back) rolls the whole batch back, so its COMMIT fails and nothing of it is kept. */
+static void test_direct_put_failures_in_batch(void **state)
+{
+    fx *f = *state;
+    ims_store *s = f->s;
+    int64_t a = mk_user(s, "alice"), b = mk_user(s, "bob");
+    int64_t rb[] = {b}, nobody[] = {9999};
+    uint64_t seqs[1];
+    int64_t mid = 0;
+    put(s, a, "alice", 1, "bob", "first", rb, 1, seqs);
+    assert_int_equal(ims_store_begin(s), 0);
+    assert_int_equal(put_rc(s, a, "alice", 1, "x", "m", "cm-x", nobody, 1, &mid, seqs),
+                     IMP_ERR_NO_SUCH_USER);
+    assert_int_equal(put_rc(s, a, "alice", 1, "bob", "m", "cm-1", rb, 1, &mid, seqs), 0);
+    assert_int_equal(seqs[0], 2);
+    int64_t id1 = mid;
+    assert_int_equal(put_rc(s, a, "alice", 1, "bob", "m", "cm-1", rb, 1, &mid, seqs),
+                     IMP_ERR_ID_CONFLICT);
+    assert_int_equal(put_rc(s, a, "alice", 1, "bob", "m2", NULL, rb, 1, &mid, seqs), 0);
+    assert_int_equal(seqs[0], 3);
+    assert_int_equal(mid, id1 + 1); /* the refusals used up no id */
+    assert_int_equal(ims_store_commit(s), 0);
+    assert_int_equal(ims_store_dedupe_get(s, a, "cm-x", &mid, NULL), 0);
+    assert_int_equal(qcount(s, b), 3);
+    integrity_ok(s);
+    if (!f->file)
+        return;
+    /* plant bob's seq 4 so that the next direct message's entry collides */
+    char sql[200];
+    snprintf(sql, sizeof sql,
+             "INSERT INTO queue(user_id, seq, msg_id, inl, sender_id, sender, target, ts_ms, body)"
+             " VALUES (%lld, 4, 1000, 1, %lld, 'alice', 'bob', 1, x'00')",
+             (long long)b, (long long)a);
+    exec_sql(f->path, sql);
+    /* without a CLIENT_MSG_ID nothing was written before the failing insert: the batch goes on */
+    assert_int_equal(ims_store_begin(s), 0);
+    assert_int_equal(put_rc(s, a, "alice", 1, "bob", "c1", NULL, rb, 1, &mid, seqs),
+                     IMP_ERR_STORAGE);
+    assert_int_equal(ims_store_user_create(s, "carol", "h", 0, 1, NULL), 0);
+    assert_int_equal(ims_store_commit(s), 0);
+    ims_user u;
+    assert_int_equal(ims_store_user_get(s, "carol", &u), 0);
+    /* with one, its dedupe row was written first: the whole batch is rolled back */
+    assert_int_equal(ims_store_begin(s), 0);
+    assert_int_equal(ims_store_user_create(s, "dave", "h", 0, 1, NULL), 0);
+    assert_int_equal(put_rc(s, a, "alice", 1, "bob", "c2", "cm-2", rb, 1, &mid, seqs),
+                     IMP_ERR_STORAGE);
+    assert_int_equal(put_rc(s, a, "alice", 1, "bob", "c3", NULL, rb, 1, &mid, seqs),
+                     IMP_ERR_STORAGE);
+    assert_int_equal(ims_store_commit(s), IMP_ERR_STORAGE);
+    assert_int_equal(ims_store_in_batch(s), 0);
+    assert_int_equal(ims_store_user_get(s, "dave", &u), IMP_ERR_NO_SUCH_USER);
+    assert_int_equal(ims_store_dedupe_get(s, a, "cm-2", &mid, NULL), 0);
+    /* and the store works on */
+    snprintf(sql, sizeof sql, "DELETE FROM queue WHERE user_id = %lld AND seq = 4", (long long)b);
+    exec_sql(f->path, sql);
+    put(s, a, "alice", 1, "bob", "after", rb, 1, seqs);
+    assert_int_equal(seqs[0], 4);
+    integrity_ok(s);
+}
+
 /* Everything committed survives close and open; ims_store_close commits an open batch. */
 static void test_persistence(void **state)
 {
@@ -1950,6 +2014,7 @@ int main(void)
         BOTH(test_user_delete_removes_everything),
         BOTH(test_batch_failure_isolated),
         BOTH(test_batch_marks_written_at_commit),
+        BOTH(test_direct_put_failures_in_batch),
         FILE_ONLY(test_persistence),
         FILE_ONLY(test_uncommitted_batch_lost_on_crash),
         FILE_ONLY(test_locked_database),
