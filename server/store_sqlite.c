@@ -181,8 +181,9 @@ static const char *const st_sql[ST_COUNT] = {
      * 17 inl */
     [ST_QUEUE_READ] = "SELECT q.msg_id, q.sender_id, q.sender, 1, q.target, q.ts_ms, q.headers, "
                       "q.body, " MSG_COLS ", q.seq, q.inl FROM queue q LEFT JOIN messages m "
-                      "ON q.inl = 0 AND m.msg_id = q.msg_id WHERE q.user_id = ?1 AND q.seq > ?2 "
-                      "ORDER BY q.seq LIMIT ?3",
+                      /* not "ON q.inl = 0 AND ...": SQLite would seek messages first */
+                      "ON m.msg_id = CASE WHEN q.inl = 0 THEN q.msg_id END "
+                      "WHERE q.user_id = ?1 AND q.seq > ?2 ORDER BY q.seq LIMIT ?3",
     /* an ack: the ids of the shared messages first (candidates for deletion), then the range
      * (DELETE ... RETURNING would materialize its rows in a temporary table: measured slower) */
     [ST_QUEUE_IDS_RANGE] = "SELECT msg_id FROM queue WHERE user_id = ?1 AND seq > ?2 AND "
