@@ -19,6 +19,8 @@ typedef struct local_bus {
 static int local_publish(ims_bus *b, ims_bus_event *ev)
 {
     local_bus *l = (local_bus *)b;
+    if (ev->kind == IMS_BUS_TRANSIENT_MANY && ev->n_users > 0 && !ev->user_ids)
+        return IMP_ERR_INVAL;
     for (int i = 0; i < l->n; i++)
         l->subs[i].cb(l->subs[i].ud, ev);
     return 0;

@@ -255,7 +255,7 @@ void ims_deliver_flush(ims_server *srv, int commit_ok)
     if (commit_ok) {
         for (size_t i = 0; i < srv->nnotes; i++) {
             ims_bus_event ev = {
-                IMS_BUS_QUEUED, srv->notes[i].user_id, srv->notes[i].seq, NULL, 0, 0};
+                IMS_BUS_QUEUED, srv->notes[i].user_id, srv->notes[i].seq, NULL, 0, 0, NULL, 0};
             ims_bus_publish(srv->bus, &ev);
         }
     }
@@ -273,8 +273,10 @@ void ims_deliver_flush(ims_server *srv, int commit_ok)
     }
 }
 
-/* A transient message to every ready session of u, except the one that sent it. */
-static void transient_to_user(ims_server *srv, ims_ouser *u, ims_bus_event *ev)
+/* A transient message to every ready session of u, except the one that sent it. *frame is the
+ * message's encoded DELIVER, looked up on the first session that takes it (NULL: not yet). */
+static void transient_to_user(ims_server *srv, ims_ouser *u, ims_bus_event *ev,
+                              const imp_prepared **frame)
 {
     for (ims_client *c = u->sessions; c; c = c->unext) {
         if (c->id == ev->origin || !ims_client_ready(c))
@@ -283,12 +285,78 @@ static void transient_to_user(ims_server *srv, ims_ouser *u, ims_bus_event *ev)
             srv->st[ST_TRANSIENT_DROPPED]++; /* IMP-DELIV-007: counted and dropped */
             continue;
         }
-        const imp_prepared *p = transient_frame(srv, ev->msg);
+        if (!*frame)
+            *frame = transient_frame(srv, ev->msg);
+        const imp_prepared *p = *frame;
         if ((p ? ims_client_send_prepared(c, p) : send_deliver(c, ev->msg, 1)) == 0) {
             srv->st[ST_TRANSIENT_DELIVERED]++;
             ev->ack_count++;
         } else {
             srv->st[ST_TRANSIENT_DROPPED]++;
+        }
+    }
+}
+
+/* Room fan-out (issue 3): a transient message to every session of n users. The per-member work
+ * is small; what costs is fetching each member's cold memory (its ims_ouser, its session, the
+ * session's libimp connection, its output buffer's tail and the network layer's connection), one
+ * dependent load after another. So the members are taken a block at a time: their users are
+ * looked up first (the next ones' hash chains prefetched), then, while member i is served, the
+ * memory of the members a few places further on is prefetched, stage by stage, so that those
+ * loads overlap. Prefetches are hints only: what is served and in which order is exactly the
+ * loop over ids, one user after another. (Software prefetching of a pointer-chasing loop: the
+ * idea is the textbook one, e.g. "group prefetching" of hash joins, Chen et al., ICDE 2004.) */
+#define FANOUT_BLOCK 128
+#define FANOUT_AHEAD_USER 8   /* users' hash chain heads */
+#define FANOUT_AHEAD_CLIENT 8 /* a user's first session */
+#define FANOUT_AHEAD_CONN 4   /* that session's connection objects */
+#define FANOUT_AHEAD_OUTPUT 2 /* where its output will be written */
+
+#if defined(__GNUC__) || defined(__clang__)
+#define PREFETCH(p) __builtin_prefetch(p)
+#define PREFETCH_W(p) __builtin_prefetch((p), 1)
+#else
+#define PREFETCH(p) ((void)(p))
+#define PREFETCH_W(p) ((void)(p))
+#endif
+
+static void prefetch_lines(const void *p, size_t bytes)
+{
+    for (size_t off = 0; off < bytes; off += 64)
+        PREFETCH((const char *)p + off);
+}
+
+static void transient_to_users(ims_server *srv, const int64_t *ids, size_t n, ims_bus_event *ev)
+{
+    const imp_prepared *frame = NULL;
+    ims_ouser *us[FANOUT_BLOCK];
+    for (size_t base = 0; base < n; base += FANOUT_BLOCK) {
+        size_t k = n - base < FANOUT_BLOCK ? n - base : FANOUT_BLOCK;
+        const int64_t *bid = ids + base;
+        for (size_t i = 0; i < k; i++) {
+            if (i + FANOUT_AHEAD_USER < k) /* the bucket of ims_ouser_find (server.c) */
+                PREFETCH(srv->ubucket[(uint64_t)bid[i + FANOUT_AHEAD_USER] % IMS_USER_BUCKETS]);
+            us[i] = ims_ouser_find(srv, bid[i]);
+        }
+        for (size_t i = 0; i < k; i++) {
+            ims_ouser *a;
+            if (i + FANOUT_AHEAD_CLIENT < k && (a = us[i + FANOUT_AHEAD_CLIENT]) && a->sessions)
+                prefetch_lines(a->sessions, 192); /* the fields used: its first 3 lines */
+            if (i + FANOUT_AHEAD_CONN < k && (a = us[i + FANOUT_AHEAD_CONN]) && a->sessions) {
+                prefetch_lines(a->sessions->conn, 192); /* libimp's imp_conn: ~3 lines */
+                PREFETCH(a->sessions->io);
+            }
+            if (i + FANOUT_AHEAD_OUTPUT < k && (a = us[i + FANOUT_AHEAD_OUTPUT]) && a->sessions &&
+                !a->sessions->reason) {
+                const uint8_t *out;
+                size_t len = ims_client_output(a->sessions, &out);
+                if (out) {
+                    PREFETCH_W(out + len);
+                    PREFETCH_W(out + len + 64);
+                }
+            }
+            if (us[i])
+                transient_to_user(srv, us[i], ev, &frame);
         }
     }
 }
@@ -305,16 +373,21 @@ void ims_deliver_bus_event(void *ud, ims_bus_event *ev)
         ims_ouser_dirty(srv, u);
         return;
     }
+    const imp_prepared *frame = NULL;
+    if (ev->kind == IMS_BUS_TRANSIENT_MANY) {
+        transient_to_users(srv, ev->user_ids, ev->n_users, ev);
+        return;
+    }
     /* transient: every session of the user online now (user_id 0: every online user) */
     if (ev->user_id != 0) {
         ims_ouser *u = ims_ouser_find(srv, ev->user_id);
         if (u)
-            transient_to_user(srv, u, ev);
+            transient_to_user(srv, u, ev, &frame);
         return;
     }
     for (size_t i = 0; i < IMS_USER_BUCKETS; i++)
         for (ims_ouser *u = srv->ubucket[i]; u; u = u->hnext)
-            transient_to_user(srv, u, ev);
+            transient_to_user(srv, u, ev, &frame);
 }
 
 /* ---- ACK_MODE 2 --------------------------------------------------------------------------- */
@@ -470,8 +543,11 @@ static void send_transient(ims_client *c, const imp_msg *m, ims_message *msg, co
     srv->st[ST_TRANSIENT_IN]++;
     msg->msg_id = (int64_t)(IMS_TRANSIENT_ID_BIT | srv->next_transient_id++);
     msg->seq = 0; /* IMP-DELIV-002: transient messages are not in the sequence */
-    for (size_t i = 0; i < n; i++) {
-        ims_bus_event ev = {IMS_BUS_TRANSIENT, ids[i], 0, msg, c->id, 0};
+    if (n > 1) {  /* a room: one event for all its members (bus.h) */
+        ims_bus_event ev = {IMS_BUS_TRANSIENT_MANY, 0, 0, msg, c->id, 0, ids, n};
+        ims_bus_publish(srv->bus, &ev);
+    } else if (n == 1) {
+        ims_bus_event ev = {IMS_BUS_TRANSIENT, ids[0], 0, msg, c->id, 0, NULL, 0};
         ims_bus_publish(srv->bus, &ev);
     }
     imp_prepared_free(srv->tprep); /* the fan-out is over */
