@@ -9,7 +9,9 @@
  * PONGs, DELIVERED) is moved into it first, then hot-path SEND frames are appended from a
  * template the library encoded once (imp_msg_encode) with the request id and the body (intended
  * send time, sender, sequence, actual send time) patched in place, so sending costs a memcpy.
- * SENDs carry no CLIENT_MSG_ID (no dedupe lookup) and ACK_MODE 1 (stored). Accounts
+ * SENDs carry no CLIENT_MSG_ID (no dedupe lookup) unless --cmid (a unique 16-character id per
+ * SEND, patched in place like the body: imd then checks and keeps it for dedupe), and ACK_MODE 1
+ * (stored). Accounts
  * are prepared up front on the measured connections themselves (REGISTER, or LOGIN when the
  * account exists), at most --auth-inflight (default 32) connections opening at a time so that
  * none hits imd's authentication deadline and the hash queue is not overrun (BUSY is retried).
@@ -109,6 +111,7 @@ typedef struct lconn {
     int peer; /* receiver index (direct, latency) */
     uint8_t *tmpl;
     size_t tmpl_len, body_off;
+    size_t cmid_off; /* --cmid: where the CLIENT_MSG_ID's 16 characters are in tmpl */
     uint32_t seqno;
     long inflight;
     /* receiver */
@@ -127,6 +130,7 @@ static struct {
     double rate;
     int size;
     int durable;
+    int cmid; /* SENDs carry a unique CLIENT_MSG_ID */
     const char *prefix;
     const char *password;
     const char *room;
@@ -422,6 +426,9 @@ static void build_template(lconn *c, int kind, const char *target)
     if (!opt.durable)
         imp_msg_set_u(&m, IMP_T_CLASS, IMP_CLASS_TRANSIENT);
     imp_msg_set_u(&m, IMP_T_ACK_MODE, IMP_ACK_STORED);
+    static const char cmid_mark[] = "@@cmid@@@@@@@@@@"; /* 16 characters, replaced per SEND */
+    if (opt.cmid)
+        imp_msg_set_s(&m, IMP_T_CLIENT_MSG_ID, cmid_mark);
     imp_msg_set_b(&m, IMP_T_BODY, body, (size_t)opt.size);
     imp_ssize n = imp_msg_encoded_size(&m);
     if (n < 0)
@@ -431,6 +438,12 @@ static void build_template(lconn *c, int kind, const char *target)
         die("%s", "cannot encode SEND");
     c->tmpl_len = (size_t)n;
     c->body_off = (size_t)n - (size_t)opt.size; /* BODY (tag 23) is the last field */
+    if (opt.cmid) {
+        uint8_t *at = memmem(c->tmpl, c->tmpl_len, cmid_mark, 16);
+        if (!at)
+            die("%s", "cannot find CLIENT_MSG_ID in the SEND template");
+        c->cmid_off = (size_t)(at - c->tmpl);
+    }
 }
 
 static void put_u32(uint8_t *p, uint32_t v)
@@ -470,6 +483,12 @@ static void queue_send(lconn *c, uint64_t due_ns)
     put_u32(b + 8, (uint32_t)c->idx);
     put_u32(b + 12, ++c->seqno);
     put_u64(b + 16, now_ns()); /* when it was actually sent */
+    if (opt.cmid) { /* unique per sender (dedupe keys are per sender): its 64-bit count in hex */
+        static const char hex[] = "0123456789abcdef";
+        uint64_t v = ((uint64_t)c->idx << 32) | c->seqno;
+        for (int i = 15; i >= 0; i--, v >>= 4)
+            p[c->cmid_off + (size_t)i] = (uint8_t)hex[v & 15];
+    }
     c->olen += c->tmpl_len;
     c->inflight++;
     c_sent++;
@@ -995,11 +1014,12 @@ static void run_throughput(void)
     double el = (double)(b.t_ns - a.t_ns) / 1e9;
     uint64_t dl = b.delivered - a.delivered, ak = b.acked - a.acked;
     int fanout = room ? opt.conns - 1 : 1;
-    printf("imd_load scenario=%s class=%s conns=%d senders=%d receivers=%d size=%d window=%d "
+    printf("imd_load scenario=%s class=%s%s conns=%d senders=%d receivers=%d size=%d window=%d "
            "setup_s=%.1f secs=%.2f sent=%llu acked=%llu refused=%llu refuse_code=%d "
            "delivered=%llu delivered_per_s=%.0f acked_per_s=%.0f fanout=%d expected_ratio=%.4f "
            "errors=%llu lost_conns=%d",
-           room ? "room" : "direct", opt.durable ? "durable" : "transient", nconns,
+           room ? "room" : "direct", opt.durable ? "durable" : "transient",
+           opt.cmid ? " cmid=1" : "", nconns,
            room ? opt.senders : opt.conns, room ? opt.conns : opt.conns, opt.size, opt.window,
            setup_s, el, (unsigned long long)(b.sent - a.sent), (unsigned long long)ak,
            (unsigned long long)(b.refused - a.refused), first_refuse_code, (unsigned long long)dl,
@@ -1200,7 +1220,8 @@ static void usage(FILE *f)
             "  --host ADDR (127.0.0.1)  --port PORT  --pid PID (imd, for CPU and VmRSS)\n"
             "  --conns N (100)  --senders S (room: 10)  --window W (64)  --secs S (5)\n"
             "  --warmup S (1)  --rate R (latency: 10000)  --size B (64)\n"
-            "  --class transient|durable (transient)  --prefix P (b)  --password PW\n"
+            "  --class transient|durable (transient)  --cmid (unique CLIENT_MSG_IDs)\n"
+            "  --prefix P (b)  --password PW\n"
             "  --room NAME (bench)  --login (LOGIN existing accounts instead of REGISTER)\n"
             "  --auth-inflight K (32)  --srcs K (1)  --timeout S (120)  --ping-us US (1000)\n"
             "  --dump FILE (latency: every sample)  -v (progress on stderr)\n"
@@ -1238,7 +1259,8 @@ int main(int argc, char **argv)
                                        {"login", 0, 0, 'L'},    {"auth-inflight", 1, 0, 'a'},
                                        {"srcs", 1, 0, 'A'},     {"timeout", 1, 0, 't'},
                                        {"ping-us", 1, 0, 'i'},  {"dump", 1, 0, 'D'},
-                                       {"help", 0, 0, 'h'},     {0, 0, 0, 0}};
+                                       {"help", 0, 0, 'h'},     {"cmid", 0, 0, 'C'},
+                                       {0, 0, 0, 0}};
     int ch;
     while ((ch = getopt_long(argc, argv, "vh", lo, NULL)) != -1) {
         switch (ch) {
@@ -1271,6 +1293,9 @@ int main(int argc, char **argv)
             break;
         case 'z':
             opt.size = atoi(optarg);
+            break;
+        case 'C':
+            opt.cmid = 1;
             break;
         case 'c':
             opt.durable = strcmp(optarg, "durable") == 0;
