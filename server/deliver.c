@@ -563,6 +563,38 @@ static void send_transient(ims_client *c, const imp_msg *m, ims_message *msg, co
     send_ack(srv, &h, mode == IMP_ACK_DELIVERED ? IMP_OUTCOME_DELIVERED : IMP_OUTCOME_STORED);
 }
 
+/* IMP-DELIV-005, IMP-DELIV-007: a SEND whose CLIENT_MSG_ID its sender used before is a duplicate
+ * (ACKed again with the first msg_id) when its content is the same, else ID_CONFLICT, whatever
+ * else would refuse it now: a retry after the sender left the room, or once the recipient's
+ * queue is full, is still a duplicate. ims_deliver_send asks only when it would refuse (or when
+ * the store's insert of the dedupe row found the id): new ids, nearly every SEND, cost no
+ * lookup. 1 when c was answered here, 0 when the id is new. */
+static int dup_answer(ims_client *c, uint32_t req, const char *cmid, const uint8_t dg[32], int mode)
+{
+    ims_server *srv = c->srv;
+    int64_t first = 0;
+    uint8_t old[32];
+    int dr = ims_store_dedupe_get(srv->store, c->u->id, cmid, &first, old);
+    if (dr == 0)
+        return 0;
+    if (dr < 0) {
+        refuse(c, req, cmid, IMP_ERR_STORAGE);
+        return 1;
+    }
+    if (sodium_memcmp(old, dg, 32) != 0) {
+        refuse(c, req, cmid, IMP_ERR_ID_CONFLICT);
+        return 1;
+    }
+    srv->st[ST_MSGS_DUPLICATE]++;
+    ims_held *h = held_new(c, req, cmid, mode == IMP_ACK_NONE ? IMP_ACK_NONE : 1);
+    if (h) {
+        h->msg_id = first;
+        h->duplicate = 1;
+        held_queue(srv, h);
+    }
+    return 1;
+}
+
 void ims_deliver_send(ims_client *c, const imp_msg *m)
 {
     ims_server *srv = c->srv;
@@ -609,33 +641,9 @@ void ims_deliver_send(ims_client *c, const imp_msg *m)
     /* the content's digest: only the dedupe check and row need it (about 5 % of a durable
      * SEND's cost), so only with a CLIENT_MSG_ID */
     uint8_t dg[32];
-    if (!transient && cmid[0]) {
-        /* IMP-DELIV-005, IMP-DELIV-007: the duplicate check comes first, before the target is
-         * looked up again (a retry after the sender left the room is still a duplicate) and
-         * before the quota */
+    int dup = !transient && cmid[0]; /* a refusal below asks dup_answer first */
+    if (dup)
         msg_digest(dg, kind, target, headers, body);
-        int64_t first = 0;
-        uint8_t old[32];
-        int dr = ims_store_dedupe_get(st, c->u->id, cmid, &first, old);
-        if (dr == 1) {
-            if (sodium_memcmp(old, dg, 32) != 0) {
-                refuse(c, req, cmid, IMP_ERR_ID_CONFLICT);
-                return;
-            }
-            srv->st[ST_MSGS_DUPLICATE]++;
-            ims_held *h = held_new(c, req, cmid, mode == IMP_ACK_NONE ? IMP_ACK_NONE : 1);
-            if (h) {
-                h->msg_id = first;
-                h->duplicate = 1;
-                held_queue(srv, h);
-            }
-            return;
-        }
-        if (dr < 0) {
-            refuse(c, req, cmid, IMP_ERR_STORAGE);
-            return;
-        }
-    }
     /* targets */
     int64_t rid = 0;
     int64_t *ids = NULL;
@@ -680,7 +688,7 @@ void ims_deliver_send(ims_client *c, const imp_msg *m)
             copy_cmid(h.cmid, cmid);
             h.code = -r;
             send_ack(srv, &h, IMP_OUTCOME_REFUSED);
-        } else {
+        } else if (!dup || !dup_answer(c, req, cmid, dg, mode)) {
             refuse(c, req, cmid, r);
         }
         return;
@@ -720,7 +728,8 @@ void ims_deliver_send(ims_client *c, const imp_msg *m)
         int64_t count = 0;
         r = ims_store_queue_count(st, rid, &count);
         if (r != 0 || count >= srv->cfg.offline_quota) {
-            refuse(c, req, cmid, r != 0 ? IMP_ERR_STORAGE : IMP_ERR_QUOTA);
+            if (!dup || !dup_answer(c, req, cmid, dg, mode))
+                refuse(c, req, cmid, r != 0 ? IMP_ERR_STORAGE : IMP_ERR_QUOTA);
             return;
         }
     }
@@ -735,7 +744,9 @@ void ims_deliver_send(ims_client *c, const imp_msg *m)
         free(seqs);
         if (ids != &rid)
             free(ids);
-        refuse(c, req, cmid, IMP_ERR_STORAGE);
+        /* ID_CONFLICT: the dedupe row is there (the store refused before writing anything) */
+        if (!dup || !dup_answer(c, req, cmid, dg, mode))
+            refuse(c, req, cmid, IMP_ERR_STORAGE);
         return;
     }
     if (kind == IMP_TARGET_ROOM && srv->cfg.room_history > 0)
