@@ -136,7 +136,22 @@ static int send_deliver(ims_client *c, const ims_message *msg, int transient)
 {
     imp_msg d;
     build_deliver(&d, msg, transient);
-    return ims_client_send(c, &d);
+    if (transient)
+        return ims_client_send(c, &d);
+    /* A stored message may be bigger than what fits now: stored under a larger max_frame,
+     * which a restart or a SIGHUP lowered with output_hard (IMP-DELIV-004: it must still get
+     * through; before, its recipient was closed as a slow consumer at every login). The pump
+     * sends only below output_soft, and output_hard >= output_soft + max_frame, so this is that
+     * case alone: the cap is raised for this one frame. */
+    imp_ssize size = imp_msg_encoded_size(&d);
+    size_t hard = c->srv->cfg.output_hard;
+    size_t pending = ims_client_pending(c);
+    if (size < 0 || pending + (size_t)size <= hard)
+        return ims_client_send(c, &d);
+    imp_conn_set_max_output(c->conn, pending + (size_t)size);
+    int r = ims_client_send(c, &d);
+    imp_conn_set_max_output(c->conn, hard);
+    return r;
 }
 
 /* The DELIVER of a transient message, the same bytes for every recipient (SEQ 0): built,

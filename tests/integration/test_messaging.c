@@ -636,6 +636,63 @@ static void test_broadcast_and_sessions(void **state)
     it_finish(p);
 }
 
+/* A stored message larger than what the limits allow now (max_frame and output_hard lowered
+ * after it was stored, by a restart or a SIGHUP) is still delivered: the connection's output
+ * cap is raised for that one frame. Before, the recipient was closed as a slow consumer at every
+ * login and everything queued behind the message was stranded. IMP-DELIV-004, IMP-DELIV-007. */
+static void test_big_message_after_limits_lowered(void **state)
+{
+    (void)state;
+    const char *big[] = {"--set", "max_frame=1m",   "--set", "output_soft=256k",
+                         "--set", "output_hard=2m", NULL};
+    imd_proc *p = it_start_imd(big);
+    tc *alice = it_register(p->port, "alice", "alice password", NULL);
+    tc_close(it_register(p->port, "bob", "bob password", NULL));
+    size_t n = 900 * 1024;
+    uint8_t *body = malloc(n);
+    IT_CHECK(body != NULL, "malloc");
+    for (size_t i = 0; i < n; i++)
+        body[i] = (uint8_t)(i * 7 + 3);
+    tc_msg s = {IMP_TARGET_USER, "bob", NULL, -1, -1, NULL, 0, 0, body, n};
+    tc_ack ack;
+    IT_EQ(tc_send(alice, &s, &ack, T), 0);
+    IT_EQ(ack.outcome, IMP_OUTCOME_STORED);
+    send_ok(alice, "bob", NULL, "after the big one", NULL);
+    tc_close(alice);
+    IT_EQ(imd_stop(p, 5000), 0);
+    const char *small[] = {"--set", "max_frame=64k",    "--set", "output_soft=64k",
+                           "--set", "output_hard=192k", NULL};
+    imd_add_args(p, small);
+    IT_EQ(imd_start(p), 0);
+    long pid = (long)p->pid;
+    for (int round = 0; round < 2; round++) { /* again without DELIVERED: redelivered */
+        tc *bob = it_login(p->port, "bob", "bob password", NULL);
+        tc_frame *f = tc_wait(bob, IMP_DELIVER, 0, T);
+        char d[512];
+        IT_CHECK(f != NULL, "round %d: no DELIVER of the big message: %s", round,
+                 tc_describe(bob, d, sizeof d));
+        imp_bytes b = imp_msg_b(&f->m, IMP_T_BODY);
+        IT_EQ(b.len, n);
+        IT_CHECK(memcmp(b.p, body, n) == 0, "round %d: the big body differs", round);
+        tc_frame_free(f);
+        f = tc_wait(bob, IMP_DELIVER, 0, T);
+        IT_CHECK(f != NULL && tc_field_is(&f->m, IMP_T_BODY, "after the big one"),
+                 "round %d: the message behind the big one: %s", round,
+                 tc_describe(bob, d, sizeof d));
+        tc_frame_free(f);
+        if (round == 1)
+            IT_EQ(tc_delivered(bob, 2), 0);
+        uint32_t preq = tc_simple(bob, IMP_PING);
+        f = tc_wait(bob, IMP_PONG, preq, T);
+        IT_CHECK(f != NULL, "round %d: no PONG (closed?)", round);
+        tc_frame_free(f);
+        tc_close(bob);
+    }
+    free(body);
+    it_liveness(p, pid, NULL, NULL, NULL, NULL);
+    it_finish(p);
+}
+
 int main(void)
 {
     it_main_init(120);
@@ -649,6 +706,7 @@ int main(void)
         cmocka_unit_test_teardown(test_quota, it_teardown),
         cmocka_unit_test_teardown(test_transient_and_ack_modes, it_teardown),
         cmocka_unit_test_teardown(test_broadcast_and_sessions, it_teardown),
+        cmocka_unit_test_teardown(test_big_message_after_limits_lowered, it_teardown),
     };
     return cmocka_run_group_tests_name("integration: messaging", tests, NULL, NULL);
 }
