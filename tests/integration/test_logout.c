@@ -146,7 +146,7 @@ static uint64_t read_to_eof(tc *c, uint64_t t0, const char *what)
 
 /* The recipient logs in and gets exactly these bodies, in order (IMP-DELIV-002), and
  * acknowledges them. */
-static void expect_bodies(int port, const char *user, char bodies[][16], size_t n)
+static void expect_bodies(int port, const char *user, char bodies[][32], size_t n)
 {
     tc_auth a;
     tc *c = it_login(port, user, PW, &a);
@@ -179,7 +179,7 @@ static void pipelined_rounds(imd_proc *p, const char *mode)
     tc_auth a;
     tc_close(it_register(p->port, bob, PW, &a));
     tc_close(it_register(p->port, alice, PW, &a));
-    static char bodies[3 * N][16];
+    static char bodies[3 * N][32];
     size_t nb = 0;
     for (int round = 0; round < 3; round++) {
         tc *c = it_login(p->port, alice, PW, &a);
@@ -401,7 +401,7 @@ static void test_shutdown_while_pending(void **state)
     tc_auth a;
     tc_close(it_register(p->port, bob, PW, &a));
     tc_close(it_register(p->port, alice, PW, &a));
-    static char bodies[3 * N][16];
+    static char bodies[3 * N][32];
     size_t nb = 0;
     int with_ok = 0, with_shutdown = 0;
     for (int round = 0; round < 3; round++) {
@@ -410,7 +410,7 @@ static void test_shutdown_while_pending(void **state)
         tc *c = it_login(p->port, alice, PW, &a);
         static uint8_t buf[N * 128 + 64];
         size_t off = 0;
-        char sent[N][16];
+        char sent[N][32];
         for (int i = 0; i < N; i++) {
             char cmid[32];
             snprintf(cmid, sizeof cmid, "t%d-%d", round, i);
