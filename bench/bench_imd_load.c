@@ -1019,9 +1019,9 @@ static void run_throughput(void)
            "delivered=%llu delivered_per_s=%.0f acked_per_s=%.0f fanout=%d expected_ratio=%.4f "
            "errors=%llu lost_conns=%d",
            room ? "room" : "direct", opt.durable ? "durable" : "transient",
-           opt.cmid ? " cmid=1" : "", nconns,
-           room ? opt.senders : opt.conns, room ? opt.conns : opt.conns, opt.size, opt.window,
-           setup_s, el, (unsigned long long)(b.sent - a.sent), (unsigned long long)ak,
+           opt.cmid ? " cmid=1" : "", nconns, room ? opt.senders : opt.conns,
+           room ? opt.conns : opt.conns, opt.size, opt.window, setup_s, el,
+           (unsigned long long)(b.sent - a.sent), (unsigned long long)ak,
            (unsigned long long)(b.refused - a.refused), first_refuse_code, (unsigned long long)dl,
            (double)dl / el, (double)ak / el, fanout, ak ? (double)dl / ((double)ak * fanout) : 0.0,
            (unsigned long long)c_errors, dead);
@@ -1249,17 +1249,28 @@ int main(int argc, char **argv)
     opt.srcs = 1;
     opt.timeout = 120;
     opt.ping_us = 1000;
-    static const struct option lo[] = {{"host", 1, 0, 'H'},     {"port", 1, 0, 'p'},
-                                       {"pid", 1, 0, 'P'},      {"conns", 1, 0, 'n'},
-                                       {"senders", 1, 0, 'S'},  {"window", 1, 0, 'w'},
-                                       {"secs", 1, 0, 's'},     {"warmup", 1, 0, 'W'},
-                                       {"rate", 1, 0, 'r'},     {"size", 1, 0, 'z'},
-                                       {"class", 1, 0, 'c'},    {"prefix", 1, 0, 'x'},
-                                       {"password", 1, 0, 'k'}, {"room", 1, 0, 'R'},
-                                       {"login", 0, 0, 'L'},    {"auth-inflight", 1, 0, 'a'},
-                                       {"srcs", 1, 0, 'A'},     {"timeout", 1, 0, 't'},
-                                       {"ping-us", 1, 0, 'i'},  {"dump", 1, 0, 'D'},
-                                       {"help", 0, 0, 'h'},     {"cmid", 0, 0, 'C'},
+    static const struct option lo[] = {{"host", 1, 0, 'H'},
+                                       {"port", 1, 0, 'p'},
+                                       {"pid", 1, 0, 'P'},
+                                       {"conns", 1, 0, 'n'},
+                                       {"senders", 1, 0, 'S'},
+                                       {"window", 1, 0, 'w'},
+                                       {"secs", 1, 0, 's'},
+                                       {"warmup", 1, 0, 'W'},
+                                       {"rate", 1, 0, 'r'},
+                                       {"size", 1, 0, 'z'},
+                                       {"class", 1, 0, 'c'},
+                                       {"prefix", 1, 0, 'x'},
+                                       {"password", 1, 0, 'k'},
+                                       {"room", 1, 0, 'R'},
+                                       {"login", 0, 0, 'L'},
+                                       {"auth-inflight", 1, 0, 'a'},
+                                       {"srcs", 1, 0, 'A'},
+                                       {"timeout", 1, 0, 't'},
+                                       {"ping-us", 1, 0, 'i'},
+                                       {"dump", 1, 0, 'D'},
+                                       {"help", 0, 0, 'h'},
+                                       {"cmid", 0, 0, 'C'},
                                        {0, 0, 0, 0}};
     int ch;
     while ((ch = getopt_long(argc, argv, "vh", lo, NULL)) != -1) {
