@@ -16,6 +16,7 @@
  *   IMP-ERR-002, IMP-ERR-003  fatal ERROR received closes; errors are sticky
  *   IMP-TIME-001..003  the client's own auth deadline, keepalive, time never runs backwards
  *   IMP-LIB-003    allocation failures (injected) give a sticky NOMEM and leak nothing
+ *   IMP-SESS-008   imp_conn_set_defer_logout is refused with IMP_ERR_INVAL (a server option)
  *   and: application requests are refused before READY.
  *
  * Input: 4 config bytes (limits, timers, output cap, agent/caps, injected allocation failure,

@@ -18,7 +18,15 @@
  *     absolute (IMP-TIME-001); PING_TIMEOUT never before N*I after the last PONG
  *     (IMP-TIME-002); time running backwards changes nothing (IMP-TIME-003);
  *   - memory: every allocation goes through the hook, a failed one gives a sticky NOMEM, and
- *     imp_conn_free() releases everything (IMP-LIB-003).
+ *     imp_conn_free() releases everything (IMP-LIB-003);
+ *   - deferred LOGOUT (IMP-SESS-008), server role, when config byte 3 bit 2 turns
+ *     imp_conn_set_defer_logout on (extra action 9 toggles it later; a client connection must
+ *     refuse it with IMP_ERR_INVAL): LOGOUT in READY is an event with no OK sent, the state is
+ *     LOGOUT_RCVD; there every input is dropped (no event, no output, no error), no timer runs
+ *     (no PING, no PING_TIMEOUT, next deadline UINT64_MAX), want_close is 0, table 7.2's row
+ *     holds cell by cell (APP_S frames, ERROR, OK for other requests stay; PING, PONG,
+ *     WELCOME, AUTH_OK and client frames are NOT_ALLOWED) and the OK with LOGOUT's request id,
+ *     sent plain or prepared (imp_prepared_new), and only that one, moves it to CLOSING.
  */
 #ifndef IMP_FUZZ_CONN_H
 #define IMP_FUZZ_CONN_H
@@ -67,6 +75,8 @@ typedef struct fz_setup {
     uint64_t t0;
     size_t fail_at;
     int fail_rest;
+    int defer;      /* turn imp_conn_set_defer_logout on after imp_conn_new (IMP-SESS-008) */
+    int defer_call; /* call it at all (with defer, which may be 0) */
 } fz_setup;
 
 static inline void fz_setup_read(fz_setup *s, imp_role role, const uint8_t c[4], int allow_fail)
@@ -121,6 +131,10 @@ static inline void fz_setup_read(fz_setup *s, imp_role role, const uint8_t c[4],
         cfg->caps.len = sizeof caps;
     }
     s->t0 = starts[c[3] & 3];
+    /* byte 3 bits 2 and 3 (the seeds of make-seeds leave them 0: the option stays off):
+     * bit 2 turns the deferred LOGOUT on, bit 3 alone calls imp_conn_set_defer_logout(c, 0) */
+    s->defer = (c[3] >> 2) & 1;
+    s->defer_call = (c[3] & 0x0C) != 0;
     if (allow_fail && c[2] >= 0xE0) {
         s->fail_at = (size_t)(c[2] & 0x0F) + 1;
         s->fail_rest = (c[2] & 0x10) != 0;
@@ -141,7 +155,7 @@ static inline void fz_setup_read(fz_setup *s, imp_role role, const uint8_t c[4],
 static inline int fz_is_server_state(imp_state s)
 {
     return s == IMP_S_AWAIT_HELLO || s == IMP_S_AWAIT_AUTH || s == IMP_S_AUTHENTICATING ||
-           s == IMP_S_READY || s == IMP_S_CLOSING;
+           s == IMP_S_READY || s == IMP_S_LOGOUT_RCVD || s == IMP_S_CLOSING;
 }
 static inline int fz_is_client_state(imp_state s)
 {
@@ -162,13 +176,17 @@ static inline int fz_is_app_s(unsigned type) /* APP_S of the spec, OK included *
 }
 
 /* Receive cell for a state other than CLOSING: 0 and *next, or the fatal error. code is the
- * ERROR frame's CODE (ignored for other types). */
+ * ERROR frame's CODE (ignored for other types); defer: the server defers LOGOUT's OK
+ * (IMP-SESS-008). LOGOUT_RCVD ignores everything (0, stays): the caller checks that no event
+ * comes out of it. */
 static inline int fz_rx_cell(imp_role role, imp_state s, unsigned type, unsigned code, uint32_t rid,
-                             uint32_t logout_rid, int *next)
+                             uint32_t logout_rid, int defer, int *next)
 {
     unsigned dir = ref_type_info(type)->dir;
     *next = (int)s;
     if (role == IMP_ROLE_SERVER) {
+        if (s == IMP_S_LOGOUT_RCVD)
+            return 0; /* table 7.1: ignore */
         if (dir == IMP_DIR_S2C)
             return IMP_ERR_WRONG_ROLE; /* IMP-MSG-001 */
         if (type == IMP_ERROR) {
@@ -190,8 +208,8 @@ static inline int fz_rx_cell(imp_role role, imp_state s, unsigned type, unsigned
                 return IMP_ERR_STATE; /* IMP-SESS-004: one outstanding */
             *next = IMP_S_AUTHENTICATING;
             return 0;
-        case IMP_LOGOUT:
-            *next = IMP_S_CLOSING;
+        case IMP_LOGOUT: /* IMP-MSG-005; IMP-SESS-008: deferred only in READY */
+            *next = s == IMP_S_READY && defer ? IMP_S_LOGOUT_RCVD : IMP_S_CLOSING;
             return 0;
         case IMP_PING:
         case IMP_PONG:
@@ -235,8 +253,10 @@ static inline int fz_rx_cell(imp_role role, imp_state s, unsigned type, unsigned
     }
 }
 
-/* Send cell: 0 and *next, or IMP_ERR_NOT_ALLOWED / IMP_ERR_CLOSED. */
-static inline int fz_tx_cell(imp_role role, imp_state s, unsigned type, unsigned code, int *next)
+/* Send cell: 0 and *next, or IMP_ERR_NOT_ALLOWED / IMP_ERR_CLOSED. rid is the frame's request
+ * id, logout_rid the LOGOUT's (server: the deferred LOGOUT received). */
+static inline int fz_tx_cell(imp_role role, imp_state s, unsigned type, unsigned code, uint32_t rid,
+                             uint32_t logout_rid, int *next)
 {
     *next = (int)s;
     if (s == IMP_S_CLOSING)
@@ -257,6 +277,13 @@ static inline int fz_tx_cell(imp_role role, imp_state s, unsigned type, unsigned
         }
         if (s == IMP_S_READY && (fz_is_app_s(type) || type == IMP_PING))
             return 0;
+        if (s == IMP_S_LOGOUT_RCVD && type == IMP_OK) { /* IMP-SESS-008 */
+            if (rid == logout_rid)
+                *next = IMP_S_CLOSING;
+            return 0;
+        }
+        if (s == IMP_S_LOGOUT_RCVD && fz_is_app_s(type))
+            return 0; /* the answers still owed */
         return IMP_ERR_NOT_ALLOWED;
     }
     if ((type == IMP_REGISTER || type == IMP_LOGIN) && s == IMP_S_CONNECTED) {
@@ -291,11 +318,16 @@ typedef struct fz_drv {
     int err;        /* the sticky error, once reported */
     int reached_ready;
     uint64_t ready_time;
-    int ping_out;       /* keepalive model: a library PING is unanswered */
-    unsigned missed;    /* keepalive model: the missed counter */
-    uint64_t last_ping; /* time of the last library PING */
-    uint32_t logout_rid;
+    int ping_out;        /* keepalive model: a library PING is unanswered */
+    unsigned missed;     /* keepalive model: the missed counter */
+    uint64_t last_ping;  /* time of the last library PING */
+    uint32_t logout_rid; /* client: LOGOUT sent; server: the deferred LOGOUT received */
     uint32_t next_rid;
+    int defer;        /* server: imp_conn_set_defer_logout is on (IMP-SESS-008) */
+    int logout_rcvd;  /* server: LOGOUT_RCVD was reached */
+    int logout_later; /* server: the application sends LOGOUT's OK later (extra action, end) */
+    fz_alloc pal;     /* prepared frames' allocations (never failed) */
+    imp_allocator phook;
     unsigned events;
     int was_closing;
     int deferred_auth; /* server: LOGIN/REGISTER not answered yet */
@@ -403,7 +435,15 @@ static inline void fz_after(fz_drv *d)
         d->ready_time = d->now;
     }
     if (d->reached_ready && d->role == IMP_ROLE_SERVER)
-        FZ_CHECK(s == IMP_S_READY || s == IMP_S_CLOSING);
+        FZ_CHECK(s == IMP_S_READY || s == IMP_S_LOGOUT_RCVD || s == IMP_S_CLOSING);
+    if (s == IMP_S_LOGOUT_RCVD) { /* IMP-SESS-008: only from READY, input dropped, no timer */
+        FZ_CHECK(d->reached_ready);
+        d->logout_rcvd = 1;
+        d->shadow = 0;
+        FZ_CHECK_EQ(imp_conn_next_deadline(d->c), UINT64_MAX);
+    }
+    if (d->logout_rcvd) /* no way back to READY */
+        FZ_CHECK(s == IMP_S_LOGOUT_RCVD || s == IMP_S_CLOSING);
     /* IMP-SESS-006 */
     uint32_t lim = imp_conn_recv_limit(d->c);
     if (d->role == IMP_ROLE_SERVER)
@@ -465,17 +505,41 @@ static inline void fz_consume(fz_drv *d, size_t want)
     fz_buf_free(&rest);
 }
 
-/* Queue an application frame, checking the send table and everything send documents. */
-static inline int fz_send(fz_drv *d, const imp_msg *m)
+/* Queue an application frame, checking the send table and everything send documents;
+ * prepared: through imp_prepared_new and imp_conn_send_prepared, which must behave the same
+ * (except that an invalid message is refused by imp_prepared_new, before the table). */
+static inline int fz_send_how(fz_drv *d, const imp_msg *m, int prepared)
 {
     imp_state s = imp_conn_state(d->c);
     size_t before = fz_pending(d, NULL);
     size_t calls = d->al.calls;
     int next;
-    int cell = fz_tx_cell(d->role, s, m->type, (unsigned)imp_msg_u(m, IMP_T_CODE, 0), &next);
+    int cell = fz_tx_cell(d->role, s, m->type, (unsigned)imp_msg_u(m, IMP_T_CODE, 0), m->request_id,
+                          d->logout_rid, &next);
     int v = imp_msg_validate(m);
     imp_ssize size = imp_msg_encoded_size(m);
-    int r = imp_conn_send(d->c, m);
+    int r;
+    if (prepared) {
+        int perr = 1;
+        imp_prepared *pp = imp_prepared_new(m, &d->phook, &perr);
+        if (size < 0) { /* nothing was prepared, nothing was sent */
+            FZ_CHECK(pp == NULL);
+            FZ_CHECK_EQ(perr, (int)size);
+            FZ_CHECK_EQ(d->pal.live, 0);
+            fz_expect_nothing_added(d, before);
+            FZ_CHECK_EQ(imp_conn_state(d->c), s);
+            fz_after(d);
+            return perr;
+        }
+        FZ_CHECK(pp != NULL);
+        FZ_CHECK_EQ(perr, 0);
+        FZ_CHECK_EQ(imp_prepared_size(pp), (size_t)size);
+        r = imp_conn_send_prepared(d->c, pp);
+        imp_prepared_free(pp);
+        FZ_CHECK_EQ(d->pal.live, 0); /* IMP-LIB-003: through its allocator */
+    } else {
+        r = imp_conn_send(d->c, m);
+    }
     if (cell) {
         FZ_CHECK_EQ(r, cell); /* refused by the table, nothing changes */
     } else if (v) {
@@ -528,6 +592,11 @@ static inline int fz_send(fz_drv *d, const imp_msg *m)
     return r;
 }
 
+static inline int fz_send(fz_drv *d, const imp_msg *m)
+{
+    return fz_send_how(d, m, 0);
+}
+
 /* imp_conn_close: CLOSING, with ERROR(code), request id 0, for the peer unless already closing. */
 static inline void fz_close(fz_drv *d, int code)
 {
@@ -578,6 +647,89 @@ static inline void fz_server_auth_ok(fz_drv *d, unsigned a)
         imp_msg_set_u(&r, IMP_T_ADMIN, 1);
     d->deferred_auth = 0;
     (void)fz_send(d, &r);
+}
+
+static inline int fz_drain(fz_drv *d);
+
+/* After a deferred LOGOUT (IMP-SESS-008): one frame the application may still send (an answer
+ * owed for an earlier request: APP_S, ERROR, OK with another id) or one table 7.2 refuses in
+ * LOGOUT_RCVD. fz_send_how checks the cell, the state and the output. b & 8: prepared. */
+static inline void fz_server_owed(fz_drv *d, unsigned b)
+{
+    imp_msg r;
+    uint32_t other = d->logout_rid + 1 + (b >> 4); /* never LOGOUT's id */
+    int prep = (b & 8) != 0;
+    switch (b & 7) {
+    case 0:
+        imp_msg_init(&r, IMP_ACK, other);
+        imp_msg_set_u(&r, IMP_T_MSG_ID, 1000 + d->events);
+        imp_msg_set_u(&r, IMP_T_OUTCOME, IMP_OUTCOME_STORED);
+        break;
+    case 1: /* OK for another request: stays in LOGOUT_RCVD */
+        imp_msg_init(&r, IMP_OK, other);
+        if (b & 0x10)
+            imp_msg_set_u(&r, IMP_T_COUNT, b);
+        break;
+    case 2: /* non-fatal ERROR: stays */
+        imp_msg_init(&r, IMP_ERROR, other);
+        imp_msg_set_u(&r, IMP_T_CODE, 506);
+        imp_msg_set_u(&r, IMP_T_RETRY_AFTER, 250);
+        break;
+    case 3:
+        if (b & 0x10) {
+            imp_msg_init(&r, IMP_HISTORY_ITEM, other);
+            imp_msg_set_s(&r, IMP_T_BODY, "old message");
+            imp_msg_set_u(&r, IMP_T_MSG_ID, 9);
+            imp_msg_set_s(&r, IMP_T_SENDER, "bob");
+            imp_msg_set_u(&r, IMP_T_TIMESTAMP, 1234);
+            imp_msg_set_s(&r, IMP_T_ROOM, "lobby");
+        } else {
+            imp_msg_init(&r, IMP_DELIVER, 0);
+            imp_msg_set_u(&r, IMP_T_TARGET_KIND, IMP_TARGET_BROADCAST);
+            imp_msg_set_s(&r, IMP_T_BODY, "late");
+            imp_msg_set_u(&r, IMP_T_MSG_ID, 5);
+            imp_msg_set_u(&r, IMP_T_SEQ, 5);
+            imp_msg_set_s(&r, IMP_T_SENDER, "eve");
+            imp_msg_set_u(&r, IMP_T_TIMESTAMP, d->now);
+        }
+        break;
+    case 4: /* PING or PONG: NOT_ALLOWED after LOGOUT */
+        imp_msg_init(&r, b & 0x10 ? IMP_PONG : IMP_PING, other);
+        break;
+    case 5: /* AUTH_OK, or a client frame: NOT_ALLOWED */
+        if (b & 0x10) {
+            imp_msg_init(&r, IMP_AUTH_OK, d->logout_rid);
+            imp_msg_set_s(&r, IMP_T_USER, "bob");
+            imp_msg_set_u(&r, IMP_T_SESSION_ID, 1);
+            imp_msg_set_u(&r, IMP_T_LAST_SEQ, 0);
+        } else {
+            imp_msg_init(&r, IMP_LOGOUT, d->logout_rid);
+        }
+        break;
+    case 6: /* fatal ERROR: CLOSING, the OK can no longer be sent */
+        imp_msg_init(&r, IMP_ERROR, b & 0x10 ? d->logout_rid : other);
+        imp_msg_set_u(&r, IMP_T_CODE, b & 0x20 ? 302 : 730);
+        break;
+    default: /* an invalid ACK (no OUTCOME): refused, nothing changes */
+        imp_msg_init(&r, IMP_ACK, other);
+        imp_msg_set_u(&r, IMP_T_MSG_ID, 1);
+        break;
+    }
+    (void)fz_send_how(d, &r, prep);
+}
+
+/* The OK that answers the deferred LOGOUT (IMP-SESS-008): CLOSING from LOGOUT_RCVD. */
+static inline void fz_server_logout_ok(fz_drv *d, unsigned a)
+{
+    imp_msg r;
+    imp_state s = imp_conn_state(d->c);
+    imp_msg_init(&r, IMP_OK, d->logout_rid);
+    if (a & 0x10)
+        imp_msg_set_u(&r, IMP_T_COUNT, 0);
+    d->logout_later = 0;
+    int e = fz_send_how(d, &r, (a & 1) != 0);
+    if (s == IMP_S_LOGOUT_RCVD && e == 0)
+        FZ_CHECK_EQ(imp_conn_state(d->c), IMP_S_CLOSING);
 }
 
 static inline void fz_server_on_event(fz_drv *d, const imp_msg *m)
@@ -737,10 +889,29 @@ static inline void fz_server_on_event(fz_drv *d, const imp_msg *m)
         }
         (void)fz_send(d, &r);
         break;
-    default: /* HELLO, LOGOUT, PING, PONG, ERROR: the library answers or nothing is due */
+    case IMP_LOGOUT:
+        if (imp_conn_state(d->c) != IMP_S_LOGOUT_RCVD)
+            break; /* answered by the library */
+        /* IMP-SESS-008: the server reads on while it answers; what the client sent after
+         * LOGOUT (buffered already, or not) gives no event, no output and no error */
+        FZ_CHECK_EQ(fz_drain(d), 0);
+        /* and READY's PING is no longer allowed (table 7.2); the refusal changes nothing */
+        imp_msg_init(&r, IMP_PING, d->logout_rid);
+        FZ_CHECK_EQ(fz_send(d, &r), IMP_ERR_NOT_ALLOWED);
+        /* a & 3 owed frames first, then LOGOUT's OK now (plain or prepared), later (an extra
+         * action, or when the input ends), or never */
+        for (unsigned i = 0; i < (a & 3); i++)
+            fz_server_owed(d, fz_byte(d->app, 0));
+        if (((a >> 2) & 3) < 2)
+            fz_server_logout_ok(d, (a & 0x10) | ((a >> 2) & 1));
+        else if (((a >> 2) & 3) == 2)
+            d->logout_later = 1;
+        break;
+    default: /* HELLO, PING, PONG, ERROR: the library answers or nothing is due */
         break;
     }
-    if ((a & 0x80) && imp_conn_state(d->c) != IMP_S_READY) {
+    imp_state ns = imp_conn_state(d->c);
+    if ((a & 0x80) && ns != IMP_S_READY && ns != IMP_S_LOGOUT_RCVD) {
         /* "no DELIVER or ACK before READY": both must be refused, leaving everything as is */
         imp_msg_init(&r, IMP_ACK, m->request_id);
         imp_msg_set_u(&r, IMP_T_OUTCOME, IMP_OUTCOME_STORED);
@@ -928,7 +1099,7 @@ static inline long long fz_check_rx_error(fz_drv *d, imp_state s, uint32_t limit
     int de = ref_decode(type, p + 12, (size_t)fr - 12, &rm, &alt);
     int next;
     int te = fz_rx_cell(d->role, s, type, (unsigned)rm.u[IMP_T_CODE], fz_be32(p + 8), d->logout_rid,
-                        &next);
+                        d->defer, &next);
     int ve = 0; /* IMP-MSG-002: no version in common */
     if (!de && !te && type == IMP_HELLO && rm.u[IMP_T_VERSION_MIN] > 1)
         ve = IMP_ERR_VERSION;
@@ -947,7 +1118,8 @@ static inline long long fz_check_rx_error(fz_drv *d, imp_state s, uint32_t limit
 static inline void fz_check_event(fz_drv *d, imp_state s, uint32_t limit, const imp_msg *m,
                                   size_t before)
 {
-    FZ_CHECK(s != IMP_S_CLOSING); /* IMP-SESS-003: CLOSING ignores input */
+    FZ_CHECK(s != IMP_S_CLOSING);     /* IMP-SESS-003: CLOSING ignores input */
+    FZ_CHECK(s != IMP_S_LOGOUT_RCVD); /* IMP-SESS-008: so does LOGOUT_RCVD */
     const ref_type *ti = ref_type_info(m->type);
     FZ_CHECK(ti != NULL);
     if (d->shadow) {
@@ -975,7 +1147,8 @@ static inline void fz_check_event(fz_drv *d, imp_state s, uint32_t limit, const 
     FZ_CHECK_EQ(imp_msg_validate(m), 0);
     unsigned code = (unsigned)imp_msg_u(m, IMP_T_CODE, 0);
     int next;
-    FZ_CHECK_EQ(fz_rx_cell(d->role, s, m->type, code, m->request_id, d->logout_rid, &next), 0);
+    FZ_CHECK_EQ(
+        fz_rx_cell(d->role, s, m->type, code, m->request_id, d->logout_rid, d->defer, &next), 0);
     imp_state ns = imp_conn_state(d->c);
     if (next == FZ_NEXT_EITHER)
         FZ_CHECK(ns == IMP_S_CLOSING || ns == s || (s == IMP_S_AUTH_SENT && ns == IMP_S_CONNECTED));
@@ -1012,6 +1185,9 @@ static inline void fz_check_event(fz_drv *d, imp_state s, uint32_t limit, const 
         FZ_CHECK_EQ(k, 1);
         FZ_CHECK_EQ(out[0].type, IMP_PONG);
         FZ_CHECK_EQ(out[0].request_id, m->request_id);
+    } else if (m->type == IMP_LOGOUT && next == IMP_S_LOGOUT_RCVD) { /* IMP-SESS-008 */
+        FZ_CHECK_EQ(k, 0); /* no OK: the application sends it */
+        d->logout_rid = m->request_id;
     } else if (m->type == IMP_LOGOUT) { /* IMP-MSG-005 */
         FZ_CHECK_EQ(k, 1);
         FZ_CHECK_EQ(out[0].type, IMP_OK);
@@ -1057,7 +1233,7 @@ static inline int fz_drain(fz_drv *d)
         }
         fz_buf_add(&d->ev_log, rec, sizeof rec);
         if (r < 0) {
-            FZ_CHECK(s != IMP_S_CLOSING);
+            FZ_CHECK(s != IMP_S_CLOSING && s != IMP_S_LOGOUT_RCVD);
             long long rid = fz_check_rx_error(d, s, limit, r);
             fz_expect_error_added(d, before, r, rid);
             fz_sticky(d, r);
@@ -1099,8 +1275,8 @@ static inline void fz_feed(fz_drv *d, const uint8_t *p, size_t n)
         }
         fz_expect_nothing_added(d, before);
         FZ_CHECK((size_t)r <= n);
-        if (s == IMP_S_CLOSING)
-            FZ_CHECK_EQ((size_t)r, n); /* IMP-SESS-003: taken and dropped */
+        if (s == IMP_S_CLOSING || s == IMP_S_LOGOUT_RCVD)
+            FZ_CHECK_EQ((size_t)r, n); /* IMP-SESS-003, IMP-SESS-008: taken and dropped */
         else if (d->shadow)
             fz_buf_add(&d->in, p, (size_t)r);
         /* conn.h: fewer bytes only when a frame's worth plus 64 KiB is unread */
@@ -1140,7 +1316,9 @@ static inline void fz_tick(fz_drv *d, uint64_t t)
         return;
     }
     d->now = eff;
-    if (s == IMP_S_CLOSING || eff < deadline) { /* nothing is due */
+    if (s == IMP_S_LOGOUT_RCVD) /* IMP-SESS-008: no timer runs */
+        FZ_CHECK_EQ(deadline, UINT64_MAX);
+    if (s == IMP_S_CLOSING || s == IMP_S_LOGOUT_RCVD || eff < deadline) { /* nothing is due */
         FZ_CHECK_EQ(r, 0);
         fz_expect_nothing_added(d, before);
         FZ_CHECK_EQ(imp_conn_state(d->c), s);
@@ -1268,6 +1446,29 @@ static inline void fz_extra(fz_drv *d, unsigned x)
     case 8: /* a fatal close with a 7xx code */
         fz_close(d, 700);
         break;
+    case 9: { /* IMP-SESS-008: toggle the deferred LOGOUT (for the LOGOUTs received later) */
+        imp_state before_s = imp_conn_state(d->c);
+        size_t before = fz_pending(d, NULL);
+        int e = imp_conn_set_defer_logout(d->c, !d->defer);
+        if (d->role == IMP_ROLE_SERVER) {
+            FZ_CHECK_EQ(e, 0);
+            d->defer = !d->defer;
+        } else {
+            FZ_CHECK_EQ(e, IMP_ERR_INVAL);
+        }
+        fz_expect_nothing_added(d, before);
+        FZ_CHECK_EQ(imp_conn_state(d->c), before_s);
+        fz_after(d);
+        break;
+    }
+    case 10: /* the OK with LOGOUT's id, late: CLOSING only from LOGOUT_RCVD */
+        if (d->role == IMP_ROLE_SERVER)
+            fz_server_logout_ok(d, fz_byte(d->app, 0));
+        break;
+    case 11: /* a frame owed after LOGOUT, or one refused there */
+        if (d->role == IMP_ROLE_SERVER)
+            fz_server_owed(d, fz_byte(d->app, 0));
+        break;
     default:
         break;
     }
@@ -1318,6 +1519,8 @@ static inline int fz_open(fz_drv *d, imp_role role, const uint8_t cfgbytes[4], i
     d->io = io;
     d->now = d->setup.t0;
     d->shadow = 1;
+    d->phook.realloc = fz_realloc;
+    d->phook.ud = &d->pal;
     d->c = imp_conn_new(role, &d->setup.cfg, d->setup.t0);
     if (d->setup.expect_invalid)
         FZ_CHECK(d->c == NULL);
@@ -1339,6 +1542,18 @@ static inline int fz_open(fz_drv *d, imp_role role, const uint8_t cfgbytes[4], i
         FZ_CHECK_EQ(out[0].type, IMP_HELLO);
         FZ_CHECK(out[0].v[IMP_T_VERSION_MIN].u <= 1 && out[0].v[IMP_T_VERSION_MAX].u >= 1);
     }
+    if (d->setup.defer_call) { /* IMP-SESS-008: a server option; nothing else changes */
+        int e = imp_conn_set_defer_logout(d->c, d->setup.defer);
+        if (role == IMP_ROLE_SERVER) {
+            FZ_CHECK_EQ(e, 0);
+            d->defer = d->setup.defer;
+        } else {
+            FZ_CHECK_EQ(e, IMP_ERR_INVAL);
+        }
+        FZ_CHECK_EQ(fz_pending(d, NULL), n);
+        FZ_CHECK_EQ(imp_conn_state(d->c),
+                    role == IMP_ROLE_SERVER ? IMP_S_AWAIT_HELLO : IMP_S_HELLO_SENT);
+    }
     fz_after(d);
     return 0;
 }
@@ -1350,6 +1565,7 @@ static inline void fz_close_all(fz_drv *d)
         imp_conn_free(d->c);
         d->c = NULL;
         FZ_CHECK_EQ(d->al.live, 0); /* IMP-LIB-003: everything released */
+        FZ_CHECK_EQ(d->pal.live, 0);
     }
     fz_buf_free(&d->in);
     fz_buf_free(&d->out_log);
@@ -1374,6 +1590,8 @@ static inline void fz_run(fz_drv *d, const uint8_t *p, size_t n)
     fz_drain(d);
     for (int i = 0; i < 64 && d->io->n > 0 && !d->split_mode; i++)
         fz_io_step(d);
+    if (d->logout_later && !d->err) /* IMP-SESS-008: the answers are done, LOGOUT's OK */
+        fz_server_logout_ok(d, fz_byte(d->app, 0));
 }
 
 /* One input of the server and client targets: 4 config bytes | A | A bytes of application

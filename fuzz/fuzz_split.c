@@ -11,9 +11,9 @@
  *   IMP-ERR-003    an error stops the same frames in both runs
  * plus every check of fuzz_conn.h in both runs (role, tables, output, stickiness).
  *
- * Input: 4 config bytes (as fuzz_server.c; byte 2 bit 0 picks the client role instead of the
- * server; no allocation failures, no time) | A | A bytes of application decisions | L | L chunk
- * sizes (0 means 1; cycled) | the byte stream.
+ * Input: 4 config bytes (as fuzz_server.c, byte 3 bit 2 the deferred LOGOUT included; byte 2
+ * bit 0 picks the client role instead of the server; no allocation failures, no time) | A | A bytes
+ * of application decisions | L | L chunk sizes (0 means 1; cycled) | the byte stream.
  */
 #include "fuzz_conn.h"
 
