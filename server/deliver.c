@@ -138,15 +138,16 @@ static int send_deliver(ims_client *c, const ims_message *msg, int transient)
     build_deliver(&d, msg, transient);
     if (transient)
         return ims_client_send(c, &d);
-    /* A stored message may be bigger than what fits now: stored under a larger max_frame,
-     * which a restart or a SIGHUP lowered with output_hard (IMP-DELIV-004: it must still get
-     * through; before, its recipient was closed as a slow consumer at every login). The pump
-     * sends only below output_soft, and output_hard >= output_soft + max_frame, so this is that
-     * case alone: the cap is raised for this one frame. */
+    /* A stored message may be bigger than any the current limits admit: stored under a larger
+     * max_frame, which a restart or a SIGHUP lowered with output_hard (IMP-DELIV-004: it must
+     * still get through; before, its recipient was closed as a slow consumer at every login).
+     * Such a frame alone gets the cap raised for it. A frame of an admissible size that does
+     * not fit means a slow consumer, as always (IMP-DELIV-007). */
     imp_ssize size = imp_msg_encoded_size(&d);
     size_t hard = c->srv->cfg.output_hard;
     size_t pending = ims_client_pending(c);
-    if (size < 0 || pending + (size_t)size <= hard)
+    if (size < 0 || pending + (size_t)size <= hard ||
+        (size_t)size <= (size_t)c->srv->cfg.max_frame + IMS_DELIVER_GROWTH)
         return ims_client_send(c, &d);
     imp_conn_set_max_output(c->conn, pending + (size_t)size);
     int r = ims_client_send(c, &d);
