@@ -21,8 +21,9 @@
  *            room and broadcast messages (shared by their recipients' queues)
  *   queue(user_id, seq, msg_id, inl, sender_id, sender, target, ts_ms, headers, body)
  *            PK(user_id, seq) WITHOUT ROWID: the unacknowledged entries, so that each user's
- *            rows are exactly the seqs acked_seq+1..last_seq. A direct message is kept in its
- *            entry (inl = 1); other entries refer to their messages row (inl = 0). msg_ids of
+ *            rows are exactly the seqs acked_seq+1..last_seq. A direct message of at most
+ *            IMS_INLINE_MAX bytes is kept in its entry (inl = 1); other entries refer to their
+ *            messages row (inl = 0). msg_ids of
  *            both come from the one sequence of messages (sqlite_sequence, next_msg_id).
  *   dedupe(sender_id, client_msg_id, msg_id, digest, ts_ms) PK(sender_id, client_msg_id)
  *   rooms(name PK, created_ms), members(room, user_id) PK(room, user_id)
@@ -49,6 +50,11 @@
 #define IMS_NAME_MAX 32
 #define IMS_HASH_LEN_MAX 127
 #define IMS_BUSY_DEFAULT_MS 5000
+/* The largest direct message (body + headers) kept inline in its queue entry. The queue is a
+ * WITHOUT ROWID table: SQLite reads a whole entry to use any of its columns, and an entry over
+ * about 1,000 bytes (4 KiB pages) spills into overflow pages. Larger messages take a messages
+ * row, as room messages do (a 512 KiB message was copied whole by every read of its entry). */
+#define IMS_INLINE_MAX 768
 
 /* ---- statements ----------------------------------------------------------------------------- */
 
@@ -2146,7 +2152,7 @@ int ims_store_message_put(ims_store *s, const ims_message *m, const char *client
     /* IMP-DELIV-006: one sequence for every message. A direct message is kept in its
      * recipient's queue entry; a room or broadcast message once, shared by the entries. A
      * message for nobody (a broadcast without users) only uses up its id. */
-    int inl = m->target_kind == 1 && n == 1;
+    int inl = m->target_kind == 1 && n == 1 && m->body_len + m->headers_len <= IMS_INLINE_MAX;
     /* A direct message in a batch is at most two inserts, each atomic by itself: no SAVEPOINT
      * (light_begin) */
     int light = inl && s->in_batch;

@@ -1460,6 +1460,60 @@ static void test_direct_put_failures_in_batch(void **state)
     integrity_ok(s);
 }
 
+struct lens {
+    size_t len[8];
+    int64_t id[8];
+    int kind[8], first[8], n;
+};
+
+static int collect_len(void *ud, const ims_message *m)
+{
+    struct lens *l = ud;
+    assert_true(l->n < 8);
+    l->len[l->n] = m->body_len;
+    l->id[l->n] = m->msg_id;
+    l->kind[l->n] = m->target_kind;
+    l->first[l->n] = m->body_len ? m->body[0] : -1;
+    assert_string_equal(m->target, "bob");
+    l->n++;
+    return 0;
+}
+
+/* A direct message is kept in its queue entry only when small (IMS_INLINE_MAX, 768 bytes of
+ * body and headers); a larger one takes a messages row (a WITHOUT ROWID entry is read whole).
+ * Both read back the same, and an ack removes either. */
+static void test_direct_inline_threshold(void **state)
+{
+    fx *f = *state;
+    ims_store *s = f->s;
+    int64_t a = mk_user(s, "alice"), b = mk_user(s, "bob"), rb[] = {b};
+    static char big[2001], edge[769];
+    memset(big, 'B', 2000);
+    memset(edge, 'E', 768);
+    put(s, a, "alice", 1, "bob", edge, rb, 1, NULL);
+    put(s, a, "alice", 1, "bob", big, rb, 1, NULL);
+    put(s, a, "alice", 1, "bob", "small", rb, 1, NULL);
+    assert_int_equal(mcount(s), 3);
+    if (f->file) {
+        char v[64];
+        pragma_text(f->path,
+                    "SELECT group_concat(inl, ',') FROM (SELECT inl FROM queue ORDER BY seq)", v,
+                    sizeof v);
+        assert_string_equal(v, "1,0,1");
+    }
+    struct lens l = {0};
+    assert_int_equal(ims_store_queue_read(s, b, 0, 10, collect_len, &l), 3);
+    assert_int_equal(l.len[0], 768);
+    assert_int_equal(l.len[1], 2000);
+    assert_int_equal(l.len[2], 5);
+    assert_int_equal(l.first[1], 'B');
+    assert_int_equal(l.kind[1], 1);
+    assert_true(l.id[0] < l.id[1] && l.id[1] < l.id[2]);
+    assert_int_equal(ims_store_queue_ack(s, b, 3, NULL), 0);
+    assert_int_equal(mcount(s), 0);
+    integrity_ok(s);
+}
+
 /* Everything committed survives close and open; ims_store_close commits an open batch. */
 static void test_persistence(void **state)
 {
@@ -2015,6 +2069,7 @@ int main(void)
         BOTH(test_batch_failure_isolated),
         BOTH(test_batch_marks_written_at_commit),
         BOTH(test_direct_put_failures_in_batch),
+        BOTH(test_direct_inline_threshold),
         FILE_ONLY(test_persistence),
         FILE_ONLY(test_uncommitted_batch_lost_on_crash),
         FILE_ONLY(test_locked_database),
