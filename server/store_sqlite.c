@@ -1452,9 +1452,9 @@ int ims_store_integrity_check(ims_store *s, char *err, size_t errlen)
          "messages m WHERE m.msg_id = q.msg_id) LIMIT 1"),
         ("SELECT 'queue entry ' || q.user_id || '/' || q.seq || ' has no message' FROM queue q "
          "WHERE q.inl = 1 AND (q.body IS NULL OR q.sender IS NULL OR q.target IS NULL) LIMIT 1"),
-        ("SELECT 'message id ' || max(id) || ' is above the sequence' FROM (SELECT msg_id AS id "
-         "FROM queue UNION ALL SELECT msg_id FROM messages) HAVING max(id) > coalesce((SELECT seq "
-         "FROM sqlite_sequence WHERE name = 'messages'), 0)"),
+        ("SELECT 'message id ' || top || ' is above the sequence' FROM (SELECT max(id) AS top "
+         "FROM (SELECT msg_id AS id FROM queue UNION ALL SELECT msg_id FROM messages)) WHERE "
+         "top > coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'messages'), 0)"),
     };
     for (size_t i = 0; i < sizeof checks / sizeof checks[0]; i++) {
         sqlite3_stmt *q = NULL;

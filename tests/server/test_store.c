@@ -1512,6 +1512,16 @@ static void test_direct_inline_threshold(void **state)
     assert_int_equal(ims_store_queue_ack(s, b, 3, NULL), 0);
     assert_int_equal(mcount(s), 0);
     integrity_ok(s);
+    if (!f->file)
+        return;
+    /* the check that ids never pass the sequence (IMP-DELIV-006: the next id would repeat) */
+    put(s, a, "alice", 1, "bob", "again", rb, 1, NULL);
+    exec_sql(f->path, "UPDATE sqlite_sequence SET seq = 1 WHERE name = 'messages'");
+    char err[256] = "";
+    assert_int_equal(ims_store_integrity_check(s, err, sizeof err), IMP_ERR_STORAGE);
+    assert_non_null(strstr(err, "above the sequence"));
+    exec_sql(f->path, "UPDATE sqlite_sequence SET seq = 4 WHERE name = 'messages'");
+    integrity_ok(s);
 }
 
 /* Everything committed survives close and open; ims_store_close commits an open batch. */
