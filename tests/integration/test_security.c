@@ -806,6 +806,23 @@ static double enum_measure(int port, int attempt, uint64_t *mw, uint64_t *mu)
     return diff;
 }
 
+/* How far apart the two medians may be. 10 % in the build that ships. Under AddressSanitizer
+ * imd's hash arena is compiled out (hash_arena.c): every Argon2id call maps and faults in its
+ * 19 MiB afresh, and that cost differs between the two workers by up to ~20 % for a whole run
+ * (measured on 4f6930d, before this bound: wrong password 23.8 ms, unknown user 19.1 ms, and
+ * the reverse in other runs). The defect this test exists for, no dummy hash for unknown users,
+ * shows as ~99 % in every build. */
+#if defined(__SANITIZE_ADDRESS__)
+#define ENUM_MAX_DIFF 0.30
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define ENUM_MAX_DIFF 0.30
+#endif
+#endif
+#ifndef ENUM_MAX_DIFF
+#define ENUM_MAX_DIFF 0.10
+#endif
+
 static void test_no_enumeration(void **state)
 {
     (void)state;
@@ -829,16 +846,16 @@ static void test_no_enumeration(void **state)
         tc_frame_free(f[0]);
         tc_frame_free(f[1]);
     }
-    /* The medians are steady, but this machine is shared: a measurement over 10 % is repeated
-     * once, and the second one decides (a real difference, e.g. no dummy hash for unknown
-     * users: 99 %, fails both). */
+    /* The medians are steady, but this machine is shared: a measurement over ENUM_MAX_DIFF is
+     * repeated once, and the second one decides (a real difference, e.g. no dummy hash for
+     * unknown users: 99 %, fails both). */
     double diff = 1;
-    for (int attempt = 1; attempt <= 2 && diff > 0.10; attempt++) {
+    for (int attempt = 1; attempt <= 2 && diff > ENUM_MAX_DIFF; attempt++) {
         uint64_t mw, mu;
         diff = enum_measure(p->port, attempt, &mw, &mu);
-        if (diff > 0.10 && attempt == 1)
+        if (diff > ENUM_MAX_DIFF && attempt == 1)
             it_note("enumeration: medians %.1f %% apart, measuring again", diff * 100.0);
-        IT_CHECK(diff <= 0.10 || attempt == 1,
+        IT_CHECK(diff <= ENUM_MAX_DIFF || attempt == 1,
                  "unknown-user and wrong-password medians differ by %.1f %% (%.1f vs %.1f ms)",
                  diff * 100.0, (double)mu / 1000.0, (double)mw / 1000.0);
     }
