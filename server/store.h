@@ -132,6 +132,10 @@ int ims_store_sync(ims_store *s);
 /* The highest msg_id on disk: a message above it was committed but is not yet synced and must
  * not be delivered (INT64_MAX when commits sync inline). */
 int64_t ims_store_durable_msg_id(const ims_store *s);
+
+/* Queue reads answered from memory (the store's cache of just-stored direct messages) rather
+ * than the database, since open: a measure, for metrics and tests. */
+uint64_t ims_store_queue_cache_hits(const ims_store *s);
 /* PRAGMA integrity_check: 0 when "ok", IMP_ERR_STORAGE otherwise. Also checks foreign keys and
  * the queue invariant (each user's queue holds exactly the seqs acked_seq+1..last_seq). */
 int ims_store_integrity_check(ims_store *s, char *err, size_t errlen);

@@ -327,6 +327,14 @@ struct ims_store {
      * first use and written back before COMMIT; its value when the current operation began. */
     int64_t msg_seq, msg_seq_op;
     int msg_seq_state, msg_seq_state_op; /* 0: not read, 1: read, 2: changed */
+    /* The queue cache (see "queue cache" below): entries by (user, seq) in qc_buckets, and in
+     * the order they were added in qc_ring (positions qc_tail..qc_head-1, modulo QC_CAP; NULL:
+     * removed); those from qc_tent on belong to a transaction not (yet) committed. */
+    struct qentry **qc_buckets;
+    struct qentry **qc_ring;
+    uint64_t qc_head, qc_tail, qc_tent;
+    size_t qc_n, qc_bytes;
+    uint64_t qc_hits;
 };
 
 /* ---- errors --------------------------------------------------------------------------------- */
@@ -767,6 +775,189 @@ static int marks_flush(ims_store *s)
     return 0;
 }
 
+/* ---- queue cache ---------------------------------------------------------------------------
+ *
+ * A recipient who is online reads back each message right after it is stored: the pump reads
+ * the queue once the batch is committed and synced (IMP-DELIV-001). That read was about a sixth
+ * of the SQLite work of a durable direct message (issue 3). So the store keeps the direct
+ * messages it has just put inline (at most QC_CAP, QC_BYTES in all, the oldest evicted first)
+ * and answers queue reads from them while it can, then from the table. The cache only ever
+ * holds copies of committed rows: an entry put in a transaction counts from its COMMIT on; one
+ * whose transaction did not commit is dropped before the next transaction or read. An ack, a
+ * user delete and a migration remove what they remove from the table from the cache too.
+ * (The idea is a write-through cache of a log's tail, as message brokers keep recent messages
+ * in memory for consumers that keep up; no code from any of them.) */
+
+#define QC_CAP 8192u        /* entries; a power of two */
+#define QC_BUCKETS 4096u    /* a power of two */
+#define QC_BYTES (8u << 20) /* headers and bodies */
+
+struct qentry {
+    struct qentry *hnext;
+    uint64_t pos; /* in qc_ring */
+    int64_t user_id;
+    uint64_t seq;
+    int64_t msg_id, sender_id, ts_ms;
+    uint32_t headers_len, body_len;
+    char sender[33], target[33];
+    uint8_t data[]; /* headers, then body */
+};
+
+static size_t qc_bucket(int64_t user_id, uint64_t seq)
+{
+    uint64_t h = ((uint64_t)user_id * 0x9E3779B97F4A7C15u) ^ (seq * 0xC2B2AE3D27D4EB4Fu);
+    return (size_t)(h >> 40) & (QC_BUCKETS - 1);
+}
+
+static struct qentry *qc_get(const ims_store *s, int64_t user_id, uint64_t seq)
+{
+    if (s->qc_n == 0)
+        return NULL;
+    struct qentry *e = s->qc_buckets[qc_bucket(user_id, seq)];
+    while (e != NULL && (e->user_id != user_id || e->seq != seq))
+        e = e->hnext;
+    return e;
+}
+
+static void qc_remove(ims_store *s, struct qentry *e)
+{
+    struct qentry **pp = &s->qc_buckets[qc_bucket(e->user_id, e->seq)];
+    while (*pp != e)
+        pp = &(*pp)->hnext;
+    *pp = e->hnext;
+    s->qc_ring[e->pos & (QC_CAP - 1)] = NULL;
+    s->qc_n--;
+    s->qc_bytes -= (size_t)e->headers_len + e->body_len;
+    free(e);
+}
+
+/* Removes the entries at ring positions from..qc_head-1. */
+static void qc_remove_from(ims_store *s, uint64_t from)
+{
+    for (uint64_t p = from; p < s->qc_head && s->qc_n > 0; p++) {
+        struct qentry *e = s->qc_ring[p & (QC_CAP - 1)];
+        if (e != NULL)
+            qc_remove(s, e);
+    }
+}
+
+/* No transaction is open: entries of one that did not commit go. */
+static void qc_settle(ims_store *s)
+{
+    if (s->qc_tent < s->qc_head) {
+        qc_remove_from(s, s->qc_tent);
+        s->qc_tent = s->qc_head;
+    }
+}
+
+/* The open transaction committed: its entries are copies of committed rows now. */
+static void qc_commit(ims_store *s)
+{
+    s->qc_tent = s->qc_head;
+}
+
+/* A copy of the direct message m just queued for user_id under seq (best effort: without
+ * memory, reads use the table). */
+static void qc_add(ims_store *s, int64_t user_id, uint64_t seq, int64_t msg_id,
+                   const ims_message *m)
+{
+    size_t bytes = m->headers_len + m->body_len;
+    if (s->qc_buckets == NULL) {
+        s->qc_buckets = calloc(QC_BUCKETS, sizeof *s->qc_buckets);
+        s->qc_ring = calloc(QC_CAP, sizeof *s->qc_ring);
+        if (s->qc_buckets == NULL || s->qc_ring == NULL) {
+            free(s->qc_buckets);
+            free(s->qc_ring);
+            s->qc_buckets = NULL;
+            s->qc_ring = NULL;
+            return;
+        }
+    }
+    /* room: evict the oldest (committed ones first come first; a transaction's own entries
+     * are only evicted when it alone fills the cache) */
+    while (s->qc_tail < s->qc_head &&
+           (s->qc_head - s->qc_tail >= QC_CAP || s->qc_bytes + bytes > QC_BYTES)) {
+        struct qentry *old = s->qc_ring[s->qc_tail & (QC_CAP - 1)];
+        if (old != NULL)
+            qc_remove(s, old);
+        s->qc_tail++;
+    }
+    if (s->qc_tent < s->qc_tail)
+        s->qc_tent = s->qc_tail;
+    struct qentry *dup = qc_get(s, user_id, seq);
+    if (dup != NULL)
+        qc_remove(s, dup); /* cannot happen (qc_settle), kept consistent anyway */
+    struct qentry *e = malloc(sizeof *e + bytes);
+    if (e == NULL)
+        return;
+    e->pos = s->qc_head++;
+    e->user_id = user_id;
+    e->seq = seq;
+    e->msg_id = msg_id;
+    e->sender_id = m->sender_id;
+    e->ts_ms = m->ts_ms;
+    e->headers_len = (uint32_t)m->headers_len;
+    e->body_len = (uint32_t)m->body_len;
+    memcpy(e->sender, m->sender, sizeof e->sender);
+    memcpy(e->target, m->target, sizeof e->target);
+    if (m->headers_len > 0)
+        memcpy(e->data, m->headers, m->headers_len);
+    if (m->body_len > 0)
+        memcpy(e->data + m->headers_len, m->body, m->body_len);
+    size_t b = qc_bucket(user_id, seq);
+    e->hnext = s->qc_buckets[b];
+    s->qc_buckets[b] = e;
+    s->qc_ring[e->pos & (QC_CAP - 1)] = e;
+    s->qc_n++;
+    s->qc_bytes += bytes;
+}
+
+/* The entries of user_id with after < seq <= upto leave the cache (acked or deleted rows). */
+static void qc_forget(ims_store *s, int64_t user_id, uint64_t after, uint64_t upto)
+{
+    if (s->qc_n == 0 || upto <= after)
+        return;
+    if (upto - after <= s->qc_n) {
+        for (uint64_t q = after + 1; q <= upto; q++) {
+            struct qentry *e = qc_get(s, user_id, q);
+            if (e != NULL)
+                qc_remove(s, e);
+        }
+        return;
+    }
+    for (uint64_t p = s->qc_tail; p < s->qc_head && s->qc_n > 0; p++) {
+        struct qentry *e = s->qc_ring[p & (QC_CAP - 1)];
+        if (e != NULL && e->user_id == user_id && e->seq > after && e->seq <= upto)
+            qc_remove(s, e);
+    }
+}
+
+static void qc_clear(ims_store *s)
+{
+    qc_remove_from(s, s->qc_tail);
+    s->qc_tail = s->qc_tent = s->qc_head;
+    free(s->qc_buckets);
+    free(s->qc_ring);
+    s->qc_buckets = NULL;
+    s->qc_ring = NULL;
+}
+
+static void qc_to_msg(const struct qentry *e, ims_message *m)
+{
+    memset(m, 0, sizeof *m);
+    m->msg_id = e->msg_id;
+    m->sender_id = e->sender_id;
+    memcpy(m->sender, e->sender, sizeof m->sender);
+    m->target_kind = 1;
+    memcpy(m->target, e->target, sizeof m->target);
+    m->ts_ms = e->ts_ms;
+    m->headers = e->headers_len > 0 ? e->data : NULL;
+    m->headers_len = e->headers_len;
+    m->body = e->body_len > 0 ? e->data + e->headers_len : NULL;
+    m->body_len = e->body_len;
+    m->seq = e->seq;
+}
+
 static void rollback(ims_store *s, int id)
 {
     st_run(s, id);
@@ -806,6 +997,7 @@ static int commit_marked(ims_store *s, int batch)
     int r = st_run(s, ST_COMMIT);
     if (r != 0)
         return r;
+    qc_commit(s);
     s->gen++;
     if (s->wal_fd < 0) { /* synchronous=FULL: on disk now */
         s->synced_gen = s->gen;
@@ -847,6 +1039,7 @@ static int op_begin(ims_store *s)
         s->msg_seq_state_op = s->msg_seq_state;
         return st_run(s, ST_SAVEPOINT);
     }
+    qc_settle(s);
     s->changes_at_begin = sqlite3_total_changes64(s->db);
     return st_run(s, ST_BEGIN);
 }
@@ -926,6 +1119,7 @@ int ims_store_begin(ims_store *s)
         return IMP_ERR_INVAL;
     if (s->in_batch)
         return 0;
+    qc_settle(s);
     int r = st_run(s, ST_BEGIN);
     if (r == 0) {
         s->in_batch = 1;
@@ -976,6 +1170,11 @@ uint64_t ims_store_commit_gen(const ims_store *s)
 uint64_t ims_store_synced_gen(const ims_store *s)
 {
     return s ? s->synced_gen : 0;
+}
+
+uint64_t ims_store_queue_cache_hits(const ims_store *s)
+{
+    return s ? s->qc_hits : 0;
 }
 
 int64_t ims_store_durable_msg_id(const ims_store *s)
@@ -1423,6 +1622,7 @@ void ims_store_close(ims_store *s)
     free(s->undo);
     free(s->pend);
     free(s->path);
+    qc_clear(s);
     free(s);
 }
 
@@ -1731,6 +1931,8 @@ int ims_store_user_delete(ims_store *s, int64_t id)
     struct umark *e = r == 0 ? marks_peek(s, id) : NULL;
     if (e != NULL && (r = marks_touch(s, e)) == 0)
         e->gone = 1; /* no more seqs for it in this transaction, and no write at COMMIT */
+    if (r == 0)
+        qc_forget(s, id, 0, UINT64_MAX);
     return op_end(s, r);
 }
 
@@ -2163,6 +2365,7 @@ int ims_store_message_put(ims_store *s, const ims_message *m, const char *client
         return r;
     }
     int64_t msg_id = 0, wrote = 0;
+    uint64_t seq0 = 0;
     if (light) { /* refusals before any write: the recipient exists */
         struct umark *e = NULL;
         r = marks_get(s, recipients[0], &e);
@@ -2186,12 +2389,18 @@ int ims_store_message_put(ims_store *s, const ims_message *m, const char *client
         r = enqueue(s, recipients[i], msg_id, inl ? m : NULL, &seq);
         if (seqs != NULL)
             seqs[i] = seq;
+        seq0 = i == 0 ? seq : seq0;
     }
     if (first != first_small)
         free(first);
     r = light ? light_end(s, r, (int)wrote) : op_end(s, r);
     if (r == 0)
         *msg_id_out = msg_id;
+    if (r == 0 && inl) {
+        qc_add(s, recipients[0], seq0, msg_id, m);
+        if (!s->in_batch)
+            qc_commit(s); /* its own transaction, committed by op_end */
+    }
     return r;
 }
 
@@ -2225,14 +2434,28 @@ int ims_store_queue_read(ims_store *s, int64_t user_id, uint64_t after_seq, int 
         return IMP_ERR_INVAL;
     if (limit == 0 || after_seq >= (uint64_t)INT64_MAX)
         return 0;
+    int n = 0, rc;
+    ims_message m;
+    /* from the queue cache while it has the next entry, then from the table */
+    if (sqlite3_get_autocommit(s->db))
+        qc_settle(s);
+    struct qentry *ce;
+    while (n < limit && (ce = qc_get(s, user_id, after_seq + 1)) != NULL) {
+        qc_to_msg(ce, &m);
+        after_seq++;
+        n++;
+        s->qc_hits++;
+        if (cb(ud, &m) != 0)
+            return n;
+    }
+    if (n == limit)
+        return n;
     sqlite3_stmt *q = st_get(s, ST_QUEUE_READ);
     if (q == NULL)
         return IMP_ERR_STORAGE;
     sqlite3_bind_int64(q, 1, user_id);
     sqlite3_bind_int64(q, 2, (int64_t)after_seq);
-    sqlite3_bind_int(q, 3, limit);
-    int n = 0, rc;
-    ims_message m;
+    sqlite3_bind_int(q, 3, limit - n);
     while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
         int inl = sqlite3_column_int(q, 17);
         if (!inl && sqlite3_column_type(q, 8) == SQLITE_NULL) {
@@ -2318,6 +2541,7 @@ int ims_store_queue_ack(ims_store *s, int64_t user_id, uint64_t upto, uint64_t *
         if (r == 0)
             r = queue_delete(s, user_id, (int64_t)acked, u64_to_i64(upto));
         if (r == 0) {
+            qc_forget(s, user_id, acked, upto);
             e->acked = u64_to_i64(upto); /* e: no marks_get since */
             e->dirty = 1;
             acked = upto;

@@ -1525,6 +1525,191 @@ static void test_direct_inline_threshold(void **state)
 }
 
 /* Everything committed survives close and open; ims_store_close commits an open batch. */
+/* ---- the queue cache (reads of just-stored direct messages from memory) -----------------------
+ */
+
+/* A read served from memory gives exactly what the table gives: every field, headers absent or
+ * present, an empty body, the largest inline body; room entries in between come from the
+ * table. */
+static void test_queue_cache_matches_table(void **state)
+{
+    fx *f = *state;
+    ims_store *s = f->s;
+    int64_t a = mk_user(s, "alice"), b = mk_user(s, "bob"), c = mk_user(s, "carol");
+    int64_t rb[] = {b}, rbc[] = {b, c};
+    const uint8_t hdr[] = {0x00, 0x01, 'k', 0x00, 0x01, 'v'};
+    static uint8_t big[700];
+    memset(big, 'z', sizeof big);
+    for (int i = 0; i < 6; i++) {
+        ims_message m;
+        memset(&m, 0, sizeof m);
+        m.sender_id = a;
+        snprintf(m.sender, sizeof m.sender, "alice");
+        m.target_kind = 1;
+        snprintf(m.target, sizeof m.target, "bob");
+        m.ts_ms = 7000 + i;
+        if (i == 1) {
+            m.headers = hdr;
+            m.headers_len = sizeof hdr;
+        }
+        if (i == 2) { /* empty body */
+            m.body = (const uint8_t *)"";
+        } else if (i == 3) {
+            m.body = big;
+            m.body_len = 100; /* collect_msg keeps 127 bytes: the big one is checked below */
+        } else {
+            m.body = (const uint8_t *)"hello";
+            m.body_len = 5;
+        }
+        int64_t id;
+        assert_int_equal(ims_store_message_put(s, &m, NULL, NULL, rb, 1, &id, NULL), 0);
+        if (i == 3)
+            put(s, a, "alice", 2, "lobby", "room in between", rbc, 2, NULL);
+    }
+    got fresh = {.n = 0};
+    uint64_t hits = ims_store_queue_cache_hits(s);
+    assert_int_equal(ims_store_queue_read(s, b, 0, 100, collect_msg, &fresh), 7);
+    assert_int_equal(ims_store_queue_cache_hits(s) - hits, 4); /* seqs 1-4; 5-7 from the table */
+    if (f->file)
+        fx_reopen(f); /* an empty cache: everything from the table */
+    else
+        assert_int_equal(ims_store_queue_ack(f->s, c, 1, NULL), 0); /* unrelated user */
+    s = f->s;
+    got table = {.n = 0};
+    assert_int_equal(ims_store_queue_read(s, b, 0, 100, collect_msg, &table), 7);
+    assert_memory_equal(&fresh, &table, sizeof fresh);
+    assert_int_equal(fresh.m[4].kind, 2);
+    assert_string_equal(fresh.m[4].body, "room in between");
+    assert_true(fresh.m[1].headers_len == sizeof hdr && !fresh.m[1].headers_null);
+    assert_true(fresh.m[0].headers_null && fresh.m[2].body_len == 0);
+    /* reading from the middle, and a limit that ends inside the cached run */
+    got mid = {.n = 0};
+    assert_int_equal(ims_store_queue_read(s, b, 5, 1, collect_msg, &mid), 1);
+    assert_int_equal(mid.m[0].seq, 6);
+    assert_string_equal(mid.m[0].body, "hello");
+}
+
+struct seq_check {
+    uint64_t next; /* the seq expected next */
+    int n;
+};
+
+/* Checks that m is seq ->next, its body "m<seq>:" followed, every 1,000th, by 'x' up to 759
+ * bytes. */
+static int check_seq_body(void *ud, const ims_message *m)
+{
+    struct seq_check *c = ud;
+    assert_int_equal(m->seq, c->next);
+    char head[32];
+    int len = snprintf(head, sizeof head, "m%llu:", (unsigned long long)m->seq);
+    size_t want = m->seq % 1000 == 0 ? 759 : (size_t)len;
+    assert_int_equal(m->body_len, want);
+    assert_memory_equal(m->body, head, (size_t)len);
+    for (size_t i = (size_t)len; i < m->body_len; i++)
+        assert_int_equal(m->body[i], 'x');
+    c->next++;
+    c->n++;
+    return 0;
+}
+
+/* More messages than the cache holds, and bodies up to the inline limit: every read in order,
+ * complete, whether it starts in memory or in the table. */
+static void test_queue_cache_overflow(void **state)
+{
+    fx *f = *state;
+    ims_store *s = f->s;
+    int64_t a = mk_user(s, "alice"), b = mk_user(s, "bob");
+    int64_t rb[] = {b};
+    enum { N = 9000 }; /* > the cache's 8,192 entries */
+    static char body[760];
+    assert_int_equal(ims_store_begin(s), 0);
+    for (int i = 1; i <= N; i++) {
+        int len = snprintf(body, sizeof body, "m%d:", i);
+        if (i % 1000 == 0) { /* near the inline limit (768 bytes of body and headers) */
+            memset(body + len, 'x', sizeof body - 1 - (size_t)len);
+            body[sizeof body - 1] = '\0';
+        }
+        put(s, a, "alice", 1, "bob", body, rb, 1, NULL);
+    }
+    assert_int_equal(ims_store_commit(s), 0);
+    struct seq_check c = {1, 0};
+    while (c.next <= N) {
+        int before = c.n;
+        int n = ims_store_queue_read(s, b, c.next - 1, 128, check_seq_body, &c);
+        assert_true(n > 0 && n <= 128);
+        assert_int_equal(c.n - before, n);
+    }
+    /* a read starting in the table and one starting in memory */
+    c = (struct seq_check){1, 0};
+    assert_int_equal(ims_store_queue_read(s, b, 0, 64, check_seq_body, &c), 64);
+    c = (struct seq_check){N - 99, 0};
+    uint64_t hits = ims_store_queue_cache_hits(s);
+    assert_int_equal(ims_store_queue_read(s, b, N - 100, 1000, check_seq_body, &c), 100);
+    assert_int_equal(ims_store_queue_cache_hits(s) - hits, 100);
+    /* acknowledged ones are no longer read, from the cache or the table */
+    assert_int_equal(ims_store_queue_ack(s, b, N - 10, NULL), 0);
+    c = (struct seq_check){N - 9, 0};
+    assert_int_equal(ims_store_queue_read(s, b, 0, 128, check_seq_body, &c), 10);
+    integrity_ok(s);
+}
+
+/* The cache only answers with committed rows: the entries of a rolled-back batch are not read,
+ * and their seqs, given again, read as the new messages. */
+static void test_queue_cache_rolled_back_batch(void **state)
+{
+    fx *f = *state;
+    ims_store *s = f->s;
+    int64_t a = mk_user(s, "alice"), b = mk_user(s, "bob");
+    int64_t rb[] = {b};
+    uint64_t seqs[1];
+    int64_t mid = 0;
+    put(s, a, "alice", 1, "bob", "one", rb, 1, seqs);
+    /* plant bob's seq 3: the second message of the next batch collides after its dedupe row
+     * was written, so the whole batch is rolled back (test_direct_put_failures_in_batch) */
+    char sql[200];
+    snprintf(sql, sizeof sql,
+             "INSERT INTO queue(user_id, seq, msg_id, inl, sender_id, sender, target, ts_ms, body)"
+             " VALUES (%lld, 3, 1000, 1, %lld, 'alice', 'bob', 1, x'00')",
+             (long long)b, (long long)a);
+    exec_sql(f->path, sql);
+    assert_int_equal(ims_store_begin(s), 0);
+    assert_int_equal(put_rc(s, a, "alice", 1, "bob", "two-lost", NULL, rb, 1, &mid, seqs), 0);
+    assert_int_equal(seqs[0], 2);
+    assert_int_equal(put_rc(s, a, "alice", 1, "bob", "three", "cm-3", rb, 1, &mid, seqs),
+                     IMP_ERR_STORAGE);
+    assert_int_equal(ims_store_commit(s), IMP_ERR_STORAGE);
+    snprintf(sql, sizeof sql, "DELETE FROM queue WHERE user_id = %lld AND seq = 3", (long long)b);
+    exec_sql(f->path, sql);
+    got g = {.n = 0};
+    assert_int_equal(ims_store_queue_read(s, b, 0, 10, collect_msg, &g), 1);
+    assert_string_equal(g.m[0].body, "one");
+    got g1 = {.n = 0};
+    assert_int_equal(ims_store_queue_read(s, b, 1, 10, collect_msg, &g1), 0);
+    /* seq 2 again, for another message */
+    put(s, a, "alice", 1, "bob", "two", rb, 1, seqs);
+    assert_int_equal(seqs[0], 2);
+    got g2 = {.n = 0};
+    assert_int_equal(ims_store_queue_read(s, b, 1, 10, collect_msg, &g2), 1);
+    assert_string_equal(g2.m[0].body, "two");
+    integrity_ok(s);
+}
+
+/* A deleted user's cached entries go with the table's. */
+static void test_queue_cache_user_delete(void **state)
+{
+    fx *f = *state;
+    ims_store *s = f->s;
+    int64_t a = mk_user(s, "alice"), b = mk_user(s, "bob");
+    int64_t rb[] = {b};
+    put(s, a, "alice", 1, "bob", "for bob", rb, 1, NULL);
+    got g = {.n = 0};
+    assert_int_equal(ims_store_queue_read(s, b, 0, 10, collect_msg, &g), 1);
+    assert_int_equal(ims_store_user_delete(s, b), 0);
+    got g2 = {.n = 0};
+    assert_int_equal(ims_store_queue_read(s, b, 0, 10, collect_msg, &g2), 0);
+    integrity_ok(s);
+}
+
 static void test_persistence(void **state)
 {
     fx *f = *state;
@@ -2080,6 +2265,10 @@ int main(void)
         BOTH(test_batch_marks_written_at_commit),
         BOTH(test_direct_put_failures_in_batch),
         BOTH(test_direct_inline_threshold),
+        BOTH(test_queue_cache_matches_table),
+        BOTH(test_queue_cache_overflow),
+        FILE_ONLY(test_queue_cache_rolled_back_batch),
+        BOTH(test_queue_cache_user_delete),
         FILE_ONLY(test_persistence),
         FILE_ONLY(test_uncommitted_batch_lost_on_crash),
         FILE_ONLY(test_locked_database),
