@@ -327,10 +327,10 @@ struct ims_store {
      * first use and written back before COMMIT; its value when the current operation began. */
     int64_t msg_seq, msg_seq_op;
     int msg_seq_state, msg_seq_state_op; /* 0: not read, 1: read, 2: changed */
-    /* The queue cache (see "queue cache" below): entries by (user, seq) in qc_buckets, and in
+    /* The queue cache (see "queue cache" below): entries by (user, seq) in qc_slots, and in
      * the order they were added in qc_ring (positions qc_tail..qc_head-1, modulo QC_CAP; NULL:
      * removed); those from qc_tent on belong to a transaction not (yet) committed. */
-    struct qentry **qc_buckets;
+    struct qslot *qc_slots;
     struct qentry **qc_ring;
     uint64_t qc_head, qc_tail, qc_tent;
     size_t qc_n, qc_bytes;
@@ -788,12 +788,11 @@ static int marks_flush(ims_store *s)
  * (The idea is a write-through cache of a log's tail, as message brokers keep recent messages
  * in memory for consumers that keep up; no code from any of them.) */
 
-#define QC_CAP 8192u        /* entries; a power of two */
-#define QC_BUCKETS 4096u    /* a power of two */
-#define QC_BYTES (8u << 20) /* headers and bodies */
+#define QC_CAP 8192u          /* entries; a power of two */
+#define QC_SLOTS (2 * QC_CAP) /* the index: open addressing, at most half full */
+#define QC_BYTES (8u << 20)   /* headers and bodies */
 
 struct qentry {
-    struct qentry *hnext;
     uint64_t pos; /* in qc_ring */
     int64_t user_id;
     uint64_t seq;
@@ -803,28 +802,54 @@ struct qentry {
     uint8_t data[]; /* headers, then body */
 };
 
-static size_t qc_bucket(int64_t user_id, uint64_t seq)
+/* The index by (user, seq): linear probing, the keys in the slots so that a probe reads no
+ * entry; e == NULL is a free slot. */
+struct qslot {
+    int64_t user_id;
+    uint64_t seq;
+    struct qentry *e;
+};
+
+static size_t qc_home(int64_t user_id, uint64_t seq)
 {
     uint64_t h = ((uint64_t)user_id * 0x9E3779B97F4A7C15u) ^ (seq * 0xC2B2AE3D27D4EB4Fu);
-    return (size_t)(h >> 40) & (QC_BUCKETS - 1);
+    return (size_t)(h >> 40) & (QC_SLOTS - 1);
+}
+
+/* The slot of (user_id, seq), or the free slot where it would go. */
+static size_t qc_find(const ims_store *s, int64_t user_id, uint64_t seq)
+{
+    size_t i = qc_home(user_id, seq);
+    while (s->qc_slots[i].e != NULL &&
+           (s->qc_slots[i].user_id != user_id || s->qc_slots[i].seq != seq))
+        i = (i + 1) & (QC_SLOTS - 1);
+    return i;
 }
 
 static struct qentry *qc_get(const ims_store *s, int64_t user_id, uint64_t seq)
 {
     if (s->qc_n == 0)
         return NULL;
-    struct qentry *e = s->qc_buckets[qc_bucket(user_id, seq)];
-    while (e != NULL && (e->user_id != user_id || e->seq != seq))
-        e = e->hnext;
-    return e;
+    return s->qc_slots[qc_find(s, user_id, seq)].e;
 }
 
 static void qc_remove(ims_store *s, struct qentry *e)
 {
-    struct qentry **pp = &s->qc_buckets[qc_bucket(e->user_id, e->seq)];
-    while (*pp != e)
-        pp = &(*pp)->hnext;
-    *pp = e->hnext;
+    /* delete from the index with a backward shift: every entry after the hole that may move
+     * into it (its home is not cyclically in (hole, its slot]) does */
+    size_t i = qc_find(s, e->user_id, e->seq), j = i;
+    for (;;) {
+        j = (j + 1) & (QC_SLOTS - 1);
+        if (s->qc_slots[j].e == NULL)
+            break;
+        size_t k = qc_home(s->qc_slots[j].user_id, s->qc_slots[j].seq);
+        int stays = i <= j ? (i < k && k <= j) : (i < k || k <= j);
+        if (!stays) {
+            s->qc_slots[i] = s->qc_slots[j];
+            i = j;
+        }
+    }
+    s->qc_slots[i].e = NULL;
     s->qc_ring[e->pos & (QC_CAP - 1)] = NULL;
     s->qc_n--;
     s->qc_bytes -= (size_t)e->headers_len + e->body_len;
@@ -862,13 +887,13 @@ static void qc_add(ims_store *s, int64_t user_id, uint64_t seq, int64_t msg_id,
                    const ims_message *m)
 {
     size_t bytes = m->headers_len + m->body_len;
-    if (s->qc_buckets == NULL) {
-        s->qc_buckets = calloc(QC_BUCKETS, sizeof *s->qc_buckets);
+    if (s->qc_slots == NULL) {
+        s->qc_slots = calloc(QC_SLOTS, sizeof *s->qc_slots);
         s->qc_ring = calloc(QC_CAP, sizeof *s->qc_ring);
-        if (s->qc_buckets == NULL || s->qc_ring == NULL) {
-            free(s->qc_buckets);
+        if (s->qc_slots == NULL || s->qc_ring == NULL) {
+            free(s->qc_slots);
             free(s->qc_ring);
-            s->qc_buckets = NULL;
+            s->qc_slots = NULL;
             s->qc_ring = NULL;
             return;
         }
@@ -884,9 +909,11 @@ static void qc_add(ims_store *s, int64_t user_id, uint64_t seq, int64_t msg_id,
     }
     if (s->qc_tent < s->qc_tail)
         s->qc_tent = s->qc_tail;
-    struct qentry *dup = qc_get(s, user_id, seq);
-    if (dup != NULL)
-        qc_remove(s, dup); /* cannot happen (qc_settle), kept consistent anyway */
+    size_t slot = qc_find(s, user_id, seq);
+    if (s->qc_slots[slot].e != NULL) { /* cannot happen (qc_settle), kept consistent anyway */
+        qc_remove(s, s->qc_slots[slot].e);
+        slot = qc_find(s, user_id, seq);
+    }
     struct qentry *e = malloc(sizeof *e + bytes);
     if (e == NULL)
         return;
@@ -904,9 +931,9 @@ static void qc_add(ims_store *s, int64_t user_id, uint64_t seq, int64_t msg_id,
         memcpy(e->data, m->headers, m->headers_len);
     if (m->body_len > 0)
         memcpy(e->data + m->headers_len, m->body, m->body_len);
-    size_t b = qc_bucket(user_id, seq);
-    e->hnext = s->qc_buckets[b];
-    s->qc_buckets[b] = e;
+    s->qc_slots[slot].user_id = user_id;
+    s->qc_slots[slot].seq = seq;
+    s->qc_slots[slot].e = e;
     s->qc_ring[e->pos & (QC_CAP - 1)] = e;
     s->qc_n++;
     s->qc_bytes += bytes;
@@ -936,9 +963,9 @@ static void qc_clear(ims_store *s)
 {
     qc_remove_from(s, s->qc_tail);
     s->qc_tail = s->qc_tent = s->qc_head;
-    free(s->qc_buckets);
+    free(s->qc_slots);
     free(s->qc_ring);
-    s->qc_buckets = NULL;
+    s->qc_slots = NULL;
     s->qc_ring = NULL;
 }
 
@@ -2525,7 +2552,10 @@ int ims_store_queue_ack(ims_store *s, int64_t user_id, uint64_t upto, uint64_t *
 {
     if (s == NULL)
         return IMP_ERR_INVAL;
-    int r = op_begin(s);
+    /* In a batch without a SAVEPOINT (light_begin): the refusal comes before any write and each
+     * statement is atomic; a failure after a write rolls the batch back. */
+    int light = s->in_batch, wrote = 0;
+    int r = light ? light_begin(s) : op_begin(s);
     if (r != 0)
         return r;
     struct umark *e = NULL;
@@ -2538,8 +2568,10 @@ int ims_store_queue_ack(ims_store *s, int64_t user_id, uint64_t upto, uint64_t *
     }
     if (r == 0 && upto > acked) {
         r = marks_touch(s, e);
-        if (r == 0)
+        if (r == 0) {
+            wrote = 1;
             r = queue_delete(s, user_id, (int64_t)acked, u64_to_i64(upto));
+        }
         if (r == 0) {
             qc_forget(s, user_id, acked, upto);
             e->acked = u64_to_i64(upto); /* e: no marks_get since */
@@ -2547,7 +2579,7 @@ int ims_store_queue_ack(ims_store *s, int64_t user_id, uint64_t upto, uint64_t *
             acked = upto;
         }
     }
-    r = op_end(s, r);
+    r = light ? light_end(s, r, wrote) : op_end(s, r);
     if (r == 0 && acked_out != NULL)
         *acked_out = acked;
     return r;
