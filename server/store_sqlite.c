@@ -13,7 +13,7 @@
  * transaction the users' last_seq/acked_seq live in memory and are written once per user just
  * before COMMIT ("user marks" below).
  *
- * Schema (PRAGMA user_version 2, application_id 'imd1'; version 1 databases are migrated):
+ * Schema (PRAGMA user_version 3, application_id 'imd1'; versions 1 and 2 are migrated):
  *   users(id AUTOINCREMENT, name UNIQUE, hash, admin, last_seq, acked_seq, created_ms)
  *   tokens(hash BLOB(32) PK, user_id, expires_ms)
  *   messages(msg_id AUTOINCREMENT: global, ascending, never reused; sender_id, sender,
@@ -45,7 +45,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define IMS_SCHEMA_VERSION 2
+#define IMS_SCHEMA_VERSION 3
 #define IMS_APPLICATION_ID 0x696d6431 /* "imd1" */
 #define IMS_NAME_MAX 32
 #define IMS_HASH_LEN_MAX 127
@@ -82,6 +82,7 @@ enum {
     ST_TOKEN_EXPIRE,
     ST_DEDUPE_GET,
     ST_DEDUPE_INSERT,
+    ST_DEDUPE_DELETE_USER,
     ST_DEDUPE_CUT,
     ST_DEDUPE_EXPIRE,
     ST_MSG_INSERT,
@@ -140,6 +141,7 @@ static const char *const st_sql[ST_COUNT] = {
     [ST_USER_SET_HASH] = "UPDATE users SET hash = ?2 WHERE id = ?1",
     [ST_USER_SET_ADMIN] = "UPDATE users SET admin = ?2 WHERE id = ?1",
     [ST_USER_DELETE] = "DELETE FROM users WHERE id = ?1",
+    [ST_DEDUPE_DELETE_USER] = "DELETE FROM dedupe WHERE sender_id = ?1",
     [ST_USER_LIST] = "SELECT id, name, hash, admin, last_seq, acked_seq, created_ms FROM users "
                      "WHERE name > ?1 ORDER BY name LIMIT ?2",
     [ST_USER_COUNT] = "SELECT count(*) FROM users",
@@ -220,15 +222,31 @@ static const char *const st_sql[ST_COUNT] = {
  * or broadcast message refers to its messages row (inl = 0, the other columns NULL). msg_id has
  * no foreign key any more (an inline entry has no parent row): ims_store_integrity_check checks
  * the references. */
+/* Schema version 3 (issue 3): queue.user_id and dedupe.sender_id have no foreign key either.
+ * With foreign keys enforced SQLite looks the users row up for every child row inserted or
+ * deleted, the queue's busiest statements: about a fifth of imd's CPU for a durable direct
+ * message. A user's queue and dedupe rows are deleted with the user by ims_store_user_delete,
+ * a message to or from a user who does not exist is refused before it is written (user marks),
+ * and ims_store_integrity_check looks for rows of no user. */
 #define QUEUE_DDL(name)                                                                     \
     "CREATE TABLE " name "("                                                                \
-    " user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,"                     \
+    " user_id INTEGER NOT NULL,"                                                            \
     " seq INTEGER NOT NULL,"                                                                \
     " msg_id INTEGER NOT NULL,"                                                             \
     " inl INTEGER NOT NULL DEFAULT 0,"                                                      \
     " sender_id INTEGER, sender TEXT, target TEXT, ts_ms INTEGER, headers BLOB, body BLOB," \
     " PRIMARY KEY(user_id, seq)) WITHOUT ROWID;"
 #define QUEUE_INDEX_DDL "CREATE INDEX queue_msg ON queue(msg_id) WHERE inl = 0;"
+
+#define DEDUPE_DDL(name)            \
+    "CREATE TABLE " name "("        \
+    " sender_id INTEGER NOT NULL,"  \
+    " client_msg_id TEXT NOT NULL," \
+    " msg_id INTEGER NOT NULL,"     \
+    " digest BLOB,"                 \
+    " ts_ms INTEGER NOT NULL,"      \
+    " PRIMARY KEY(sender_id, client_msg_id)) WITHOUT ROWID;"
+#define DEDUPE_INDEX_DDL "CREATE INDEX dedupe_ts ON dedupe(ts_ms);"
 
 /* Version 1 to 2: the queue table rebuilt (its entries all refer to messages rows). */
 static const char migrate_1_2_sql[] =
@@ -237,6 +255,18 @@ static const char migrate_1_2_sql[] =
                           "DROP TABLE queue;"
                           "ALTER TABLE queue_v2 RENAME TO queue;" QUEUE_INDEX_DDL
                           "PRAGMA user_version = 2;";
+
+/* Version 2 to 3: queue and dedupe rebuilt without their foreign keys on users. */
+static const char migrate_2_3_sql[] = QUEUE_DDL(
+    "queue_v3") "INSERT INTO queue_v3 SELECT user_id, seq, msg_id, inl, sender_id, "
+                "sender, target, ts_ms, headers, body FROM queue;"
+                "DROP TABLE queue;"
+                "ALTER TABLE queue_v3 RENAME TO queue;" QUEUE_INDEX_DDL DEDUPE_DDL(
+                    "dedupe_v3") "INSERT INTO dedupe_v3 SELECT sender_id, "
+                                 "client_msg_id, msg_id, digest, ts_ms FROM dedupe;"
+                                 "DROP TABLE dedupe;"
+                                 "ALTER TABLE dedupe_v3 RENAME TO dedupe;" DEDUPE_INDEX_DDL
+                                 "PRAGMA user_version = 3;";
 
 static const char schema_sql[] =
     "CREATE TABLE users("
@@ -263,22 +293,15 @@ static const char schema_sql[] =
     " body BLOB NOT NULL,"
     " hist INTEGER NOT NULL DEFAULT 0);"
     "CREATE INDEX messages_hist ON messages(target, msg_id) WHERE hist = 1;" QUEUE_DDL("queue")
-        QUEUE_INDEX_DDL "CREATE TABLE dedupe("
-                        " sender_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,"
-                        " client_msg_id TEXT NOT NULL,"
-                        " msg_id INTEGER NOT NULL,"
-                        " digest BLOB,"
-                        " ts_ms INTEGER NOT NULL,"
-                        " PRIMARY KEY(sender_id, client_msg_id)) WITHOUT ROWID;"
-                        "CREATE INDEX dedupe_ts ON dedupe(ts_ms);"
-                        "CREATE TABLE rooms("
-                        " name TEXT PRIMARY KEY NOT NULL,"
-                        " created_ms INTEGER NOT NULL) WITHOUT ROWID;"
-                        "CREATE TABLE members("
-                        " room TEXT NOT NULL REFERENCES rooms(name) ON DELETE CASCADE,"
-                        " user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,"
-                        " PRIMARY KEY(room, user_id)) WITHOUT ROWID;"
-                        "CREATE INDEX members_user ON members(user_id, room);";
+        QUEUE_INDEX_DDL DEDUPE_DDL("dedupe") DEDUPE_INDEX_DDL
+    "CREATE TABLE rooms("
+    " name TEXT PRIMARY KEY NOT NULL,"
+    " created_ms INTEGER NOT NULL) WITHOUT ROWID;"
+    "CREATE TABLE members("
+    " room TEXT NOT NULL REFERENCES rooms(name) ON DELETE CASCADE,"
+    " user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,"
+    " PRIMARY KEY(room, user_id)) WITHOUT ROWID;"
+    "CREATE INDEX members_user ON members(user_id, room);";
 
 struct ims_store {
     sqlite3 *db;
@@ -1295,8 +1318,10 @@ static int schema_setup(sqlite3 *db, char *err, size_t errlen)
     } else if (app != IMS_APPLICATION_ID) {
         set_err(err, errlen, "not an imd database (application_id %lld)", (long long)app);
         goto fail;
-    } else if (version == 1) {
-        if (exec_sql(db, migrate_1_2_sql, err, errlen) != 0)
+    } else if (version == 1 || version == 2) {
+        if (version == 1 && exec_sql(db, migrate_1_2_sql, err, errlen) != 0)
+            goto fail;
+        if (exec_sql(db, migrate_2_3_sql, err, errlen) != 0)
             goto fail;
     } else if (version != IMS_SCHEMA_VERSION) {
         set_err(err, errlen, "database schema version %lld, this imd knows version %d",
@@ -1673,6 +1698,11 @@ int ims_store_integrity_check(ims_store *s, char *err, size_t errlen)
          "WHERE q.user_id = u.id AND (q.seq <= u.acked_seq OR q.seq > u.last_seq)) LIMIT 1"),
         ("SELECT 'message ' || m.msg_id || ' is kept for nothing' FROM messages m WHERE m.hist = 0 "
          "AND NOT EXISTS (SELECT 1 FROM queue q WHERE q.msg_id = m.msg_id AND q.inl = 0) LIMIT 1"),
+        /* schema version 3: queue.user_id and dedupe.sender_id have no foreign key */
+        ("SELECT 'queue entry ' || q.user_id || '/' || q.seq || ' belongs to no user' FROM queue "
+         "q WHERE NOT EXISTS (SELECT 1 FROM users u WHERE u.id = q.user_id) LIMIT 1"),
+        ("SELECT 'dedupe entry ' || d.sender_id || '/' || d.client_msg_id || ' belongs to no user' "
+         "FROM dedupe d WHERE NOT EXISTS (SELECT 1 FROM users u WHERE u.id = d.sender_id) LIMIT 1"),
         /* schema version 2: msg_id has no foreign key (inline entries have no parent row) */
         ("SELECT 'queue entry ' || q.user_id || '/' || q.seq || ' refers to message ' || q.msg_id "
          "|| ', which does not exist' FROM queue q WHERE q.inl = 0 AND NOT EXISTS (SELECT 1 FROM "
@@ -1941,9 +1971,19 @@ int ims_store_user_delete(ims_store *s, int64_t id)
     int r = op_begin(s);
     if (r != 0)
         return r;
-    /* The queue first (its messages may become unused), then the user: tokens, memberships and
-     * dedupe entries go with it (ON DELETE CASCADE). All in this one operation. */
+    /* The queue first (its messages may become unused), its dedupe entries (schema version 3:
+     * neither has a foreign key), then the user: tokens and memberships go with it (ON DELETE
+     * CASCADE). All in this one operation. */
     r = queue_delete(s, id, -1, INT64_MAX);
+    if (r == 0) {
+        sqlite3_stmt *q = st_get(s, ST_DEDUPE_DELETE_USER);
+        if (q == NULL)
+            return op_end(s, IMP_ERR_STORAGE);
+        sqlite3_bind_int64(q, 1, id);
+        if (sqlite3_step(q) != SQLITE_DONE)
+            r = db_fail(s, "dedupe delete");
+        st_put(s, ST_DEDUPE_DELETE_USER, q);
+    }
     if (r == 0) {
         sqlite3_stmt *q = st_get(s, ST_USER_DELETE);
         if (q == NULL)
@@ -2396,6 +2436,10 @@ int ims_store_message_put(ims_store *s, const ims_message *m, const char *client
     if (light) { /* refusals before any write: the recipient exists */
         struct umark *e = NULL;
         r = marks_get(s, recipients[0], &e);
+    }
+    if (r == 0 && dedupe) { /* and so does the sender of a dedupe row (no foreign key) */
+        struct umark *e = NULL;
+        r = marks_get(s, m->sender_id, &e);
     }
     if (r == 0)
         r = next_msg_id(s, &msg_id);

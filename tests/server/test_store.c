@@ -272,6 +272,21 @@ static void exec_sql(const char *path, const char *sql)
     sqlite3_close(db);
 }
 
+/* Schema version 3: the queue and dedupe tables have no foreign keys (the users row is not
+ * looked up for each of their rows); tokens and members keep theirs. */
+static void no_user_foreign_keys(const char *path)
+{
+    char v[64];
+    pragma_text(path, "SELECT count(*) FROM pragma_foreign_key_list('queue')", v, sizeof v);
+    assert_string_equal(v, "0");
+    pragma_text(path, "SELECT count(*) FROM pragma_foreign_key_list('dedupe')", v, sizeof v);
+    assert_string_equal(v, "0");
+    pragma_text(path, "SELECT count(*) FROM pragma_foreign_key_list('tokens')", v, sizeof v);
+    assert_string_equal(v, "1");
+    pragma_text(path, "SELECT count(*) FROM pragma_foreign_key_list('members')", v, sizeof v);
+    assert_string_equal(v, "2");
+}
+
 static void test_schema_and_pragmas(void **state)
 {
     fx *f = *state;
@@ -283,12 +298,13 @@ static void test_schema_and_pragmas(void **state)
     pragma_text(f->path, "PRAGMA journal_mode", v, sizeof v);
     assert_string_equal(v, "wal");
     pragma_text(f->path, "PRAGMA user_version", v, sizeof v);
-    assert_string_equal(v, "2");
+    assert_string_equal(v, "3");
     pragma_text(f->path,
                 "SELECT group_concat(name, ',') FROM (SELECT name FROM sqlite_schema WHERE "
                 "type='table' AND name NOT LIKE 'sqlite_%' ORDER BY name)",
                 v, sizeof v);
     assert_string_equal(v, "dedupe,members,messages,queue,rooms,tokens,users");
+    no_user_foreign_keys(f->path);
     /* Opening again finds the schema and keeps the data. */
     fx_reopen(f);
     ims_user u;
@@ -388,7 +404,8 @@ static void test_migrate_schema_1(void **state)
         fail_msg("open: %s", err);
     char v[64];
     pragma_text(path, "PRAGMA user_version", v, sizeof v);
-    assert_string_equal(v, "2");
+    assert_string_equal(v, "3");
+    no_user_foreign_keys(path);
     integrity_ok(s);
     ims_user bob, carol;
     assert_int_equal(ims_store_user_get(s, "bob", &bob), 0);
@@ -428,7 +445,7 @@ static void test_migrate_schema_1(void **state)
     assert_memory_equal(g.m[0].body, "r1", 2);
     integrity_ok(s);
     ims_store_close(s);
-    /* and it opens again as version 2 */
+    /* and it opens again as version 3 */
     s = ims_store_open(&o, err, sizeof err);
     if (s == NULL)
         fail_msg("reopen: %s", err);
@@ -438,6 +455,126 @@ static void test_migrate_schema_1(void **state)
     integrity_ok(s);
     ims_store_close(s);
     f->s = fx_open(f);
+}
+
+/* A schema version 2 database (the queue and dedupe tables with foreign keys on users) is
+ * migrated to version 3 when opened: entries, marks, dedupe rows and the sequence are kept. */
+static void test_migrate_schema_2(void **state)
+{
+    fx *f = *state;
+    char path[200];
+    snprintf(path, sizeof path, "%s/v2.db", f->dir);
+    exec_sql(
+        path,
+        "PRAGMA journal_mode = WAL;"
+        "CREATE TABLE users(id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL UNIQUE,"
+        " hash TEXT NOT NULL, admin INTEGER NOT NULL DEFAULT 0,"
+        " last_seq INTEGER NOT NULL DEFAULT 0, acked_seq INTEGER NOT NULL DEFAULT 0,"
+        " created_ms INTEGER NOT NULL);"
+        "CREATE TABLE tokens(hash BLOB PRIMARY KEY NOT NULL CHECK (length(hash) = 32),"
+        " user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,"
+        " expires_ms INTEGER NOT NULL);"
+        "CREATE INDEX tokens_user ON tokens(user_id);"
+        "CREATE TABLE messages(msg_id INTEGER PRIMARY KEY AUTOINCREMENT,"
+        " sender_id INTEGER NOT NULL, sender TEXT NOT NULL, target_kind INTEGER NOT NULL,"
+        " target TEXT NOT NULL, ts_ms INTEGER NOT NULL, headers BLOB, body BLOB NOT NULL,"
+        " hist INTEGER NOT NULL DEFAULT 0);"
+        "CREATE INDEX messages_hist ON messages(target, msg_id) WHERE hist = 1;"
+        "CREATE TABLE queue(user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,"
+        " seq INTEGER NOT NULL, msg_id INTEGER NOT NULL, inl INTEGER NOT NULL DEFAULT 0,"
+        " sender_id INTEGER, sender TEXT, target TEXT, ts_ms INTEGER, headers BLOB, body BLOB,"
+        " PRIMARY KEY(user_id, seq)) WITHOUT ROWID;"
+        "CREATE INDEX queue_msg ON queue(msg_id) WHERE inl = 0;"
+        "CREATE TABLE dedupe(sender_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,"
+        " client_msg_id TEXT NOT NULL, msg_id INTEGER NOT NULL, digest BLOB,"
+        " ts_ms INTEGER NOT NULL, PRIMARY KEY(sender_id, client_msg_id)) WITHOUT ROWID;"
+        "CREATE INDEX dedupe_ts ON dedupe(ts_ms);"
+        "CREATE TABLE rooms(name TEXT PRIMARY KEY NOT NULL, created_ms INTEGER NOT NULL)"
+        " WITHOUT ROWID;"
+        "CREATE TABLE members(room TEXT NOT NULL REFERENCES rooms(name) ON DELETE CASCADE,"
+        " user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,"
+        " PRIMARY KEY(room, user_id)) WITHOUT ROWID;"
+        "CREATE INDEX members_user ON members(user_id, room);"
+        "INSERT INTO users(name, hash, last_seq, acked_seq, created_ms) VALUES"
+        " ('alice', 'h', 0, 0, 1), ('bob', 'h', 3, 1, 1), ('carol', 'h', 1, 0, 1);"
+        "INSERT INTO rooms VALUES ('lobby', 1);"
+        "INSERT INTO members VALUES ('lobby', 2), ('lobby', 3);"
+        "INSERT INTO messages(msg_id, sender_id, sender, target_kind, target, ts_ms, body,"
+        " hist) VALUES (7, 1, 'alice', 2, 'lobby', 11, x'7231', 1);"
+        "UPDATE sqlite_sequence SET seq = 9 WHERE name = 'messages';"
+        "INSERT INTO queue(user_id, seq, msg_id, inl, sender_id, sender, target, ts_ms, headers,"
+        " body) VALUES (2, 2, 6, 1, 1, 'alice', 'bob', 10, x'0001', x'6432'),"
+        " (2, 3, 7, 0, NULL, NULL, NULL, NULL, NULL, NULL), (3, 1, 7, 0, NULL, NULL, NULL, NULL,"
+        " NULL, NULL);"
+        "INSERT INTO dedupe VALUES (1, 'cm-6', 6, NULL, 10), (2, 'cm-b', 5, NULL, 9);"
+        "PRAGMA application_id = 1768776753; PRAGMA user_version = 2;");
+    ims_store_options o = {path, 1, log_hook, f, 0, 0};
+    char err[256] = "";
+    ims_store *s = ims_store_open(&o, err, sizeof err);
+    if (s == NULL)
+        fail_msg("open: %s", err);
+    char v[64];
+    pragma_text(path, "PRAGMA user_version", v, sizeof v);
+    assert_string_equal(v, "3");
+    no_user_foreign_keys(path);
+    integrity_ok(s);
+    ims_user bob;
+    assert_int_equal(ims_store_user_get(s, "bob", &bob), 0);
+    got g = {.n = 0};
+    assert_int_equal(ims_store_queue_read(s, bob.id, 0, 10, collect_msg, &g), 2);
+    assert_int_equal(g.m[0].seq, 2);
+    assert_int_equal(g.m[0].msg_id, 6);
+    assert_memory_equal(g.m[0].body, "d2", 2);
+    assert_int_equal(g.m[0].headers_len, 2);
+    assert_int_equal(g.m[1].msg_id, 7);
+    assert_string_equal(g.m[1].target, "lobby");
+    int64_t mid = 0;
+    assert_int_equal(ims_store_dedupe_get(s, 1, "cm-6", &mid, NULL), 1);
+    assert_int_equal(mid, 6);
+    /* the sequence goes on; deleting bob deletes his dedupe rows too (no cascade any more) */
+    int64_t rb[] = {bob.id};
+    uint64_t seqs[1];
+    assert_int_equal(put(s, 1, "alice", 1, "bob", "d3", rb, 1, seqs), 10);
+    assert_int_equal(seqs[0], 4);
+    assert_int_equal(ims_store_user_delete(s, bob.id), 0);
+    assert_int_equal(ims_store_dedupe_get(s, bob.id, "cm-b", &mid, NULL), 0);
+    integrity_ok(s);
+    ims_store_close(s);
+}
+
+/* Without foreign keys on queue and dedupe, rows of a user who does not exist (left by a hand
+ * edit or a damaged file) are found by the integrity check; and the store itself refuses a
+ * dedupe row for a sender who does not exist, as the foreign key did. */
+static void test_integrity_rows_of_no_user(void **state)
+{
+    fx *f = *state;
+    ims_store *s = f->s;
+    int64_t a = mk_user(s, "alice"), b = mk_user(s, "bob");
+    int64_t rb[] = {b}, mid = 0;
+    assert_int_equal(put_rc(s, 9999, "ghost", 1, "bob", "x", "cm-g", rb, 1, &mid, NULL),
+                     IMP_ERR_NO_SUCH_USER);
+    assert_int_equal(ims_store_dedupe_get(s, 9999, "cm-g", &mid, NULL), 0);
+    assert_int_equal(qcount(s, b), 0);
+    assert_int_equal(ims_store_begin(s), 0); /* and in a batch */
+    assert_int_equal(put_rc(s, 9999, "ghost", 1, "bob", "x", "cm-g", rb, 1, &mid, NULL),
+                     IMP_ERR_NO_SUCH_USER);
+    assert_int_equal(put_rc(s, a, "alice", 1, "bob", "y", "cm-a", rb, 1, &mid, NULL), 0);
+    assert_int_equal(ims_store_commit(s), 0);
+    assert_int_equal(qcount(s, b), 1);
+    integrity_ok(s);
+    if (!f->file)
+        return;
+    char err[256] = "";
+    exec_sql(f->path, "INSERT INTO queue(user_id, seq, msg_id, inl, sender_id, sender, target, "
+                      "ts_ms, body) VALUES (9999, 1, 1, 1, 1, 'a', 'b', 1, x'00')");
+    assert_int_equal(ims_store_integrity_check(s, err, sizeof err), IMP_ERR_STORAGE);
+    assert_non_null(strstr(err, "belongs to no user"));
+    exec_sql(f->path, "DELETE FROM queue WHERE user_id = 9999;"
+                      "INSERT INTO dedupe VALUES (9999, 'cm-x', 1, NULL, 1)");
+    assert_int_equal(ims_store_integrity_check(s, err, sizeof err), IMP_ERR_STORAGE);
+    assert_non_null(strstr(err, "dedupe entry 9999/cm-x belongs to no user"));
+    exec_sql(f->path, "DELETE FROM dedupe WHERE sender_id = 9999");
+    integrity_ok(s);
 }
 
 /* ---- users ------------------------------------------------------------------------------------
@@ -2365,6 +2502,8 @@ int main(void)
         BOTH(test_schema_and_pragmas),
         FILE_ONLY(test_open_refuses_foreign_or_newer_schema),
         FILE_ONLY(test_migrate_schema_1),
+        FILE_ONLY(test_migrate_schema_2),
+        BOTH(test_integrity_rows_of_no_user),
         BOTH(test_users_crud),
         BOTH(test_users_bad_input),
         BOTH(test_users_list_paging),
