@@ -157,6 +157,7 @@ static uint8_t rbuf[RECV_CHUNK];
 /* counters */
 static uint64_t c_sent, c_acked, c_refused, c_delivered, c_errors, c_busy, c_auth_fail;
 static uint64_t c_transient_unknown;
+static uint64_t c_recvs; /* recv() calls that returned data (deliveries per recv: result line) */
 static int first_refuse_code;
 /* latency */
 static uint64_t *lat;
@@ -312,7 +313,7 @@ typedef struct snap {
     uint64_t t_ns;
     unsigned long long busy[2], total[2];
     double imd_cpu, self_cpu;
-    uint64_t sent, acked, delivered, refused;
+    uint64_t sent, acked, delivered, refused, recvs;
 } snap;
 
 static void take_snap(snap *s)
@@ -325,6 +326,7 @@ static void take_snap(snap *s)
     s->acked = c_acked;
     s->delivered = c_delivered;
     s->refused = c_refused;
+    s->recvs = c_recvs;
 }
 
 /* ---- output ------------------------------------------------------------------------------ */
@@ -730,6 +732,7 @@ static void on_readable(lconn *c)
             conn_lost(c, strerror(errno));
         return;
     }
+    c_recvs++;
     uint64_t t = now_ns();
     const uint8_t *p = rbuf;
     size_t n = (size_t)r;
@@ -1017,14 +1020,15 @@ static void run_throughput(void)
     printf("imd_load scenario=%s class=%s%s conns=%d senders=%d receivers=%d size=%d window=%d "
            "setup_s=%.1f secs=%.2f sent=%llu acked=%llu refused=%llu refuse_code=%d "
            "delivered=%llu delivered_per_s=%.0f acked_per_s=%.0f fanout=%d expected_ratio=%.4f "
-           "errors=%llu lost_conns=%d",
+           "errors=%llu lost_conns=%d recvs=%llu deliveries_per_recv=%.1f",
            room ? "room" : "direct", opt.durable ? "durable" : "transient",
            opt.cmid ? " cmid=1" : "", nconns, room ? opt.senders : opt.conns,
            room ? opt.conns : opt.conns, opt.size, opt.window, setup_s, el,
            (unsigned long long)(b.sent - a.sent), (unsigned long long)ak,
            (unsigned long long)(b.refused - a.refused), first_refuse_code, (unsigned long long)dl,
            (double)dl / el, (double)ak / el, fanout, ak ? (double)dl / ((double)ak * fanout) : 0.0,
-           (unsigned long long)c_errors, dead);
+           (unsigned long long)c_errors, dead, (unsigned long long)(b.recvs - a.recvs),
+           b.recvs > a.recvs ? (double)dl / (double)(b.recvs - a.recvs) : 0.0);
     print_cpu(&a, &b);
     printf("\n");
 }

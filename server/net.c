@@ -36,6 +36,12 @@
  * consumers) sees the backlog; the socket's output draining to TLS_OUT_LOW refills it. */
 #define TLS_OUT_HIGH (256 * 1024)
 #define TLS_OUT_LOW (64 * 1024)
+/* Connections whose input was read in a turn are written first in it (their answers: ACKs,
+ * OKs), at most this many per turn; the others follow in the dirty list's order. */
+#define ANSWER_FIRST_MAX 64
+/* netconn.dirty bits */
+#define D_LISTED 1 /* on the dirty list */
+#define D_FIRST 2  /* in ims_net.first (written first in the turn) */
 
 typedef struct netconn netconn;
 
@@ -65,7 +71,7 @@ struct netconn {
     netconn *prev, *next; /* all connections */
     evutil_socket_t fd;
     uint8_t tls;     /* a TLS connection (the tail is a tls_state) */
-    uint8_t dirty;   /* on the dirty list */
+    uint8_t dirty;   /* D_LISTED, D_FIRST */
     uint8_t reading; /* plain: input is read (not once the connection is closing) */
     uint8_t want;    /* plain: EV_READ | EV_WRITE the event is added with, 0 = not added */
 };
@@ -100,6 +106,10 @@ struct ims_net {
     netconn *conns;
     int nconns;
     netconn *dirty;
+    /* connections read since the last turn, written first in it (a requester's answer does
+     * not wait behind a room's fan-out to every member): NULL where one was freed */
+    netconn *first[ANSWER_FIRST_MAX];
+    int nfirst;
     int shutting_down;
     int in_turn;
 };
@@ -131,24 +141,40 @@ static void schedule_turn(ims_net *n)
 
 static void mark_dirty(netconn *c)
 {
-    if (c->dirty)
+    if (c->dirty & D_LISTED)
         return;
-    c->dirty = 1;
+    c->dirty |= D_LISTED;
     c->dirty_next = c->net->dirty;
     c->net->dirty = c;
     schedule_turn(c->net);
 }
 
+/* c's input was read: dirty, and written before the rest of the turn's output (when there is
+ * room in ims_net.first; else in the dirty list's order like any other). */
+static void mark_answer(netconn *c)
+{
+    ims_net *n = c->net;
+    if (!(c->dirty & D_FIRST) && n->nfirst < ANSWER_FIRST_MAX) {
+        c->dirty |= D_FIRST;
+        n->first[n->nfirst++] = c;
+    }
+    mark_dirty(c);
+}
+
 static void conn_free(netconn *c, int reason)
 {
     ims_net *n = c->net;
-    if (c->dirty) { /* unlink from the dirty list */
+    if (c->dirty & D_LISTED) { /* unlink from the dirty list */
         for (netconn **pp = &n->dirty; *pp; pp = &(*pp)->dirty_next)
             if (*pp == c) {
                 *pp = c->dirty_next;
                 break;
             }
     }
+    if (c->dirty & D_FIRST)
+        for (int i = 0; i < n->nfirst; i++)
+            if (n->first[i] == c)
+                n->first[i] = NULL;
     if (c->cl)
         ims_client_closed(c->cl, reason);
     if (c->tls) {
@@ -254,7 +280,7 @@ static int on_read(netconn *c)
         c->reading = 0; /* nothing more is read from a closing connection */
         plain_watch(c, (short)(c->want & EV_WRITE));
     }
-    mark_dirty(c);
+    mark_answer(c);
     return 0;
 }
 
@@ -382,7 +408,7 @@ static void tls_on_read(struct bufferevent *bev, void *arg)
             break;
         }
     }
-    mark_dirty(c);
+    mark_answer(c);
 }
 
 /* The socket bufferevent wrote some output: below TLS_OUT_LOW, flush more (in the turn: this
@@ -508,6 +534,21 @@ static void on_turn(evutil_socket_t fd, short what, void *arg)
     ims_net *n = arg;
     n->in_turn = 1;
     ims_server_turn_end(n->srv);
+    /* The connections read in this turn first: their answers (a sender's ACKs) reach them
+     * before the turn's fan-out to the other connections is written, so a client that keeps a
+     * window of requests in flight sends its next ones while that is written, and they are read
+     * in the next turn (issue 3: more messages per turn, so more of them per write). What is
+     * queued, and the order of every connection's own output, is the same in any order of
+     * writing. They stay on the dirty list: a second flush there finds little or nothing. */
+    for (int i = 0; i < n->nfirst; i++) {
+        netconn *c = n->first[i];
+        if (c) {
+            c->dirty &= (uint8_t)~D_FIRST;
+            n->first[i] = NULL;
+            conn_flush(c);
+        }
+    }
+    n->nfirst = 0;
     /* Flushing may make the core queue more (deliveries continue as output drains) and even
      * commit again; bounded so that one turn cannot starve the sockets. */
     for (int round = 0; round < 8 && n->dirty; round++) {
@@ -516,7 +557,7 @@ static void on_turn(evutil_socket_t fd, short what, void *arg)
         while (list) {
             netconn *c = list;
             list = c->dirty_next;
-            c->dirty = 0;
+            c->dirty &= (uint8_t)~D_LISTED;
             c->dirty_next = NULL;
             conn_flush(c);
         }
@@ -765,10 +806,11 @@ typedef struct metrics_out {
 /* Values that go up and down; every other counter only grows. */
 static int is_gauge(const char *name)
 {
-    static const char *const gauges[] = {"connections",      "sessions",
-                                         "users_online",     "hash_pending",
-                                         "hash_running_max", "store_commit_ms_max",
-                                         "store_log_frames"};
+    static const char *const gauges[] = {
+        "connections",      "sessions",         "users_online",
+        "hash_pending",     "hash_running_max", "store_commit_ms_max",
+        "store_log_frames", "loop_lag_us_max",  "loop_probe_wake_us_max",
+        "loop_serve_us_max"};
     for (size_t i = 0; i < sizeof gauges / sizeof gauges[0]; i++)
         if (strcmp(name, gauges[i]) == 0)
             return 1;

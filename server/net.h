@@ -6,7 +6,10 @@
  *
  * Event-loop turn: socket callbacks run at priority 0; one "turn" event at priority 1 runs after
  * them, calls ims_server_turn_end() (group commit: one SQLite commit for every write of the
- * turn, IMP-DELIV-001) and then writes what the core queued and closes what it finished.
+ * turn, IMP-DELIV-001) and then writes what the core queued and closes what it finished: first
+ * the connections whose input was read since the last turn (their answers, e.g. a room sender's
+ * ACKs: it sends its next messages while the rest is written), then the others. The order of
+ * writing to different connections changes nothing that is queued, nor any connection's order.
  */
 #ifndef IMS_NET_H
 #define IMS_NET_H

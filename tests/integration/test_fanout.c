@@ -7,6 +7,10 @@
  * once its output is over output_soft, drops messages (counted in transient_dropped) and never
  * gets one twice or out of order; delivered + dropped accounts for every (message, session)
  * exactly, through /metrics.
+ *
+ * Several senders that are members too, pipelining with ACK_MODE 0, 1 and 2 mixed: ACKs in
+ * request order with their mode's outcome, every message once and in each sender's order to
+ * every other session, none to its sender, /metrics counting each delivery once.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -203,6 +207,154 @@ static void test_room_fanout_sessions_and_slow_member(void **state)
     it_finish(p);
 }
 
+/* ---- several senders that are members too, every ACK_MODE ------------------------------ */
+
+#define MS_SENDERS 3
+#define MS_WINDOW 8 /* SENDs in flight per sender: one imd turn reads several senders' SENDs */
+#define MS_ROUNDS 40
+
+/* The sender and index a member-senders body carries ("s%d:%05d"); 0, or -1 when it does not. */
+static int ms_parse(const tc_frame *f, int *sender, int *idx)
+{
+    imp_bytes b = imp_msg_b(&f->m, IMP_T_BODY);
+    char t[16];
+    if (b.len != 8 || b.p[0] != 's')
+        return -1;
+    memcpy(t, b.p, 8);
+    t[8] = 0;
+    return sscanf(t, "s%1d:%5d", sender, idx) == 2 ? 0 : -1;
+}
+
+/* The ACK_MODE of message i of a sender: every mode, mixed within each pipelined window. */
+static int ms_mode(int i)
+{
+    return i % 3; /* 0 none, 1 stored, 2 delivered */
+}
+
+/* Room messages from several senders that are members themselves (net.c writes a connection
+ * read in a turn before the turn's other output: each sender is written its answers and the
+ * other senders' DELIVERs in the same turns), pipelined, with ACK_MODE 0, 1 and 2 mixed within
+ * each window: on every sender's connection the ACKs come in request order with the outcome of
+ * their mode (DELIVERED for 2, STORED for 1, none for 0); every session but the sending one
+ * gets every message once, each sender's in order; a sender never gets its own; /metrics counts
+ * each delivery once. */
+static void test_room_member_senders_ack_modes(void **state)
+{
+    (void)state;
+    static const char *const args[] = {"--metrics",  "127.0.0.1:0", "--set",
+                                       "msg_rate=0", "--set",       "ping_interval_ms=600000",
+                                       NULL};
+    imd_proc *p = it_start_imd(args);
+    long pid = (long)p->pid;
+    IT_CHECK(p->metrics_port > 0, "no metrics listener");
+    static const char *const names[] = {"s0", "s1", "s2", "m0", "m1", "m1"};
+    enum { NS = 6 }; /* sessions: the 3 senders, m0, and m1 twice */
+    tc *ss[NS];
+    for (int i = 0; i < NS; i++) {
+        ss[i] = i == 5 ? it_login(p->port, names[i], "member password", NULL)
+                       : it_register(p->port, names[i], "member password", NULL);
+        IT_CHECK(ss[i] != NULL, "session %d", i);
+        if (i != 5)
+            join(ss[i], "atrium");
+    }
+    long long delivered0 = metric(p, "transient_delivered");
+
+    int next[NS][MS_SENDERS];    /* the index due next from each sender, per session */
+    int acked[MS_SENDERS] = {0}; /* messages of each sender answered or not expecting one */
+    uint32_t reqs[MS_SENDERS][MS_WINDOW];
+    memset(next, 0, sizeof next);
+    uint64_t t0 = it_now_ms();
+    for (int round = 0; round < MS_ROUNDS; round++) {
+        /* every sender's whole window first, then the answers */
+        for (int s = 0; s < MS_SENDERS; s++)
+            for (int j = 0; j < MS_WINDOW; j++) {
+                int i = round * MS_WINDOW + j;
+                char body[32];
+                IT_EQ(snprintf(body, sizeof body, "s%d:%05d", s, i), 8);
+                tc_msg m;
+                memset(&m, 0, sizeof m);
+                m.kind = IMP_TARGET_ROOM;
+                m.target = "atrium";
+                m.cls = IMP_CLASS_TRANSIENT;
+                m.ack_mode = ms_mode(i);
+                m.body = body;
+                m.body_len = 8;
+                imp_msg msg;
+                tc_build_send(&m, &msg);
+                reqs[s][j] = tc_request(ss[s], &msg);
+                IT_CHECK(reqs[s][j] != 0, "sender %d: SEND %d", s, i);
+            }
+        int want = (round + 1) * MS_WINDOW; /* messages each sender has sent */
+        /* every session reads until it has every message due to it and every answer */
+        for (int k = 0; k < NS; k++) {
+            tc *c = ss[k];
+            for (;;) {
+                int done = 1;
+                for (int s = 0; s < MS_SENDERS; s++)
+                    if (s != k && next[k][s] < want)
+                        done = 0;
+                if (k < MS_SENDERS) {
+                    while (acked[k] < want && ms_mode(acked[k]) == 0)
+                        acked[k]++; /* no ACK for mode 0 */
+                    if (acked[k] < want)
+                        done = 0;
+                }
+                if (done)
+                    break;
+                tc_frame *f = tc_wait(c, 0, 0, T);
+                char d[512];
+                IT_CHECK(f != NULL, "session %d (%s), round %d: nothing more: %s", k, names[k],
+                         round, tc_describe(c, d, sizeof d));
+                if (f->m.type == IMP_ACK) {
+                    IT_CHECK(k < MS_SENDERS, "session %d (%s): an ACK it did not ask for", k,
+                             names[k]);
+                    int i = acked[k];
+                    IT_CHECK(i < want, "%s: an ACK more", names[k]);
+                    /* in request order, with the outcome its mode asked for */
+                    IT_EQ(f->m.request_id, reqs[k][i % MS_WINDOW]);
+                    IT_EQ(imp_msg_u(&f->m, IMP_T_OUTCOME, 0),
+                          ms_mode(i) == 2 ? IMP_OUTCOME_DELIVERED : IMP_OUTCOME_STORED);
+                    acked[k]++;
+                } else if (f->m.type == IMP_DELIVER) {
+                    int s, i;
+                    IT_EQ(ms_parse(f, &s, &i), 0);
+                    IT_CHECK(s >= 0 && s < MS_SENDERS, "a DELIVER from sender %d", s);
+                    IT_CHECK(s != k, "%s got its own message %d", names[k], i);
+                    IT_EQ(imp_msg_u(&f->m, IMP_T_CLASS, 0), IMP_CLASS_TRANSIENT);
+                    IT_EQ(imp_msg_u(&f->m, IMP_T_SEQ, 99), 0);
+                    IT_CHECK(tc_field_is(&f->m, IMP_T_TARGET, "atrium"), "not the room");
+                    IT_CHECK(tc_field_is(&f->m, IMP_T_SENDER, names[s]), "wrong SENDER");
+                    IT_CHECK(i == next[k][s], "session %d (%s): message %d of %s where %d was due",
+                             k, names[k], i, names[s], next[k][s]);
+                    next[k][s]++;
+                }
+                /* anything else (PRESENCE...) is not this test's */
+                tc_frame_free(f);
+            }
+        }
+    }
+    int total = MS_ROUNDS * MS_WINDOW * MS_SENDERS;
+    it_note("%d room messages from %d member senders in %llu ms", total, MS_SENDERS,
+            (unsigned long long)(it_now_ms() - t0));
+    /* nothing after the last: no repeat, nothing of one's own */
+    for (int k = 0; k < NS; k++) {
+        tc_frame *f;
+        while ((f = tc_wait(ss[k], IMP_DELIVER, 0, 100)) != NULL) {
+            int s = -1, i = -1;
+            ms_parse(f, &s, &i);
+            tc_frame_free(f);
+            IT_CHECK(0, "session %d (%s): a DELIVER too many (sender %d, message %d)", k, names[k],
+                     s, i);
+        }
+    }
+    /* each message: every session but its sender's (m1's two sessions both) */
+    IT_EQ(metric(p, "transient_delivered") - delivered0, (long long)total * (NS - 1));
+    for (int k = 0; k < NS; k++)
+        tc_close(ss[k]);
+    it_liveness(p, pid, NULL, NULL, NULL, NULL);
+    it_finish(p);
+}
+
 int main(void)
 {
     it_main_init(120);
@@ -210,6 +362,7 @@ int main(void)
         return 1;
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_room_fanout_sessions_and_slow_member, it_teardown),
+        cmocka_unit_test_teardown(test_room_member_senders_ack_modes, it_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

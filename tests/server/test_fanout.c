@@ -5,8 +5,23 @@
  * sender's own second session, a member offline, a non-member online, and a slow member (over
  * output_soft) whose copy is dropped and counted. Real store, real hashing, real libimp clients
  * (server_harness.h).
+ *
+ * And net.c's order of writing in a turn (test_net_writes_answers_first): the connections read
+ * in the turn (room senders: their ACKs) are written before the turn's fan-out to the others.
  */
 #include "server_harness.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+
+#include "net.h"
 
 #define MEMBERS 150 /* > FANOUT_BLOCK (128) and not a multiple of it */
 #define OFFLINE 7   /* member u007 joins, then goes offline */
@@ -147,10 +162,299 @@ static void test_big_room_fanout(void **state)
     h_free(h);
 }
 
+/* ---- net.c: the connections read in a turn are written first --------------------------------
+ *
+ * The network layer over real loopback sockets (ims_net, libevent, the server core with an
+ * in-memory store and one hash thread), driven by this process's event loop turn by turn, with
+ * clients that are plain blocking sockets plus libimp client connections. net.c's send() calls
+ * go to the definition below (it is linked into this program), which records which socket each
+ * write went to. */
+
+static int rec_on;
+static int rec_fd[4096];
+static size_t rec_n;
+
+ssize_t send(int fd, const void *buf, size_t len, int flags)
+{
+    if (rec_on && rec_n < sizeof rec_fd / sizeof rec_fd[0])
+        rec_fd[rec_n++] = fd;
+    return (ssize_t)syscall(SYS_sendto, fd, buf, len, flags, NULL, 0);
+}
+
+typedef struct nc {
+    int fd;
+    int port; /* the client's local port: the server's socket's peer port */
+    imp_conn *ic;
+    uint32_t req;
+} nc;
+
+static struct event_base *nbase;
+
+static uint64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* Runs imd's loop until nothing is left to do now (every turn included). */
+static void nspin(void)
+{
+    event_base_loop(nbase, EVLOOP_NONBLOCK);
+}
+
+static void nc_flush(nc *c)
+{
+    const uint8_t *p;
+    size_t n;
+    while ((n = imp_conn_pending_output(c->ic, &p)) > 0) {
+        ssize_t w = write(c->fd, p, n);
+        assert_true(w > 0);
+        imp_conn_consume_output(c->ic, (size_t)w);
+    }
+}
+
+/* The next frame of type (0: any) for c, running imd's loop meanwhile; fails after 5 s. */
+static void nc_wait(nc *c, uint8_t type, imp_msg *m)
+{
+    static uint8_t buf[65536];
+    uint64_t end = mono_ms() + 5000;
+    for (;;) {
+        int r;
+        while ((r = imp_conn_next_event(c->ic, m)) > 0)
+            if (type == 0 || m->type == type)
+                return;
+        assert_int_equal(r, 0);
+        nc_flush(c); /* automatic answers (PONG) */
+        nspin();
+        ssize_t k = recv(c->fd, buf, sizeof buf, MSG_DONTWAIT);
+        if (k > 0)
+            assert_int_equal(imp_conn_feed(c->ic, buf, (size_t)k), k);
+        else if (k == 0 || (errno != EAGAIN && errno != EWOULDBLOCK))
+            fail_msg("connection closed");
+        else if (mono_ms() > end)
+            fail_msg("no frame of type %d within 5 s", type);
+        else
+            usleep(200);
+    }
+}
+
+static nc *nc_user(int port, const char *user, const char *room)
+{
+    nc *c = calloc(1, sizeof *c);
+    assert_non_null(c);
+    c->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_true(c->fd >= 0);
+    struct sockaddr_in sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons((uint16_t)port);
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(connect(c->fd, (struct sockaddr *)&sa, sizeof sa), 0);
+    socklen_t sl = sizeof sa;
+    assert_int_equal(getsockname(c->fd, (struct sockaddr *)&sa, &sl), 0);
+    c->port = ntohs(sa.sin_port);
+    c->ic = imp_conn_new(IMP_ROLE_CLIENT, NULL, mono_ms());
+    assert_non_null(c->ic);
+    imp_msg m;
+    nc_flush(c); /* HELLO */
+    nc_wait(c, IMP_WELCOME, &m);
+    imp_msg_init(&m, IMP_REGISTER, ++c->req);
+    imp_msg_set_s(&m, IMP_T_USER, user);
+    imp_msg_set_s(&m, IMP_T_PASSWORD, PW);
+    assert_int_equal(imp_conn_send(c->ic, &m), 0);
+    nc_flush(c);
+    nc_wait(c, IMP_AUTH_OK, &m);
+    imp_msg_init(&m, IMP_JOIN, ++c->req);
+    imp_msg_set_s(&m, IMP_T_ROOM, room);
+    assert_int_equal(imp_conn_send(c->ic, &m), 0);
+    nc_flush(c);
+    nc_wait(c, IMP_OK, &m);
+    return c;
+}
+
+static void nc_free(nc *c)
+{
+    close(c->fd);
+    imp_conn_free(c->ic);
+    free(c);
+}
+
+/* Which client the server's socket fd talks to (-1: none of them). */
+static int nc_of_fd(nc *const *cs, int n, int fd)
+{
+    struct sockaddr_in sa;
+    socklen_t sl = sizeof sa;
+    if (getpeername(fd, (struct sockaddr *)&sa, &sl) != 0)
+        return -1;
+    for (int i = 0; i < n; i++)
+        if (cs[i]->port == ntohs(sa.sin_port))
+            return i;
+    return -1;
+}
+
+/* imd's socket of client c (in this process): the fd whose peer is c's local port. */
+static int server_fd_of(const nc *c)
+{
+    for (int fd = 3; fd < 4096; fd++) {
+        struct sockaddr_in sa;
+        socklen_t sl = sizeof sa;
+        if (getpeername(fd, (struct sockaddr *)&sa, &sl) == 0 && sa.sin_family == AF_INET &&
+            ntohs(sa.sin_port) == c->port && fd != c->fd)
+            return fd;
+    }
+    fail_msg("no server socket for port %d", c->port);
+    return -1;
+}
+
+#define NW_MEMBERS 8 /* besides the two senders */
+
+/* Two members send a transient room message each and both SENDs are read in the same turn:
+ * whichever is read second was already owed the other's DELIVER (it is a member), and whichever
+ * is read first is owed the second's. Both are written (their ACK, and the other's DELIVER)
+ * before any other member's DELIVER is, whatever order the dirty list has (LIFO: without the
+ * rule, one of the two senders, the room's first member, is marked first and written last). */
+static void test_net_writes_answers_first(void **state)
+{
+    (void)state;
+    ims_cfg cfg;
+    h_cfg(&cfg);
+    cfg.n_listen = 1;
+    snprintf(cfg.listen[0], sizeof cfg.listen[0], "127.0.0.1:0");
+    char err[256];
+    ims_log_setup("error", "text");
+    ims_store_options so = {":memory:", 0, NULL, NULL, 0, 0};
+    ims_store *store = ims_store_open(&so, err, sizeof err);
+    assert_non_null(store);
+    nbase = event_base_new();
+    assert_non_null(nbase);
+    ims_net *net = ims_net_new(nbase);
+    assert_non_null(net);
+    ims_auth_options ao;
+    ims_auth_options_default(&ao);
+    ao.threads = 1;
+    ao.opslimit = crypto_pwhash_OPSLIMIT_MIN;
+    ao.memlimit = crypto_pwhash_MEMLIMIT_MIN;
+    ao.wake = ims_net_auth_wake;
+    ao.wake_ud = net;
+    ims_auth *auth = ims_auth_new(&ao);
+    assert_non_null(auth);
+    ims_server_options o;
+    memset(&o, 0, sizeof o);
+    o.cfg = &cfg;
+    o.store = store;
+    o.auth = auth;
+    o.io = ims_net_io_ops();
+    o.version = "imd/test";
+    ims_server *srv = ims_server_new(&o);
+    assert_non_null(srv);
+    ims_net_set_server(net, srv);
+    FILE *out = tmpfile();
+    assert_non_null(out);
+    assert_int_equal(ims_net_listen(net, &cfg, out, err, sizeof err), 0);
+    rewind(out);
+    int port = 0;
+    assert_int_equal(fscanf(out, "imd: listening on 127.0.0.1:%d", &port), 1);
+    fclose(out);
+
+    /* s0 first: the lowest user id, the first member a fan-out marks */
+    enum { N = 2 + NW_MEMBERS };
+    nc *cs[N];
+    char name[16];
+    for (int i = 0; i < N; i++) {
+        snprintf(name, sizeof name, i < 2 ? "s%d" : "m%d", i);
+        cs[i] = nc_user(port, name, "hall");
+    }
+    /* settle: nothing owed to anyone (presence events read) */
+    nspin();
+    int sfd[2] = {server_fd_of(cs[0]), server_fd_of(cs[1])};
+    for (int round = 0; round < 3; round++) {
+        imp_msg m;
+        uint32_t req[2];
+        for (int s = 1; s >= 0; s--) { /* s1 written first, s0 second; one turn reads both */
+            imp_msg_init(&m, IMP_SEND, ++cs[s]->req);
+            imp_msg_set_u(&m, IMP_T_TARGET_KIND, IMP_TARGET_ROOM);
+            imp_msg_set_s(&m, IMP_T_TARGET, "hall");
+            imp_msg_set_u(&m, IMP_T_CLASS, IMP_CLASS_TRANSIENT);
+            imp_msg_set_u(&m, IMP_T_ACK_MODE, round == 2 ? IMP_ACK_DELIVERED : IMP_ACK_STORED);
+            imp_msg_set_b(&m, IMP_T_BODY, "hi", 2);
+            req[s] = m.request_id;
+            assert_int_equal(imp_conn_send(cs[s]->ic, &m), 0);
+            nc_flush(cs[s]);
+        }
+        /* both SENDs are in imd's sockets before its loop looks: one turn reads both */
+        for (int s = 0; s < 2; s++) {
+            struct pollfd pf = {sfd[s], POLLIN, 0};
+            assert_int_equal(poll(&pf, 1, 5000), 1);
+        }
+        rec_n = 0;
+        rec_on = 1;
+        nspin();
+        rec_on = 0;
+        /* every write: the two senders' come before every other member's */
+        int first_member = -1, last_sender = -1;
+        int seen[N] = {0};
+        for (size_t i = 0; i < rec_n; i++) {
+            int k = nc_of_fd(cs, N, rec_fd[i]);
+            if (k < 0 || k >= N) {
+                fail_msg("a write to a socket of no client");
+                continue;
+            }
+            seen[k] = 1;
+            if (k < 2)
+                last_sender = (int)i;
+            else if (first_member < 0)
+                first_member = (int)i;
+        }
+        for (int k = 0; k < N; k++)
+            if (!seen[k])
+                fail_msg("round %d: nothing written to client %d in the turn", round, k);
+        if (last_sender > first_member)
+            fail_msg("round %d: a sender written (write %d) after a member (write %d)", round,
+                     last_sender, first_member);
+        /* and what was written is right: each sender its ACK and the other's DELIVER, each
+         * member both DELIVERs */
+        for (int s = 0; s < 2; s++) {
+            int acks = 0, delivers = 0; /* in either order: which SEND was read first */
+            while (acks + delivers < 2) {
+                nc_wait(cs[s], 0, &m);
+                if (m.type == IMP_ACK) {
+                    acks++;
+                    assert_int_equal(m.request_id, req[s]);
+                    assert_int_equal(imp_msg_u(&m, IMP_T_OUTCOME, 0),
+                                     round == 2 ? IMP_OUTCOME_DELIVERED : IMP_OUTCOME_STORED);
+                } else if (m.type == IMP_DELIVER) {
+                    delivers++;
+                    assert_true(bytes_is(imp_msg_b(&m, IMP_T_SENDER), s ? "s0" : "s1"));
+                }
+            }
+            assert_int_equal(acks, 1);
+        }
+        for (int k = 2; k < N; k++) {
+            nc_wait(cs[k], IMP_DELIVER, &m);
+            assert_true(bytes_is(imp_msg_b(&m, IMP_T_SENDER), "s1"));
+            nc_wait(cs[k], IMP_DELIVER, &m);
+            assert_true(bytes_is(imp_msg_b(&m, IMP_T_SENDER), "s0"));
+        }
+    }
+    for (int i = 0; i < N; i++)
+        nc_free(cs[i]);
+    for (int i = 0; i < 50 && ims_net_connections(net) > 0; i++) {
+        nspin();
+        usleep(2000);
+    }
+    ims_net_free(net);
+    ims_server_free(srv);
+    ims_auth_free(auth);
+    ims_store_close(store);
+    event_base_free(nbase);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_big_room_fanout),
+        cmocka_unit_test(test_net_writes_answers_first),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
