@@ -19,41 +19,59 @@
 
 /* A buffer: nothing allocated while empty and trimmed. 32-bit offsets: a buffer holds at
  * most BUF_MAX bytes (input: a frame of at most 16 MiB plus INPUT_SLACK; output beyond that
- * fails as out of memory). */
+ * fails as out of memory). Its capacity is a power of two (the first allocation's, doubled, at
+ * most BUF_MAX), kept in the connection as its base-2 logarithm (0: no buffer), so that the
+ * two buffers cost 16 bytes each without padding (issue 3). The first allocation is small:
+ * the handshake's frames fit, and the many connections logging in at once hold (and leave
+ * behind in the heap once trimmed) 256 bytes per buffer, not 1 KiB (issue 3). */
 #define BUF_MAX 0x80000000u
+#define BUF_FIRST_LOG 8u /* the first allocation: 256 bytes */
 struct buf {
     uint8_t *p;
     uint32_t pos; /* consumed up to here */
     uint32_t len; /* filled up to here */
-    uint32_t cap;
 };
 
 /* Kept small (issue 3: 10,000 idle logged-in connections, <= 1 KiB of server memory each):
- * the configuration's fields, not a copy of imp_config; one timer field for the
- * authentication deadline (before READY) and the next PING (after). */
+ * 120 bytes on LP64, a 128-byte glibc chunk. The configuration's fields, not a copy of
+ * imp_config; the allocator hook by pointer (to the default hook, or to the copy of the
+ * caller's kept right after the object); one timer field for the authentication deadline
+ * (before READY) and the next PING (after); fields only one role uses share their room. */
 struct imp_conn {
-    imp_allocator alloc;
+    const imp_allocator *alloc; /* &libc_alloc, or the copy at ALLOC_COPY_OFFSET */
     struct buf in, out;
     uint64_t now; /* latest time passed in (IMP-TIME-003) */
     union {
         uint64_t deadline;  /* before authentication: its deadline (IMP-TIME-001), 0 = none */
         uint64_t next_ping; /* once authenticated */
     };
-    size_t max_output;
     const char *agent;
     const uint8_t *caps;
-    uint32_t max_frame, max_frame_preauth, ping_interval_ms, ping_max_missed, auth_timeout_ms;
+    uint32_t max_output; /* 0 = none; a larger cap saturates (a buffer holds < 2^31 bytes) */
+    uint32_t max_frame;
+    union {
+        uint32_t max_frame_preauth; /* server */
+        uint32_t peer_max_frame;    /* client: from WELCOME */
+    };
+    union {
+        uint32_t auth_timeout_ms;  /* server: announced in WELCOME (the deadline is above) */
+        uint32_t peer_max_preauth; /* client: from WELCOME */
+    };
+    uint32_t ping_interval_ms, ping_max_missed;
     uint32_t ping_id;
     uint32_t missed;
     uint32_t logout_id;
-    uint32_t peer_max_frame, peer_max_preauth; /* client: from WELCOME */
     int16_t err; /* sticky fatal error (IMP-ERR-003, an IMP_ERR_* code), 0 if none */
     uint16_t caps_len;
-    uint8_t role;   /* imp_role */
-    uint8_t state;  /* imp_state */
-    uint8_t authed; /* READY was reached */
-    uint8_t flags;  /* F_* (one byte: the object stays within its size, issue 3) */
+    uint8_t role;    /* imp_role */
+    uint8_t state;   /* imp_state */
+    uint8_t authed;  /* READY was reached */
+    uint8_t flags;   /* F_* (one byte: the object stays within its size, issue 3) */
+    uint8_t in_capl; /* log2 of in's capacity, 0: no buffer */
+    uint8_t out_capl;
 };
+_Static_assert(sizeof(void *) != 8 || sizeof(struct imp_conn) <= 120,
+               "imp_conn outgrew its 128-byte chunk (issue 3)");
 #define F_PING_OUTSTANDING 1u /* a PING of ours is not answered yet (IMP-TIME-002) */
 #define F_DEFER_LOGOUT 2u     /* server: LOGOUT's OK is the application's (IMP-SESS-008) */
 
@@ -74,16 +92,35 @@ static void *libc_realloc(void *ud, void *ptr, size_t size)
     return realloc(ptr, size);
 }
 
+static const imp_allocator libc_alloc = {libc_realloc, NULL};
+
+/* A connection made with a caller's hook keeps a copy of it right after the object. */
+#define ALLOC_COPY_OFFSET                                                         \
+    ((sizeof(imp_conn) + _Alignof(imp_allocator) - 1) / _Alignof(imp_allocator) * \
+     _Alignof(imp_allocator))
+
 static void *mem(imp_conn *c, void *ptr, size_t size)
 {
-    return c->alloc.realloc(c->alloc.ud, ptr, size);
+    return c->alloc->realloc(c->alloc->ud, ptr, size);
+}
+
+static uint8_t *buf_capl(imp_conn *c, const struct buf *b)
+{
+    return b == &c->in ? &c->in_capl : &c->out_capl;
+}
+
+static uint32_t buf_cap(const imp_conn *c, const struct buf *b)
+{
+    uint8_t l = b == &c->in ? c->in_capl : c->out_capl;
+    return l ? (uint32_t)1 << l : 0;
 }
 
 static void buf_release(imp_conn *c, struct buf *b)
 {
     mem(c, b->p, 0);
     b->p = NULL;
-    b->pos = b->len = b->cap = 0;
+    b->pos = b->len = 0;
+    *buf_capl(c, b) = 0;
 }
 
 /* Make room for n more bytes after b->len when the tail has none: by compacting (moving the
@@ -95,20 +132,20 @@ static int buf_make_room(imp_conn *c, struct buf *b, size_t n)
         b->len -= b->pos;
         b->pos = 0;
     }
-    if (b->cap - b->len >= n)
+    if (buf_cap(c, b) - b->len >= n)
         return 0;
     if (n > BUF_MAX - b->len)
         return IMP_ERR_NOMEM;
-    size_t cap = b->cap ? b->cap : 1024;
-    while (cap - b->len < n)
-        cap *= 2; /* at most 2 * BUF_MAX: fits in 32 bits */
-    if (cap > BUF_MAX)
-        cap = BUF_MAX;
-    uint8_t *p = mem(c, b->p, cap);
+    unsigned l = *buf_capl(c, b) ? *buf_capl(c, b) : BUF_FIRST_LOG;
+    while (((size_t)1 << l) - b->len < n)
+        l++; /* n <= BUF_MAX - len: stops at 31 (BUF_MAX) at most */
+    if (((size_t)1 << l) > BUF_MAX)
+        l = 31; /* BUF_MAX (not reached: kept as a guard) */
+    uint8_t *p = mem(c, b->p, (size_t)1 << l);
     if (!p)
         return IMP_ERR_NOMEM; /* IMP-LIB-003: the old buffer is untouched */
     b->p = p;
-    b->cap = (uint32_t)cap;
+    *buf_capl(c, b) = (uint8_t)l;
     return 0;
 }
 
@@ -119,7 +156,7 @@ static int buf_make_room(imp_conn *c, struct buf *b, size_t n)
  * first. 0 or IMP_ERR_NOMEM. */
 static inline int buf_reserve(imp_conn *c, struct buf *b, size_t n)
 {
-    return b->cap - b->len >= n ? 0 : buf_make_room(c, b, n);
+    return buf_cap(c, b) - b->len >= n ? 0 : buf_make_room(c, b, n);
 }
 
 void imp_config_default(imp_config *cfg, imp_role role)
@@ -227,28 +264,35 @@ imp_conn *imp_conn_new(imp_role role, const imp_config *cfg, uint64_t now_ms)
     }
     if (!config_valid(role, cfg))
         return NULL;
-    imp_allocator alloc = {libc_realloc, NULL};
-    if (cfg->alloc)
-        alloc = *cfg->alloc;
-    imp_conn *c = alloc.realloc(alloc.ud, NULL, sizeof *c);
+    /* the default hook by pointer; a caller's is copied after the object (cfg is copied) */
+    imp_conn *c = cfg->alloc ? cfg->alloc->realloc(cfg->alloc->ud, NULL,
+                                                   ALLOC_COPY_OFFSET + sizeof(imp_allocator))
+                             : libc_realloc(NULL, NULL, sizeof *c);
     if (!c)
         return NULL;
     memset(c, 0, sizeof *c);
+    if (cfg->alloc) {
+        imp_allocator *copy = (imp_allocator *)(void *)((char *)c + ALLOC_COPY_OFFSET);
+        *copy = *cfg->alloc;
+        c->alloc = copy;
+    } else {
+        c->alloc = &libc_alloc;
+    }
     c->role = (uint8_t)role;
     c->max_frame = cfg->max_frame;
-    c->max_frame_preauth = cfg->max_frame_preauth;
     c->ping_interval_ms = cfg->ping_interval_ms;
     c->ping_max_missed = cfg->ping_max_missed;
-    c->auth_timeout_ms = cfg->auth_timeout_ms;
-    c->max_output = cfg->max_output;
+    c->max_output = cfg->max_output > UINT32_MAX ? UINT32_MAX : (uint32_t)cfg->max_output;
     c->agent = cfg->agent;
     c->caps = cfg->caps.p;
     c->caps_len = (uint16_t)cfg->caps.len; /* config_valid: at most 1024 */
-    c->alloc = alloc;
     c->now = now_ms;
     if (cfg->auth_timeout_ms)
         c->deadline = time_after(now_ms, cfg->auth_timeout_ms); /* IMP-TIME-001: absolute */
     if (role == IMP_ROLE_SERVER) {
+        /* a client's room for these holds WELCOME's limits instead (0 until then) */
+        c->max_frame_preauth = cfg->max_frame_preauth;
+        c->auth_timeout_ms = cfg->auth_timeout_ms;
         c->state = IMP_S_AWAIT_HELLO; /* IMP-SESS-001 */
         return c;
     }
@@ -416,7 +460,7 @@ int imp_conn_next_event(imp_conn *c, imp_msg *m)
     const uint8_t *start = c->in.p ? c->in.p + c->in.pos : NULL; /* no buffer yet: NULL + 0 */
     imp_ssize n = imp_frame_parse(start, avail, imp_conn_recv_limit(c), &f, NULL);
     if (n == 0) {
-        if (avail == 0 && c->in.cap > KEEP_BUFFER)
+        if (avail == 0 && buf_cap(c, &c->in) > KEEP_BUFFER)
             buf_release(c, &c->in); /* idle connections keep no large buffer */
         return 0;
     }
@@ -560,14 +604,14 @@ void imp_conn_consume_output(imp_conn *c, size_t n)
     c->out.pos += (uint32_t)(n < pending ? n : pending);
     if (c->out.pos == c->out.len) {
         c->out.pos = c->out.len = 0;
-        if (c->out.cap > KEEP_OUTPUT)
+        if (buf_cap(c, &c->out) > KEEP_OUTPUT)
             buf_release(c, &c->out);
     }
 }
 
 void imp_conn_set_max_output(imp_conn *c, size_t max_output)
 {
-    c->max_output = max_output;
+    c->max_output = max_output > UINT32_MAX ? UINT32_MAX : (uint32_t)max_output;
 }
 
 int imp_conn_set_defer_logout(imp_conn *c, int on)
@@ -650,10 +694,10 @@ int imp_conn_want_close(const imp_conn *c)
 
 uint32_t imp_conn_peer_max_frame(const imp_conn *c)
 {
-    return c->peer_max_frame;
+    return c->role == IMP_ROLE_CLIENT ? c->peer_max_frame : 0; /* shares max_frame_preauth */
 }
 
 uint32_t imp_conn_peer_max_preauth(const imp_conn *c)
 {
-    return c->peer_max_preauth;
+    return c->role == IMP_ROLE_CLIENT ? c->peer_max_preauth : 0; /* shares auth_timeout_ms */
 }

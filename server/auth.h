@@ -74,6 +74,32 @@ int ims_auth_pending(const ims_auth *a);
  * 0 before the first job. (Metrics: STATS hash_running_max; tests.) */
 int ims_auth_running_max(const ims_auth *a);
 
+/* ---- the event loop's lag probe (loop_probe_ms) -------------------------------------------- */
+
+/* How late the event loop serves a wake-up (the idea of Redis's latency monitor and its
+ * intrinsic-latency check, here as a periodic probe): a thread marks a due time every period_ms
+ * (an absolute schedule on the monotonic clock) and calls the wake hook, the same wake-up the
+ * workers' results use; the next ims_auth_poll on the loop records now - due. One probe is
+ * outstanding at most: a stalled loop gets one wake-up, and its lag grows until served. The lag
+ * covers the probe thread's own wake-up, the loop thread's (run queue) and whatever the loop did
+ * meanwhile; wake_max_us says how much of the worst one was the probe thread's. */
+typedef struct ims_loop_lag {
+    uint64_t probes;       /* probes served */
+    uint64_t total_us;     /* sum of their lags */
+    uint64_t max_us;       /* the worst lag since the start */
+    uint64_t wake_max_us;  /* of the worst: from due to the probe thread's wake-up call */
+    uint64_t serve_max_us; /* the worst from a wake-up call to the loop serving it (any probe):
+                            * the loop's own part, what a client's PING meets */
+    uint64_t over_1ms, over_10ms, over_50ms; /* probes served later than that */
+} ims_loop_lag;
+
+/* Starts the probe thread (period_ms 0: off, returns 0). IMP_ERR_INVAL without a wake hook, when
+ * already started, or when the thread cannot start. */
+int ims_auth_loop_probe(ims_auth *a, uint32_t period_ms);
+/* A copy of the lag counters (zeros when never started). On the loop's thread (the one that
+ * calls ims_auth_poll): the counters are its own, kept without a lock. */
+void ims_auth_loop_lag(const ims_auth *a, ims_loop_lag *out);
+
 /* Synchronous helpers for `imd user add|passwd` (not for the event loop). */
 int ims_auth_hash_now(const ims_auth_options *o, const uint8_t *pw, size_t len,
                       char out[IMS_HASH_MAX]);

@@ -86,6 +86,8 @@ static const ims_kdef keys[] = {
     NUM(hash_threads, K_INT, 1, 1, 64, 0, "threads hashing passwords off the event loop"),
     NUM(hash_queue, K_INT, 1, 1, 1000000, 0,
         "password jobs queued or running at most; more are refused with BUSY"),
+    NUM(loop_probe_ms, K_DUR, 0, 0, 60000, 0,
+        "how often the event loop's lag is probed (STATS and /metrics loop_lag_*); 0 = off"),
     NUM(token_ttl_ms, K_DUR, 0, 1000, UINT32_MAX, 1, "lifetime of a resume token"),
     NUM(max_sessions_per_user, K_INT, 1, 1, 100000, 1, "sessions one account may have at once"),
     NUM(addr_max_failures, K_INT, 1, 1, 1000, 0,
@@ -704,6 +706,7 @@ void ims_cfg_default(ims_cfg *c)
     c->hash_memlimit = 19 * MIB;
     c->hash_threads = 2;
     c->hash_queue = 64;
+    c->loop_probe_ms = 100;
     c->token_ttl_ms = 30u * 24 * 3600 * 1000;
     c->max_sessions_per_user = 16;
     c->addr_max_failures = 10;

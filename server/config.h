@@ -58,6 +58,7 @@ typedef struct ims_cfg {
     uint64_t hash_memlimit;       /* bytes, default 19 MiB; minimum 8 MiB */
     int hash_threads;             /* default 2 */
     int hash_queue;               /* default 64 */
+    uint32_t loop_probe_ms;       /* event-loop lag probe period, default 100 ms; 0 = off */
     uint32_t token_ttl_ms;        /* resume-token lifetime, default 30 days */
     int max_sessions_per_user;    /* default 16 */
     int addr_max_failures;        /* default 10 within addr_window_ms */

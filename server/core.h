@@ -68,6 +68,14 @@ enum ims_stat {
     ST_STORE_SYNC_FAILURES, /* fsync_thread: failed fsyncs (their batches were refused) */
     ST_STORE_CHECKPOINTS,   /* fsync_thread: checkpoints run by the syncer */
     ST_STORE_LOG_FRAMES,    /* gauge: frames in the write-ahead log at the last checkpoint */
+    ST_LOOP_LAG_PROBES,     /* loop_probe_ms (auth.h ims_loop_lag): probes served */
+    ST_LOOP_LAG_US_TOTAL,   /* sum of their lags, microseconds */
+    ST_LOOP_LAG_US_MAX,     /* the worst lag since the start */
+    ST_LOOP_PROBE_WAKE_US_MAX, /* of the worst: the probe thread's own part */
+    ST_LOOP_SERVE_US_MAX,      /* the worst from the probe's wake-up call to the loop serving it */
+    ST_LOOP_LAG_OVER_1MS,      /* probes served more than 1 ms late */
+    ST_LOOP_LAG_OVER_10MS,
+    ST_LOOP_LAG_OVER_50MS,
     ST_COUNT
 };
 
@@ -86,8 +94,11 @@ typedef struct ims_authing {
 } ims_authing;
 
 /* Kept small (issue 3: 10,000 idle logged-in connections, <= 1 KiB of server memory each):
- * login-time state in a block of its own while the hash runs, the peer's text in one
- * allocation with the client. */
+ * 119 bytes before the peer's text, which is in the same allocation (offsetof(ims_client,
+ * peer) + its length + 1: a 144-byte glibc chunk for "127.0.0.1:54321"); login-time state in
+ * a block of its own while the hash runs, sharing its pointer with the presence
+ * subscriptions (never both: auth only while CL_HASHING, subs only once CL_READY); flags in
+ * bit fields. */
 struct ims_client {
     ims_server *srv;
     uint64_t id; /* unique, never reused: the hash pool's cookie */
@@ -95,29 +106,32 @@ struct ims_client {
     imp_conn *conn;
     ims_client *next, *prev; /* all clients */
     ims_client *hnext;       /* id hash chain */
-    ims_authing *auth;       /* malloc'd while CL_HASHING, else NULL */
+    union {
+        ims_authing *auth; /* malloc'd while CL_HASHING, else NULL */
+        char (*subs)[33];  /* CL_READY: presence subscriptions (folded names), or NULL */
+    };
     /* session */
     ims_ouser *u;
     ims_client *unext; /* the user's other sessions (SESSION_ID is AUTH_OK's only) */
     uint64_t sent;     /* highest SEQ sent on this session (delivery cursor - 1) */
-    char (*subs)[33];  /* presence subscriptions (folded names) */
     /* flow control */
     uint64_t soft_since; /* mono ms since the output is over output_soft, 0 = under */
     double tokens;       /* rate limit bucket */
     uint64_t tokens_ms;
-    unsigned mark;   /* recipient de-duplication during fan-out */
-    uint16_t reason; /* close reason counted (wire code), 0 while open */
-    uint16_t nsubs;  /* presence subscriptions (at most IMS_SUBS_MAX) */
-    uint8_t phase;   /* CL_* */
-    uint8_t ended;   /* session ended (presence, delivery) */
-    uint8_t monitor;
-    uint8_t active;   /* input or output since the last tick (idle ones release their buffers) */
-    uint8_t addr_off; /* the address (peer without the port: the per-address limit and */
-    uint8_t addr_len; /* throttle key) is peer[addr_off, addr_off + addr_len) */
-    char peer[];      /* "[v6 address]:port", at most 63 bytes, NUL-terminated */
+    uint16_t reason;      /* close reason counted (wire code), 0 while open */
+    unsigned nsubs : 11;  /* presence subscriptions (at most IMS_SUBS_MAX) */
+    unsigned phase : 2;   /* CL_* */
+    unsigned ended : 1;   /* session ended (presence, delivery) */
+    unsigned monitor : 1; /* MONITOR on */
+    unsigned active : 1;  /* input or output since the last tick (idle: buffers released) */
+    uint16_t mark;        /* recipient de-duplication during presence fan-out (presence.c) */
+    uint8_t addr_len;     /* the address (peer without the port: the per-address limit and */
+                          /* throttle key): addr_len bytes at peer + (peer[0] == '[') */
+    char peer[];          /* "[v6 address]:port", at most 63 bytes, NUL-terminated */
 };
+_Static_assert(IMS_SUBS_MAX < (1 << 11), "ims_client.nsubs is 11 bits");
 
-/* A user with at least one session on this server (104 bytes: issue 3). */
+/* A user with at least one session on this server (71 bytes and the name: issue 3). */
 struct ims_ouser {
     int64_t id;
     uint64_t last_seq, acked; /* mirrors of the store (IMP-DELIV-002/003) */
@@ -127,10 +141,10 @@ struct ims_ouser {
     ims_ouser *hnext; /* id hash chain */
     ims_ouser *nnext; /* name hash chain */
     int nsessions;
-    char name[33];
     uint8_t admin;
     uint8_t status; /* IMP_STATUS_* */
     uint8_t dirty;  /* delivery to do at the end of the turn */
+    char name[];    /* at most 32 bytes and the NUL: allocated to fit (issue 3, idle memory) */
 };
 
 /* An ACK held until the turn's commit (IMP-DELIV-001), or waiting for DELIVERED (ACK_MODE 2). */
@@ -190,7 +204,7 @@ struct ims_server {
     /* the DELIVER of the transient message being fanned out, encoded once (deliver.c) */
     imp_prepared *tprep;
     int64_t tprep_id;
-    unsigned mark;
+    unsigned mark;   /* presence.c: 1..UINT16_MAX (ims_client.mark) */
     int monitors;    /* sessions with MONITOR on (monitor events cost nothing without) */
     int subscribers; /* sessions with presence subscriptions */
     int shutting_down;

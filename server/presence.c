@@ -13,6 +13,7 @@
  * - Events are best effort: a session whose output is over output_soft does not get them.
  * - WHO lists the users online on this server, in name order; CURSOR is the last name.
  */
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -33,6 +34,18 @@ static void event_to(ims_client *c, ims_ouser *u, int64_t now)
         imp_msg_set_s(&e, IMP_T_STATUS_TEXT, u->status_text);
     imp_msg_set_u(&e, IMP_T_SESSIONS, (uint64_t)(u->nsessions > 0 ? u->nsessions : 0));
     ims_client_send(c, &e);
+}
+
+/* A new de-duplication mark (ims_client.mark is 16 bits, issue 3): when the marks run out,
+ * every client's is cleared and they start again at 1, so an old mark never matches. */
+static unsigned next_mark(ims_server *srv)
+{
+    if (++srv->mark > UINT16_MAX) {
+        for (ims_client *c = srv->clients; c; c = c->next)
+            c->mark = 0;
+        srv->mark = 1;
+    }
+    return srv->mark;
 }
 
 static int subscribed(const ims_client *c, const char *name)
@@ -65,7 +78,7 @@ static int room_cb(void *ud, const char *room)
         for (ims_client *c = p->sessions; c; c = c->unext) {
             if (c->mark == a->srv->mark)
                 continue;
-            c->mark = a->srv->mark;
+            c->mark = (uint16_t)a->srv->mark;
             event_to(c, a->u, a->now);
         }
     }
@@ -78,13 +91,13 @@ void ims_presence_announce(ims_server *srv, ims_ouser *u)
     if (srv->shutting_down)
         return; /* everyone is being told SHUTDOWN */
     struct ann a = {srv, u, ims_now_wall(srv)};
-    srv->mark++;
+    uint16_t mark = (uint16_t)next_mark(srv);
     for (ims_client *c = u->sessions; c; c = c->unext)
-        c->mark = srv->mark; /* not to the user's own sessions */
+        c->mark = mark; /* not to the user's own sessions */
     for (ims_client *c = srv->subscribers > 0 ? srv->clients : NULL; c; c = c->next) {
-        if (c->mark == srv->mark || !c->nsubs || !subscribed(c, u->name))
+        if (c->mark == mark || !c->nsubs || !subscribed(c, u->name))
             continue;
-        c->mark = srv->mark;
+        c->mark = mark;
         event_to(c, u, a.now);
     }
     (void)ims_store_user_rooms(srv->store, u->id, room_cb, &a);
@@ -166,10 +179,13 @@ void ims_presence_subscribe(ims_client *c, const imp_msg *m)
         if (u && u->nsessions > 0) {
             event_to(c, u, now);
         } else {
-            ims_ouser off;
-            memset(&off, 0, sizeof off);
-            memcpy(off.name, names[i], 33);
-            event_to(c, &off, now);
+            /* an offline user: a record of its own (the name is sized to fit, core.h) */
+            ims_ouser *off = calloc(1, offsetof(ims_ouser, name) + 33);
+            if (!off)
+                continue;
+            memcpy(off->name, names[i], 33);
+            event_to(c, off, now);
+            free(off);
         }
     }
 }

@@ -58,6 +58,14 @@ const char *const ims_stat_names[ST_COUNT] = {
     "store_sync_failures",
     "store_checkpoints",
     "store_log_frames",
+    "loop_lag_probes",
+    "loop_lag_us_total",
+    "loop_lag_us_max",
+    "loop_probe_wake_us_max",
+    "loop_serve_us_max",
+    "loop_lag_over_1ms",
+    "loop_lag_over_10ms",
+    "loop_lag_over_50ms",
 };
 
 /* ---- clock -------------------------------------------------------------------------------- */
@@ -115,7 +123,7 @@ ims_client *ims_client_by_id(ims_server *srv, uint64_t id)
 
 const char *ims_client_addr(const ims_client *c, char buf[64])
 {
-    memcpy(buf, c->peer + c->addr_off, c->addr_len);
+    memcpy(buf, c->peer + (c->peer[0] == '['), c->addr_len);
     buf[c->addr_len] = '\0';
     return buf;
 }
@@ -149,11 +157,12 @@ ims_ouser *ims_ouser_get(ims_server *srv, const ims_user *su)
     ims_ouser *u = ims_ouser_find(srv, su->id);
     if (u)
         return u;
-    u = calloc(1, sizeof *u);
+    size_t nlen = strnlen(su->name, sizeof su->name - 1);
+    u = calloc(1, offsetof(ims_ouser, name) + nlen + 1);
     if (!u)
         return NULL;
     u->id = su->id;
-    memcpy(u->name, su->name, sizeof u->name);
+    memcpy(u->name, su->name, nlen); /* NUL: calloc */
     u->admin = su->admin;
     u->last_seq = su->last_seq;
     u->acked = su->acked_seq;
@@ -456,6 +465,8 @@ ims_server *ims_server_new(const ims_server_options *o)
     srv->next_session_id = ((uint64_t)(wall < 0 ? 0 : wall) << 16) + 1;
     srv->next_transient_id = 1;
     srv->last_expire_ms = ims_now_mono(srv);
+    /* the event loop's lag probe (auth.h); without a wake hook (unit tests, fuzzer) it is off */
+    (void)ims_auth_loop_probe(srv->auth, srv->cfg.loop_probe_ms);
     return srv;
 }
 
@@ -481,8 +492,7 @@ static void client_free(ims_client *c)
     if (srv->cur == c)
         srv->cur = NULL;
     imp_conn_free(c->conn);
-    free(c->auth);
-    free(c->subs);
+    free(c->auth); /* or c->subs: they share their room (core.h) */
     free(c);
 }
 
@@ -534,7 +544,7 @@ ims_client *ims_server_accept(ims_server *srv, const char *peer, void *io_ctx)
     if (!peer)
         peer = "?";
     size_t plen = strnlen(peer, 63); /* at most 63 bytes kept, as ever */
-    ims_client *c = calloc(1, sizeof *c + plen + 1);
+    ims_client *c = calloc(1, offsetof(ims_client, peer) + plen + 1); /* issue 3 */
     if (!c)
         return NULL;
     c->srv = srv;
@@ -543,7 +553,7 @@ ims_client *ims_server_accept(ims_server *srv, const char *peer, void *io_ctx)
     c->peer[plen] = '\0';
     size_t aoff, alen;
     peer_addr(c, &aoff, &alen);
-    c->addr_off = (uint8_t)aoff;
+    (void)aoff; /* 1 for "[v6]:port", else 0: ims_client_addr */
     c->addr_len = (uint8_t)alen;
     imp_config ic;
     imp_config_default(&ic, IMP_ROLE_SERVER);
@@ -570,7 +580,7 @@ ims_client *ims_server_accept(ims_server *srv, const char *peer, void *io_ctx)
             continue;
         total++;
         if (o->addr_len == c->addr_len &&
-            memcmp(o->peer + o->addr_off, c->peer + c->addr_off, c->addr_len) == 0)
+            memcmp(o->peer + (o->peer[0] == '['), c->peer + (c->peer[0] == '['), c->addr_len) == 0)
             same++;
     }
     c->id = srv->next_client_id++;
@@ -1163,6 +1173,16 @@ static void update_gauges(ims_server *srv)
         ims_syncer_stats(srv->syncer, &syncs, &srv->st[ST_STORE_CHECKPOINTS],
                          &srv->st[ST_STORE_LOG_FRAMES]);
     }
+    ims_loop_lag lag;
+    ims_auth_loop_lag(srv->auth, &lag);
+    srv->st[ST_LOOP_LAG_PROBES] = lag.probes;
+    srv->st[ST_LOOP_LAG_US_TOTAL] = lag.total_us;
+    srv->st[ST_LOOP_LAG_US_MAX] = lag.max_us;
+    srv->st[ST_LOOP_PROBE_WAKE_US_MAX] = lag.wake_max_us;
+    srv->st[ST_LOOP_SERVE_US_MAX] = lag.serve_max_us;
+    srv->st[ST_LOOP_LAG_OVER_1MS] = lag.over_1ms;
+    srv->st[ST_LOOP_LAG_OVER_10MS] = lag.over_10ms;
+    srv->st[ST_LOOP_LAG_OVER_50MS] = lag.over_50ms;
 }
 
 void ims_server_stats(ims_server *srv, void (*cb)(void *ud, const char *name, uint64_t v), void *ud)

@@ -850,6 +850,95 @@ static void test_sync_mode_uses_no_region(void **state)
     ims_auth_free(a);
 }
 
+/* ---- the event-loop lag probe ---------------------------------------------------------------- */
+
+/* This thread plays the event loop: it serves the probe's wake-ups by calling ims_auth_poll.
+ * Served at once, probes are counted; a loop blocked for 100 ms after a wake-up shows a lag of
+ * at least 100 ms (a lower bound: never a timing assumption), and meanwhile the probe does not
+ * pile up wake-ups. */
+static void test_loop_probe(void **state)
+{
+    (void)state;
+    gate g;
+    gate_init(&g);
+    ims_auth_options o;
+    small_options(&o, 1, 4, &g);
+    ims_auth *a = ims_auth_new(&o);
+    assert_non_null(a);
+    ims_loop_lag l;
+    memset(&l, 0xa5, sizeof l);
+    ims_auth_loop_lag(a, &l);
+    assert_int_equal(l.probes, 0);
+    assert_int_equal(l.max_us, 0);
+    assert_int_equal(l.over_1ms + l.over_10ms + l.over_50ms, 0);
+    assert_int_equal(gate_calls(&g), 0); /* no probe thread yet: no wake-up */
+
+    assert_int_equal(ims_auth_loop_probe(a, 10), 0);
+    for (int i = 0; i < 5; i++) {
+        gate_wait(&g, cond_calls_above, i);
+        assert_int_equal(ims_auth_poll(a, NULL, NULL), 0); /* no job results, just the probe */
+    }
+    ims_auth_loop_lag(a, &l);
+    assert_int_equal(l.probes, 5);
+    assert_true(l.total_us <= 5 * l.max_us);
+    assert_true(l.over_50ms <= l.over_10ms && l.over_10ms <= l.over_1ms && l.over_1ms <= 5);
+
+    /* the loop is blocked for 100 ms right after a wake-up */
+    int calls = gate_calls(&g);
+    gate_wait(&g, cond_calls_above, calls);
+    calls = gate_calls(&g);
+    sleep_ms(100);
+    assert_int_equal(gate_calls(&g), calls); /* one outstanding probe, one wake-up */
+    ims_auth_poll(a, NULL, NULL);
+    ims_loop_lag m;
+    ims_auth_loop_lag(a, &m);
+    assert_int_equal(m.probes, l.probes + 1);
+    assert_true(m.max_us >= 100000);
+    assert_true(m.wake_max_us <= m.max_us);
+    assert_true(m.serve_max_us >= 100000); /* the wake-up call came before the 100 ms */
+    assert_int_equal(m.over_50ms, l.over_50ms + 1);
+    assert_int_equal(m.over_10ms, l.over_10ms + 1);
+    assert_int_equal(m.over_1ms, l.over_1ms + 1);
+    assert_true(m.total_us >= l.total_us + 100000);
+    /* a poll with no probe outstanding counts nothing */
+    ims_auth_loop_lag(a, &l);
+    ims_auth_poll(a, NULL, NULL);
+    ims_auth_loop_lag(a, &m);
+    assert_true(m.probes <= l.probes + 1);
+
+    ims_auth_free(a); /* stops the probe thread */
+    gate_destroy(&g);
+}
+
+static void test_loop_probe_off(void **state)
+{
+    (void)state;
+    gate g;
+    gate_init(&g);
+    ims_auth_options o;
+    small_options(&o, 1, 4, &g);
+    ims_auth *a = ims_auth_new(&o);
+    assert_non_null(a);
+    assert_int_equal(ims_auth_loop_probe(a, 0), 0); /* off */
+    sleep_ms(30);
+    assert_int_equal(gate_calls(&g), 0);
+    ims_auth_poll(a, NULL, NULL);
+    ims_loop_lag l;
+    ims_auth_loop_lag(a, &l);
+    assert_int_equal(l.probes, 0);
+    assert_int_equal(ims_auth_loop_probe(a, 10), 0);
+    assert_int_equal(ims_auth_loop_probe(a, 10), IMP_ERR_INVAL); /* once */
+    ims_auth_free(a);
+    gate_destroy(&g);
+    /* no wake hook (the synchronous pool of the unit tests and the fuzzer): nothing to wake */
+    small_options(&o, 0, 4, NULL);
+    a = ims_auth_new(&o);
+    assert_non_null(a);
+    assert_int_equal(ims_auth_loop_probe(a, 10), IMP_ERR_INVAL);
+    ims_auth_free(a);
+    assert_int_equal(ims_auth_loop_probe(NULL, 10), IMP_ERR_INVAL);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -870,6 +959,8 @@ int main(void)
         cmocka_unit_test(test_default_parameters),
         cmocka_unit_test(test_worker_region_released_when_idle),
         cmocka_unit_test(test_sync_mode_uses_no_region),
+        cmocka_unit_test(test_loop_probe),
+        cmocka_unit_test(test_loop_probe_off),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -122,6 +122,7 @@ static void assert_cfg_equal(const ims_cfg *a, const ims_cfg *b)
     EQ(hash_memlimit);
     EQ(hash_threads);
     EQ(hash_queue);
+    EQ(loop_probe_ms);
     EQ(token_ttl_ms);
     EQ(max_sessions_per_user);
     EQ(addr_max_failures);
@@ -187,6 +188,7 @@ static const numcase nums[] = {
      's'},
     {F(hash_threads), "4", 4, "1", 1, "0", "64", 64, "65", 'i'},
     {F(hash_queue), "128", 128, "1", 1, "0", "1000000", 1000000, "1000001", 'i'},
+    {F(loop_probe_ms), "10ms", 10, "0", 0, NULL, "1m", 60000, "60001", 'd'},
     {F(token_ttl_ms), "7d", 604800000, "1s", 1000, "999", "4294967295", 4294967295u, "4294967296",
      'd'},
     {F(max_sessions_per_user), "4", 4, "1", 1, "0", "100000", 100000, "100001", 'i'},
@@ -275,6 +277,7 @@ static void test_defaults(void **state)
     assert_int_equal(c.hash_memlimit, 19 * MiB);
     assert_int_equal(c.hash_threads, 2);
     assert_int_equal(c.hash_queue, 64);
+    assert_int_equal(c.loop_probe_ms, 100);
     assert_int_equal(c.token_ttl_ms, 30u * 24 * 3600 * 1000);
     assert_int_equal(c.max_sessions_per_user, 16);
     assert_int_equal(c.addr_max_failures, 10);
@@ -344,6 +347,7 @@ static void test_reloadable(void **state)
     assert_int_equal(ims_cfg_reloadable("data_dir"), 0);
     assert_int_equal(ims_cfg_reloadable("metrics_listen"), 0);
     assert_int_equal(ims_cfg_reloadable("hash_threads"), 0);
+    assert_int_equal(ims_cfg_reloadable("loop_probe_ms"), 0);
     assert_int_equal(ims_cfg_reloadable("sync_full"), 0);
     assert_int_equal(ims_cfg_reloadable("tls_listen"), 0);
     assert_int_equal(ims_cfg_reloadable("allow_insecure_listen"), 0);

@@ -459,7 +459,7 @@ static void test_reload(void **state)
 
 /* Issue 3 (10,000 idle logged-in connections, <= 1 KiB of server memory each): an idle
  * logged-in client keeps only the core's client object and libimp's connection object (no
- * I/O buffers, no login-time state), at most 352 bytes of heap together, whatever its
+ * I/O buffers, no login-time state), at most 304 bytes of heap together, whatever its
  * peer's address (the longest one here). The network layer's netconn with its one embedded
  * event (net.c) and the user's ims_ouser come on top. The client works as before. */
 static void test_idle_client_memory(void **state)
@@ -482,7 +482,7 @@ static void test_idle_client_memory(void **state)
     size_t bytes = malloc_usable_size(c) + malloc_usable_size(c->conn);
     print_message("idle logged-in client: %zu bytes (ims_client %zu, imp_conn %zu)\n", bytes,
                   malloc_usable_size(c), malloc_usable_size(c->conn));
-    assert_true(bytes <= 352);
+    assert_true(bytes <= 304);
     /* still a working session, both ways */
     tc *b = tc_user(h, "bob", 1);
     uint32_t req = tc_sendmsg(a, IMP_TARGET_USER, "bob", "c1", "hello", -1, -1);
@@ -494,6 +494,58 @@ static void test_idle_client_memory(void **state)
     tc_ack(b, req, IMP_OUTCOME_STORED, 0);
     tc_deliver(a, 1, "hi");
     tc_close(b);
+    tc_close(a);
+    h_free(h);
+}
+
+/* The online-user record is sized to its name (issue 3, idle memory): names of 1 and of 32
+ * bytes (the longest) are whole in SENDER, in AUTH_OK's USER and in presence events, for an
+ * online and an offline user; the record of a short name is smaller than a 32-byte one's. */
+static void test_user_record_sized_to_name(void **state)
+{
+    (void)state;
+    const char *longname = "abcdefghijklmnopqrstuvwxyz012345"; /* 32 bytes */
+    assert_int_equal(strlen(longname), 32);
+    th *h = h_new();
+    h_start_cfg(h);
+    tc *a = tc_user(h, "a", 1);
+    tc *l = tc_user(h, longname, 1);
+    turn(h);
+    size_t small = malloc_usable_size(a->sc->u), big = malloc_usable_size(l->sc->u);
+    print_message("online-user record: %zu bytes (1-byte name), %zu (32 bytes)\n", small, big);
+    assert_true(small < big);
+    assert_string_equal(l->sc->u->name, longname);
+    uint32_t req = tc_sendmsg(l, IMP_TARGET_USER, "a", NULL, "hi", -1, -1);
+    turn(h);
+    tc_ack(l, req, IMP_OUTCOME_STORED, 0);
+    imp_msg m;
+    tc_expect(a, IMP_DELIVER, &m);
+    assert_true(bytes_is(imp_msg_b(&m, IMP_T_SENDER), longname));
+    req = tc_sendmsg(a, IMP_TARGET_USER, longname, NULL, "yo", -1, -1);
+    turn(h);
+    tc_ack(a, req, IMP_OUTCOME_STORED, 0);
+    tc_expect(l, IMP_DELIVER, &m);
+    assert_true(bytes_is(imp_msg_b(&m, IMP_T_SENDER), "a"));
+    /* presence of an offline user with the longest name, then online */
+    tc_close(l);
+    turn(h);
+    uint8_t names[64];
+    imp_builder nb;
+    imp_builder_init(&nb, names, sizeof names);
+    imp_names_add(&nb, longname, 32);
+    imp_msg s;
+    imp_msg_init(&s, IMP_SUBSCRIBE, tc_req(a));
+    imp_msg_set_b(&s, IMP_T_NAMES, names, nb.len);
+    tc_send(a, &s);
+    tc_expect(a, IMP_OK, &m);
+    tc_expect(a, IMP_PRESENCE_EVENT, &m);
+    assert_true(bytes_is(imp_msg_b(&m, IMP_T_USER), longname));
+    assert_int_equal(imp_msg_u(&m, IMP_T_STATUS, 99), IMP_STATUS_OFFLINE);
+    l = tc_user(h, longname, 0);
+    tc_expect(a, IMP_PRESENCE_EVENT, &m);
+    assert_true(bytes_is(imp_msg_b(&m, IMP_T_USER), longname));
+    assert_int_equal(imp_msg_u(&m, IMP_T_STATUS, 99), IMP_STATUS_ONLINE);
+    tc_close(l);
     tc_close(a);
     h_free(h);
 }
@@ -598,6 +650,7 @@ int main(void)
         cmocka_unit_test(test_shutdown),
         cmocka_unit_test(test_reload),
         cmocka_unit_test(test_idle_client_memory),
+        cmocka_unit_test(test_user_record_sized_to_name),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
