@@ -712,7 +712,7 @@ void ims_deliver_send(ims_client *c, const imp_msg *m)
     ims_message msg;
     memset(&msg, 0, sizeof msg);
     msg.sender_id = c->u->id;
-    snprintf(msg.sender, sizeof msg.sender, "%s", c->u->name); /* sized to fit (core.h) */
+    memcpy(msg.sender, c->u->name, strlen(c->u->name) + 1); /* <= 32 bytes, sized to fit */
     msg.target_kind = kind;
     memcpy(msg.target, target, sizeof msg.target);
     msg.ts_ms = ims_now_wall(srv);
