@@ -441,7 +441,6 @@ ims_auth *ims_auth_new(const ims_auth_options *o)
         }
         if (cv_ok && pthread_mutex_init(&a->probe_mu, NULL) != 0) {
             pthread_cond_destroy(&a->probe_cv);
-            pthread_mutex_destroy(&a->probe_mu);
             pthread_cond_destroy(&a->cv);
             cv_ok = 0;
         }

@@ -134,7 +134,7 @@ int ims_store_sync(ims_store *s);
 int64_t ims_store_durable_msg_id(const ims_store *s);
 
 /* Queue reads answered from memory (the store's cache of just-stored direct messages) rather
- * than the database, since open: a measure, for metrics and tests. */
+ * than the database, since open: a measure for tests and diagnostics. */
 uint64_t ims_store_queue_cache_hits(const ims_store *s);
 /* PRAGMA integrity_check: 0 when "ok", IMP_ERR_STORAGE otherwise. Also checks foreign keys and
  * the queue invariant (each user's queue holds exactly the seqs acked_seq+1..last_seq). */
