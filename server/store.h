@@ -137,7 +137,9 @@ int64_t ims_store_durable_msg_id(const ims_store *s);
  * than the database, since open: a measure for tests and diagnostics. */
 uint64_t ims_store_queue_cache_hits(const ims_store *s);
 /* PRAGMA integrity_check: 0 when "ok", IMP_ERR_STORAGE otherwise. Also checks foreign keys and
- * the queue invariant (each user's queue holds exactly the seqs acked_seq+1..last_seq). */
+ * the queue invariant (each user's queue entries hold exactly the seqs acked_seq+1..last_seq,
+ * and the first may also hold acknowledged ones: packed entries), and that every packed entry
+ * decodes. */
 int ims_store_integrity_check(ims_store *s, char *err, size_t errlen);
 /* How long a statement waits for another process's lock (default 5000 ms). */
 int ims_store_set_busy_timeout(ims_store *s, int ms);
@@ -214,7 +216,12 @@ int ims_store_dedupe_get(ims_store *s, int64_t sender_id, const char *client_msg
  * NULL, seqs[i] the sequence number given to recipients[i]. */
 /* IMP_ERR_NO_SUCH_USER when a recipient does not exist, IMP_ERR_ID_CONFLICT when client_msg_id
  * is already stored for this sender (check ims_store_dedupe_get first), IMP_ERR_INVAL when
- * client_msg_id is given without a digest; nothing is stored then. */
+ * client_msg_id is given without a digest; nothing is stored then.
+ * Packed entries (schema version 4): in a batch, a direct message kept inline waits in memory
+ * and is written, with the batch's other direct messages for the same recipient as one queue
+ * entry, before the next operation that needs the queue table or takes a SAVEPOINT, or at
+ * COMMIT. When that write fails, the whole batch is rolled back (that operation or the COMMIT
+ * returns IMP_ERR_STORAGE; nothing of the batch is kept, so nothing of it may be acknowledged). */
 int ims_store_message_put(ims_store *s, const ims_message *m, const char *client_msg_id,
                           const uint8_t digest[32], const int64_t *recipients, size_t n,
                           int64_t *msg_id_out, uint64_t *seqs);
@@ -224,7 +231,7 @@ int ims_store_message_put(ims_store *s, const ims_message *m, const char *client
 int ims_store_queue_read(ims_store *s, int64_t user_id, uint64_t after_seq, int limit,
                          int (*cb)(void *ud, const ims_message *m), void *ud);
 /* Unacknowledged queued messages of a user (the offline quota counts these): last_seq -
- * acked_seq, which equals the number of queue rows (O(1)). IMP_ERR_NO_SUCH_USER when absent. */
+ * acked_seq (O(1)). IMP_ERR_NO_SUCH_USER when absent. */
 int ims_store_queue_count(ims_store *s, int64_t user_id, int64_t *count);
 /* DELIVERED(upto) (IMP-DELIV-003): acked = max(acked, upto), deletes queue entries <= it.
  * IMP_ERR_BAD_REQUEST when upto > the user's last_seq. *acked_out (may be NULL) is the new

@@ -298,7 +298,7 @@ static void test_schema_and_pragmas(void **state)
     pragma_text(f->path, "PRAGMA journal_mode", v, sizeof v);
     assert_string_equal(v, "wal");
     pragma_text(f->path, "PRAGMA user_version", v, sizeof v);
-    assert_string_equal(v, "3");
+    assert_string_equal(v, "4");
     pragma_text(f->path,
                 "SELECT group_concat(name, ',') FROM (SELECT name FROM sqlite_schema WHERE "
                 "type='table' AND name NOT LIKE 'sqlite_%' ORDER BY name)",
@@ -404,7 +404,7 @@ static void test_migrate_schema_1(void **state)
         fail_msg("open: %s", err);
     char v[64];
     pragma_text(path, "PRAGMA user_version", v, sizeof v);
-    assert_string_equal(v, "3");
+    assert_string_equal(v, "4");
     no_user_foreign_keys(path);
     integrity_ok(s);
     ims_user bob, carol;
@@ -515,7 +515,7 @@ static void test_migrate_schema_2(void **state)
         fail_msg("open: %s", err);
     char v[64];
     pragma_text(path, "PRAGMA user_version", v, sizeof v);
-    assert_string_equal(v, "3");
+    assert_string_equal(v, "4");
     no_user_foreign_keys(path);
     integrity_ok(s);
     ims_user bob;
@@ -1570,21 +1570,22 @@ static void test_direct_put_failures_in_batch(void **state)
              " VALUES (%lld, 4, 1000, 1, %lld, 'alice', 'bob', 1, x'00')",
              (long long)b, (long long)a);
     exec_sql(f->path, sql);
-    /* without a CLIENT_MSG_ID nothing was written before the failing insert: the batch goes on */
+    /* schema version 4: a direct message of a batch is written with the batch's others (packed
+     * entries) before the next operation with a SAVEPOINT or the COMMIT; the collision is
+     * found then, and the whole batch is rolled back, nothing of it kept */
     assert_int_equal(ims_store_begin(s), 0);
-    assert_int_equal(put_rc(s, a, "alice", 1, "bob", "c1", NULL, rb, 1, &mid, seqs),
-                     IMP_ERR_STORAGE);
-    assert_int_equal(ims_store_user_create(s, "carol", "h", 0, 1, NULL), 0);
-    assert_int_equal(ims_store_commit(s), 0);
+    assert_int_equal(put_rc(s, a, "alice", 1, "bob", "c1", NULL, rb, 1, &mid, seqs), 0);
+    assert_int_equal(ims_store_user_create(s, "carol", "h", 0, 1, NULL), IMP_ERR_STORAGE);
+    assert_int_equal(put_rc(s, a, "alice", 1, "bob", "c0", NULL, rb, 1, &mid, seqs),
+                     IMP_ERR_STORAGE); /* refused: the batch is gone */
+    assert_int_equal(ims_store_commit(s), IMP_ERR_STORAGE);
     ims_user u;
-    assert_int_equal(ims_store_user_get(s, "carol", &u), 0);
-    /* with one, its dedupe row was written first: the whole batch is rolled back */
+    assert_int_equal(ims_store_user_get(s, "carol", &u), IMP_ERR_NO_SUCH_USER);
+    assert_int_equal(qcount(s, b), 3);
+    /* found at COMMIT: the same, with a dedupe row among the batch's writes */
     assert_int_equal(ims_store_begin(s), 0);
     assert_int_equal(ims_store_user_create(s, "dave", "h", 0, 1, NULL), 0);
-    assert_int_equal(put_rc(s, a, "alice", 1, "bob", "c2", "cm-2", rb, 1, &mid, seqs),
-                     IMP_ERR_STORAGE);
-    assert_int_equal(put_rc(s, a, "alice", 1, "bob", "c3", NULL, rb, 1, &mid, seqs),
-                     IMP_ERR_STORAGE);
+    assert_int_equal(put_rc(s, a, "alice", 1, "bob", "c2", "cm-2", rb, 1, &mid, seqs), 0);
     assert_int_equal(ims_store_commit(s), IMP_ERR_STORAGE);
     assert_int_equal(ims_store_in_batch(s), 0);
     assert_int_equal(ims_store_user_get(s, "dave", &u), IMP_ERR_NO_SUCH_USER);
@@ -1851,9 +1852,10 @@ static void test_queue_cache_rolled_back_batch(void **state)
     assert_int_equal(ims_store_begin(s), 0);
     assert_int_equal(put_rc(s, a, "alice", 1, "bob", "two-lost", NULL, rb, 1, &mid, seqs), 0);
     assert_int_equal(seqs[0], 2);
-    assert_int_equal(put_rc(s, a, "alice", 1, "bob", "three", "cm-3", rb, 1, &mid, seqs),
-                     IMP_ERR_STORAGE);
+    /* written at COMMIT with the batch's other direct messages (schema version 4) */
+    assert_int_equal(put_rc(s, a, "alice", 1, "bob", "three", "cm-3", rb, 1, &mid, seqs), 0);
     assert_int_equal(ims_store_commit(s), IMP_ERR_STORAGE);
+    assert_int_equal(ims_store_dedupe_get(s, a, "cm-3", &mid, NULL), 0);
     snprintf(sql, sizeof sql, "DELETE FROM queue WHERE user_id = %lld AND seq = 3", (long long)b);
     exec_sql(f->path, sql);
     got g = {.n = 0};
@@ -2485,6 +2487,506 @@ static void test_throughput(void **state)
     assert_int_equal(mcount(s), 0);
 }
 
+/* ---- packed queue rows (schema version 4) ---------------------------------------------------
+ *
+ * In a batch, the direct messages queued for one user are written as one queue row at COMMIT
+ * (n messages, the row's seq the last one's); a row stays until its last message is
+ * acknowledged, and reads skip the acknowledged ones. */
+
+static void sql_int(const char *path, const char *sql, long long *out)
+{
+    char v[64];
+    pragma_text(path, sql, v, sizeof v);
+    *out = strtoll(v, NULL, 10);
+}
+
+static void put_direct(ims_store *s, int64_t from, const char *from_name, int64_t to,
+                       const char *to_name, int64_t ts, const uint8_t *hdr, size_t hdr_len,
+                       const char *body, uint64_t *seq)
+{
+    ims_message m;
+    memset(&m, 0, sizeof m);
+    m.sender_id = from;
+    snprintf(m.sender, sizeof m.sender, "%s", from_name);
+    m.target_kind = 1;
+    snprintf(m.target, sizeof m.target, "%s", to_name);
+    m.ts_ms = ts;
+    m.headers = hdr;
+    m.headers_len = hdr_len;
+    m.body = (const uint8_t *)body;
+    m.body_len = strlen(body);
+    int64_t id = 0;
+    assert_int_equal(ims_store_message_put(s, &m, NULL, NULL, &to, 1, &id, seq), 0);
+}
+
+static void test_queue_packed_rows(void **state)
+{
+    fx *f = *state;
+    ims_store *s = f->s;
+    int64_t a = mk_user(s, "alice"), b = mk_user(s, "bob"), c = mk_user(s, "carol");
+    const uint8_t hdr[] = {0x00, 0x01, 'k', 0x00, 0x01, 'v'};
+    assert_int_equal(ims_store_begin(s), 0);
+    for (int i = 1; i <= 10; i++) {
+        char body[16];
+        snprintf(body, sizeof body, i == 4 ? "" : "b%d", i);
+        uint64_t seq = 0;
+        put_direct(s, a, "alice", b, "bob", 100 + i, i == 2 ? hdr : NULL, i == 2 ? sizeof hdr : 0,
+                   body, &seq);
+        assert_int_equal(seq, (uint64_t)i);
+        if (i % 4 == 0) {
+            snprintf(body, sizeof body, "c%d", i / 4);
+            put_direct(s, a, "alice", c, "carol", 200 + i, NULL, 0, body, &seq);
+            assert_int_equal(seq, (uint64_t)(i / 4));
+        }
+    }
+    got fresh = {.n = 0}; /* read in the batch: it sees its own writes */
+    assert_int_equal(ims_store_queue_read(s, b, 0, 100, collect_msg, &fresh), 10);
+    assert_int_equal(ims_store_commit(s), 0);
+    long long v = 0;
+    sql_int(f->path, "SELECT count(*) FROM queue", &v);
+    assert_int_equal(v, 2); /* one row for bob's 10, one for carol's 2 */
+    sql_int(f->path, "SELECT n FROM queue WHERE user_id = 2", &v);
+    assert_int_equal(v, 10);
+    sql_int(f->path, "SELECT seq FROM queue WHERE user_id = 2", &v);
+    assert_int_equal(v, 10);
+    fx_reopen(f); /* an empty cache: reads decode the rows */
+    s = f->s;
+    got table = {.n = 0};
+    assert_int_equal(ims_store_queue_read(s, b, 0, 100, collect_msg, &table), 10);
+    assert_memory_equal(&fresh, &table, sizeof fresh);
+    for (int i = 0; i < 10; i++) {
+        assert_int_equal(table.m[i].seq, (uint64_t)i + 1);
+        assert_int_equal(table.m[i].sender_id, a);
+        assert_string_equal(table.m[i].sender, "alice");
+        assert_string_equal(table.m[i].target, "bob");
+        assert_int_equal(table.m[i].kind, 1);
+        assert_int_equal(table.m[i].ts_ms, 101 + i);
+        if (i > 0)
+            assert_true(table.m[i].msg_id > table.m[i - 1].msg_id);
+    }
+    assert_true(table.m[1].headers_len == sizeof hdr && !table.m[1].headers_null);
+    assert_memory_equal(table.m[1].headers, hdr, sizeof hdr);
+    assert_true(table.m[0].headers_null && table.m[3].body_len == 0);
+    assert_string_equal(table.m[9].body, "b10");
+    /* from the middle of the row, with a limit inside it */
+    got mid = {.n = 0};
+    assert_int_equal(ims_store_queue_read(s, b, 4, 3, collect_msg, &mid), 3);
+    assert_int_equal(mid.m[0].seq, 5);
+    assert_int_equal(mid.m[2].seq, 7);
+    assert_string_equal(mid.m[2].body, "b7");
+    assert_int_equal(mcount(s), 12);
+    /* an ack inside the row: the row stays, its acknowledged messages are not read again */
+    assert_int_equal(ims_store_queue_ack(s, b, 4, NULL), 0);
+    assert_int_equal(qcount(s, b), 6);
+    assert_int_equal(mcount(s), 8);
+    integrity_ok(s);
+    fx_reopen(f);
+    s = f->s;
+    got after = {.n = 0};
+    assert_int_equal(ims_store_queue_read(s, b, 0, 100, collect_msg, &after), 6);
+    assert_int_equal(after.m[0].seq, 5);
+    assert_string_equal(after.m[0].body, "b5");
+    assert_int_equal(ims_store_begin(s), 0); /* the same in a transaction (the marks in memory) */
+    got inb = {.n = 0};
+    assert_int_equal(ims_store_queue_read(s, b, 2, 100, collect_msg, &inb), 6);
+    assert_int_equal(inb.m[0].seq, 5);
+    assert_int_equal(ims_store_queue_ack(s, b, 7, NULL), 0);
+    assert_int_equal(mcount(s), 5);
+    assert_int_equal(ims_store_commit(s), 0);
+    sql_int(f->path, "SELECT count(*) FROM queue WHERE user_id = 2", &v);
+    assert_int_equal(v, 1);
+    /* the last one acknowledged: the row goes */
+    assert_int_equal(ims_store_queue_ack(s, b, 10, NULL), 0);
+    sql_int(f->path, "SELECT count(*) FROM queue WHERE user_id = 2", &v);
+    assert_int_equal(v, 0);
+    assert_int_equal(qcount(s, b), 0);
+    assert_int_equal(mcount(s), 2);
+    integrity_ok(s);
+    /* carol's row goes with her */
+    assert_int_equal(ims_store_user_delete(s, c), 0);
+    sql_int(f->path, "SELECT count(*) FROM queue", &v);
+    assert_int_equal(v, 0);
+    integrity_ok(s);
+}
+
+/* A room message (an entry that refers to a messages row) and a large direct message between
+ * direct ones: the rows around them hold the runs before and after, in seq order. */
+static void test_queue_packed_around_shared_entries(void **state)
+{
+    fx *f = *state;
+    ims_store *s = f->s;
+    int64_t a = mk_user(s, "alice"), b = mk_user(s, "bob");
+    int64_t rb[] = {b};
+    static char big[900];
+    memset(big, 'L', sizeof big - 1);
+    int room = 0;
+    assert_int_equal(ims_store_room_join(s, "lobby", b, 1, &room), 0);
+    assert_int_equal(ims_store_begin(s), 0);
+    uint64_t seq = 0;
+    put_direct(s, a, "alice", b, "bob", 1, NULL, 0, "d1", &seq);
+    put_direct(s, a, "alice", b, "bob", 2, NULL, 0, "d2", &seq);
+    put(s, a, "alice", 2, "lobby", "r3", rb, 1, NULL);
+    put_direct(s, a, "alice", b, "bob", 4, NULL, 0, "d4", &seq);
+    put_direct(s, a, "alice", b, "bob", 5, NULL, 0, big, &seq);
+    put_direct(s, a, "alice", b, "bob", 6, NULL, 0, "d6", &seq);
+    put_direct(s, a, "alice", b, "bob", 7, NULL, 0, "d7", &seq);
+    assert_int_equal(seq, 7);
+    assert_int_equal(ims_store_commit(s), 0);
+    char rows[128];
+    pragma_text(f->path,
+                "SELECT group_concat(seq || ':' || n, ' ') FROM (SELECT seq, n FROM queue WHERE "
+                "user_id = 2 ORDER BY seq)",
+                rows, sizeof rows);
+    assert_string_equal(rows, "2:2 3:1 4:1 5:1 7:2");
+    fx_reopen(f);
+    s = f->s;
+    const char *want[] = {"d1", "d2", "r3", "d4"};
+    /* collect_msg stops at 128 bytes: read the runs around the big one separately */
+    got g1 = {.n = 0};
+    assert_int_equal(ims_store_queue_read(s, b, 0, 4, collect_msg, &g1), 4);
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(g1.m[i].seq, (uint64_t)i + 1);
+        assert_string_equal(g1.m[i].body, want[i]);
+    }
+    assert_int_equal(g1.m[2].kind, 2);
+    got g2 = {.n = 0};
+    assert_int_equal(ims_store_queue_read(s, b, 5, 10, collect_msg, &g2), 2);
+    assert_string_equal(g2.m[0].body, "d6");
+    assert_string_equal(g2.m[1].body, "d7");
+    integrity_ok(s);
+}
+
+/* A row of packed messages that cannot be written: the COMMIT fails and the batch is rolled
+ * back whole (nothing of it acknowledged, the marks unchanged); the store works on. */
+static void test_queue_packed_write_failure(void **state)
+{
+    fx *f = *state;
+    ims_store *s = f->s;
+    int64_t a = mk_user(s, "alice"), b = mk_user(s, "bob"), c = mk_user(s, "carol");
+    uint64_t seq = 0;
+    put_direct(s, a, "alice", c, "carol", 1, NULL, 0, "before", &seq);
+    exec_sql(f->path, "CREATE TRIGGER no_pack BEFORE INSERT ON queue WHEN NEW.n > 1 "
+                      "BEGIN SELECT RAISE(ABORT, 'planted'); END");
+    assert_int_equal(ims_store_begin(s), 0);
+    for (int i = 0; i < 3; i++)
+        put_direct(s, a, "alice", b, "bob", 2, NULL, 0, "lost", &seq);
+    assert_int_equal(ims_store_queue_ack(s, c, 1, NULL), 0);
+    assert_int_equal(ims_store_commit(s), IMP_ERR_STORAGE);
+    exec_sql(f->path, "DROP TRIGGER no_pack");
+    assert_int_equal(qcount(s, b), 0);
+    assert_int_equal(qcount(s, c), 1); /* carol's ack went with the batch */
+    got g = {.n = 0};
+    assert_int_equal(ims_store_queue_read(s, b, 0, 10, collect_msg, &g), 0);
+    ims_user u;
+    assert_int_equal(ims_store_user_get_id(s, b, &u), 0);
+    assert_int_equal(u.last_seq, 0);
+    integrity_ok(s);
+    assert_int_equal(ims_store_begin(s), 0);
+    for (int i = 0; i < 3; i++)
+        put_direct(s, a, "alice", b, "bob", 3, NULL, 0, "kept", &seq);
+    assert_int_equal(ims_store_commit(s), 0);
+    assert_int_equal(seq, 3);
+    assert_int_equal(qcount(s, b), 3);
+    integrity_ok(s);
+}
+
+/* In one batch: more direct messages for one user than the queue cache holds, read back in the
+ * batch from the first (the table: the waiting ones are written first), packed PK_MAX (64) to
+ * an entry; and a user deleted in the batch that queued messages for them: no entry is left. */
+static void test_queue_packed_big_batch(void **state)
+{
+    fx *f = *state;
+    ims_store *s = f->s;
+    int64_t a = mk_user(s, "alice"), b = mk_user(s, "bob"), c = mk_user(s, "carol");
+    enum { N = 9000 };
+    assert_int_equal(ims_store_begin(s), 0);
+    for (int i = 1; i <= N; i++) {
+        char body[16];
+        snprintf(body, sizeof body, "m%d", i);
+        uint64_t seq = 0;
+        put_direct(s, a, "alice", b, "bob", 1, NULL, 0, body, &seq);
+        assert_int_equal(seq, (uint64_t)i);
+    }
+    got g = {.n = 0};
+    assert_int_equal(ims_store_queue_read(s, b, 0, 100, collect_msg, &g), 100);
+    for (int i = 0; i < 100; i++) {
+        char want[16];
+        snprintf(want, sizeof want, "m%d", i + 1);
+        assert_int_equal(g.m[i].seq, (uint64_t)i + 1);
+        assert_string_equal(g.m[i].body, want);
+    }
+    uint64_t seq = 0;
+    put_direct(s, a, "alice", c, "carol", 1, NULL, 0, "gone", &seq);
+    put_direct(s, a, "alice", c, "carol", 1, NULL, 0, "gone too", &seq);
+    assert_int_equal(ims_store_user_delete(s, c), 0);
+    assert_int_equal(ims_store_commit(s), 0);
+    long long v = 0;
+    sql_int(f->path, "SELECT count(*) FROM queue WHERE user_id = 2", &v);
+    assert_int_equal(v, (N + 63) / 64);
+    sql_int(f->path, "SELECT max(n) FROM queue", &v);
+    assert_int_equal(v, 64);
+    sql_int(f->path, "SELECT count(*) FROM queue WHERE user_id <> 2", &v);
+    assert_int_equal(v, 0);
+    assert_int_equal(qcount(s, b), N);
+    integrity_ok(s);
+}
+
+/* A packed entry that overlaps the one before it, or whose records do not decode (a damaged
+ * file or a hand edit): the integrity check names it, and a read of it fails with STORAGE
+ * instead of passing garbage on. */
+static void test_queue_packed_damage(void **state)
+{
+    fx *f = *state;
+    ims_store *s = f->s;
+    int64_t a = mk_user(s, "alice"), b = mk_user(s, "bob");
+    uint64_t seq = 0;
+    for (int batch = 0; batch < 2; batch++) {
+        assert_int_equal(ims_store_begin(s), 0);
+        for (int i = 0; i < 3 - batch; i++)
+            put_direct(s, a, "alice", b, "bob", 1, NULL, 0, "m", &seq);
+        assert_int_equal(ims_store_commit(s), 0);
+    }
+    integrity_ok(s);
+    char sql[200], err[256] = "";
+    snprintf(sql, sizeof sql, "UPDATE queue SET n = 3 WHERE user_id = %lld AND seq = 5",
+             (long long)b);
+    exec_sql(f->path, sql);
+    assert_int_equal(ims_store_integrity_check(s, err, sizeof err), IMP_ERR_STORAGE);
+    assert_non_null(strstr(err, "does not follow"));
+    snprintf(sql, sizeof sql,
+             "UPDATE queue SET n = 2, body = substr(body, 1, length(body) - 1) WHERE user_id = "
+             "%lld AND seq = 5",
+             (long long)b);
+    exec_sql(f->path, sql);
+    assert_int_equal(ims_store_integrity_check(s, err, sizeof err), IMP_ERR_STORAGE);
+    assert_non_null(strstr(err, "do not decode"));
+    fx_reopen(f); /* an empty cache */
+    got g = {.n = 0};
+    assert_int_equal(ims_store_queue_read(f->s, b, 3, 10, collect_msg, &g), IMP_ERR_STORAGE);
+    assert_int_equal(g.n, 1); /* seq 4 decodes; the damaged seq 5 is not passed on */
+    assert_int_equal(g.m[0].seq, 4);
+    assert_non_null(strstr(f->last_log, "damaged"));
+    got g2 = {.n = 0}; /* the entry before it reads */
+    assert_int_equal(ims_store_queue_read(f->s, b, 0, 3, collect_msg, &g2), 3);
+}
+
+/* The expected body of user k's message seq: kept by the model of test_queue_packed_random. */
+struct pmodel {
+    char (*body)[24]; /* [seq] for seq 1..last */
+    size_t cap;
+};
+
+struct pcheck {
+    const struct pmodel *m;
+    uint64_t next;
+    int n;
+};
+
+static int check_model_body(void *ud, const ims_message *m)
+{
+    struct pcheck *c = ud;
+    assert_int_equal(m->seq, c->next);
+    const char *want = c->m->body[m->seq];
+    assert_int_equal(m->body_len, strlen(want));
+    assert_memory_equal(m->body, want, m->body_len);
+    c->next++;
+    c->n++;
+    return 0;
+}
+
+/* Random direct and room messages, acks (inside rows too), reads from any position in and
+ * between batches, batches of any size, and reopenings (an empty cache: reads decode rows),
+ * checked against a model; the integrity check (the rows tile acked+1..last) at every reopening. */
+static void test_queue_packed_random(void **state)
+{
+    fx *f = *state;
+    enum { USERS = 12, OPS = 12000 };
+    int64_t a = mk_user(f->s, "alice"), ids[USERS];
+    uint64_t last[USERS] = {0}, acked[USERS] = {0};
+    struct pmodel model[USERS];
+    int room = 0;
+    for (int i = 0; i < USERS; i++) {
+        char name[16];
+        snprintf(name, sizeof name, "user%d", i);
+        ids[i] = mk_user(f->s, name);
+        if (i % 3 == 0)
+            assert_int_equal(ims_store_room_join(f->s, "lobby", ids[i], 1, &room), 0);
+        model[i].cap = 64;
+        model[i].body = calloc(model[i].cap, sizeof *model[i].body);
+        assert_non_null(model[i].body);
+    }
+    int64_t members[USERS];
+    size_t nmembers = 0;
+    for (int i = 0; i < USERS; i += 3)
+        members[nmembers++] = ids[i];
+    uint32_t rnd = 777;
+#define RND() (rnd = rnd * 1103515245u + 12345u, (rnd >> 8) & 0xffff)
+    int in_batch = 0, reopens = 0;
+    long msgs = 0;
+    for (int op = 0; op < OPS; op++) {
+        int k = (int)(RND() % USERS), what = (int)(RND() % 1000);
+        if (!in_batch && RND() % 8 != 0) {
+            assert_int_equal(ims_store_begin(f->s), 0);
+            in_batch = 1;
+        }
+        if (what < 700) { /* a direct message, or (1 in 10) a room message to the members */
+            int roommsg = RND() % 10 == 0;
+            for (size_t j = 0; j < (roommsg ? nmembers : 1); j++) {
+                int u = roommsg ? (int)(j * 3) : k;
+                if (last[u] + 2 > model[u].cap) {
+                    model[u].cap *= 2;
+                    model[u].body = realloc(model[u].body, model[u].cap * sizeof *model[u].body);
+                    assert_non_null(model[u].body);
+                }
+            }
+            char body[24];
+            snprintf(body, sizeof body, "%c%d.%ld", roommsg ? 'r' : 'd', k, ++msgs);
+            if (roommsg) {
+                uint64_t seqs[USERS];
+                put(f->s, a, "alice", 2, "lobby", body, members, nmembers, seqs);
+                for (size_t j = 0; j < nmembers; j++) {
+                    int u = (int)(j * 3);
+                    assert_int_equal(seqs[j], ++last[u]);
+                    snprintf(model[u].body[last[u]], 24, "%s", body);
+                }
+            } else {
+                uint64_t seq = 0;
+                put(f->s, a, "alice", 1, "x", body, &ids[k], 1, &seq);
+                assert_int_equal(seq, ++last[k]);
+                snprintf(model[k].body[last[k]], 24, "%s", body);
+            }
+        } else if (what < 850) {
+            uint64_t upto = acked[k] + RND() % (last[k] - acked[k] + 1);
+            assert_int_equal(ims_store_queue_ack(f->s, ids[k], upto, NULL), 0);
+            if (upto > acked[k])
+                acked[k] = upto;
+        } else if (what < 950) { /* a read from any position at or after the acked mark */
+            uint64_t from = acked[k] + RND() % (last[k] - acked[k] + 1);
+            if (RND() % 4 == 0)
+                from = RND() % (acked[k] + 1); /* before it: starts after the acked mark */
+            uint64_t start = from > acked[k] ? from : acked[k];
+            int limit = 1 + (int)(RND() % 40);
+            struct pcheck c = {&model[k], start + 1, 0};
+            int n = ims_store_queue_read(f->s, ids[k], from, limit, check_model_body, &c);
+            uint64_t avail = last[k] - start;
+            assert_int_equal(n, avail < (uint64_t)limit ? (int)avail : limit);
+        } else if (what < 990) {
+            if (in_batch) {
+                assert_int_equal(ims_store_commit(f->s), 0);
+                in_batch = 0;
+            }
+        } else {
+            if (in_batch) {
+                assert_int_equal(ims_store_commit(f->s), 0);
+                in_batch = 0;
+            }
+            integrity_ok(f->s);
+            fx_reopen(f);
+            reopens++;
+        }
+    }
+#undef RND
+    if (in_batch)
+        assert_int_equal(ims_store_commit(f->s), 0);
+    fx_reopen(f);
+    for (int k = 0; k < USERS; k++) {
+        struct pcheck c = {&model[k], acked[k] + 1, 0};
+        while (c.next <= last[k])
+            assert_true(ims_store_queue_read(f->s, ids[k], c.next - 1, 50, check_model_body, &c) >
+                        0);
+        assert_int_equal(c.next, last[k] + 1);
+        assert_int_equal(qcount(f->s, ids[k]), (int64_t)(last[k] - acked[k]));
+        free(model[k].body);
+    }
+    integrity_ok(f->s);
+    assert_true(reopens > 5);
+    /* the rows were packed: fewer rows than queued messages */
+    long long rows = 0, queued = 0;
+    sql_int(f->path, "SELECT count(*) FROM queue", &rows);
+    sql_int(f->path, "SELECT sum(last_seq - acked_seq) FROM users", &queued);
+    print_message("packed random: %ld messages, %d reopenings, %lld queued in %lld rows\n", msgs,
+                  reopens, queued, rows);
+    assert_true(rows < queued);
+}
+
+/* Version 3 to 4: the queue gains its n column (every existing row holds one message). */
+static void test_migrate_schema_3(void **state)
+{
+    fx *f = *state;
+    char path[200];
+    snprintf(path, sizeof path, "%s/v3.db", f->dir);
+    exec_sql(
+        path,
+        "PRAGMA journal_mode = WAL;"
+        "CREATE TABLE users(id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL UNIQUE,"
+        " hash TEXT NOT NULL, admin INTEGER NOT NULL DEFAULT 0,"
+        " last_seq INTEGER NOT NULL DEFAULT 0, acked_seq INTEGER NOT NULL DEFAULT 0,"
+        " created_ms INTEGER NOT NULL);"
+        "CREATE TABLE tokens(hash BLOB PRIMARY KEY NOT NULL CHECK (length(hash) = 32),"
+        " user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,"
+        " expires_ms INTEGER NOT NULL);"
+        "CREATE INDEX tokens_user ON tokens(user_id);"
+        "CREATE TABLE messages(msg_id INTEGER PRIMARY KEY AUTOINCREMENT,"
+        " sender_id INTEGER NOT NULL, sender TEXT NOT NULL, target_kind INTEGER NOT NULL,"
+        " target TEXT NOT NULL, ts_ms INTEGER NOT NULL, headers BLOB, body BLOB NOT NULL,"
+        " hist INTEGER NOT NULL DEFAULT 0);"
+        "CREATE INDEX messages_hist ON messages(target, msg_id) WHERE hist = 1;"
+        "CREATE TABLE queue(user_id INTEGER NOT NULL,"
+        " seq INTEGER NOT NULL, msg_id INTEGER NOT NULL, inl INTEGER NOT NULL DEFAULT 0,"
+        " sender_id INTEGER, sender TEXT, target TEXT, ts_ms INTEGER, headers BLOB, body BLOB,"
+        " PRIMARY KEY(user_id, seq)) WITHOUT ROWID;"
+        "CREATE INDEX queue_msg ON queue(msg_id) WHERE inl = 0;"
+        "CREATE TABLE dedupe(sender_id INTEGER NOT NULL,"
+        " client_msg_id TEXT NOT NULL, msg_id INTEGER NOT NULL, digest BLOB,"
+        " ts_ms INTEGER NOT NULL, PRIMARY KEY(sender_id, client_msg_id)) WITHOUT ROWID;"
+        "CREATE INDEX dedupe_ts ON dedupe(ts_ms);"
+        "CREATE TABLE rooms(name TEXT PRIMARY KEY NOT NULL, created_ms INTEGER NOT NULL)"
+        " WITHOUT ROWID;"
+        "CREATE TABLE members(room TEXT NOT NULL REFERENCES rooms(name) ON DELETE CASCADE,"
+        " user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,"
+        " PRIMARY KEY(room, user_id)) WITHOUT ROWID;"
+        "CREATE INDEX members_user ON members(user_id, room);"
+        "INSERT INTO users(name, hash, last_seq, acked_seq, created_ms) VALUES"
+        " ('alice', 'h', 0, 0, 1), ('bob', 'h', 3, 1, 1);"
+        "INSERT INTO rooms VALUES ('lobby', 1);"
+        "INSERT INTO members VALUES ('lobby', 2);"
+        "INSERT INTO messages(msg_id, sender_id, sender, target_kind, target, ts_ms, body,"
+        " hist) VALUES (7, 1, 'alice', 2, 'lobby', 11, x'7231', 1);"
+        "UPDATE sqlite_sequence SET seq = 9 WHERE name = 'messages';"
+        "INSERT INTO queue(user_id, seq, msg_id, inl, sender_id, sender, target, ts_ms, headers,"
+        " body) VALUES (2, 2, 6, 1, 1, 'alice', 'bob', 10, x'0001', x'6432'),"
+        " (2, 3, 7, 0, NULL, NULL, NULL, NULL, NULL, NULL);"
+        "PRAGMA application_id = 1768776753; PRAGMA user_version = 3;");
+    ims_store_options o = {path, 1, log_hook, f, 0, 0};
+    char err[256] = "";
+    ims_store *s = ims_store_open(&o, err, sizeof err);
+    if (s == NULL)
+        fail_msg("open: %s", err);
+    char v[64];
+    pragma_text(path, "PRAGMA user_version", v, sizeof v);
+    assert_string_equal(v, "4");
+    pragma_text(path, "SELECT group_concat(n) FROM queue", v, sizeof v);
+    assert_string_equal(v, "1,1");
+    integrity_ok(s);
+    ims_user bob;
+    assert_int_equal(ims_store_user_get(s, "bob", &bob), 0);
+    got g = {.n = 0};
+    assert_int_equal(ims_store_queue_read(s, bob.id, 0, 10, collect_msg, &g), 2);
+    assert_int_equal(g.m[0].seq, 2);
+    assert_memory_equal(g.m[0].body, "d2", 2);
+    assert_int_equal(g.m[1].msg_id, 7);
+    /* and new batches pack */
+    assert_int_equal(ims_store_begin(s), 0);
+    uint64_t seq = 0;
+    put_direct(s, 1, "alice", bob.id, "bob", 20, NULL, 0, "d4", &seq);
+    put_direct(s, 1, "alice", bob.id, "bob", 21, NULL, 0, "d5", &seq);
+    assert_int_equal(ims_store_commit(s), 0);
+    pragma_text(path, "SELECT group_concat(seq || ':' || n, ' ') FROM queue", v, sizeof v);
+    assert_string_equal(v, "2:1 3:1 5:2");
+    integrity_ok(s);
+    ims_store_close(s);
+}
+
 /* ---- main -------------------------------------------------------------------------------------
  */
 
@@ -2530,6 +3032,13 @@ int main(void)
         FILE_ONLY(test_queue_cache_rolled_back_batch),
         BOTH(test_queue_cache_user_delete),
         BOTH(test_queue_cache_random),
+        FILE_ONLY(test_queue_packed_rows),
+        FILE_ONLY(test_queue_packed_around_shared_entries),
+        FILE_ONLY(test_queue_packed_write_failure),
+        FILE_ONLY(test_queue_packed_big_batch),
+        FILE_ONLY(test_queue_packed_damage),
+        FILE_ONLY(test_queue_packed_random),
+        FILE_ONLY(test_migrate_schema_3),
         FILE_ONLY(test_persistence),
         FILE_ONLY(test_uncommitted_batch_lost_on_crash),
         FILE_ONLY(test_locked_database),
