@@ -113,6 +113,8 @@ enum {
     ST_HISTORY,
     ST_HISTORY_EXCESS,
     ST_HISTORY_DROP,
+    ST_HISTORY_COUNT,
+    ST_HISTORY_OLDEST,
     ST_MARK,
     ST_COUNT
 };
@@ -221,6 +223,10 @@ static const char *const st_sql[ST_COUNT] = {
     [ST_HISTORY_EXCESS] = "SELECT msg_id FROM messages WHERE hist = 1 AND target = ?1 "
                           "ORDER BY msg_id DESC LIMIT -1 OFFSET ?2",
     [ST_HISTORY_DROP] = "UPDATE messages SET hist = 0 WHERE msg_id = ?1",
+    [ST_HISTORY_COUNT] = "SELECT count(*) FROM messages WHERE hist = 1 AND target = ?1",
+    /* the ?2 oldest of a room's history (the prune when its length is known) */
+    [ST_HISTORY_OLDEST] = "SELECT msg_id FROM messages WHERE hist = 1 AND target = ?1 "
+                          "ORDER BY msg_id LIMIT ?2",
     /* The committed high-water mark (see "the committed mark" below). */
     [ST_MARK] = MARK_SQL,
 };
@@ -384,6 +390,14 @@ struct ims_store {
     size_t pk_n, pk_cap;
     uint8_t *pk_buf, *pk_row;
     size_t pk_len, pk_bufcap, pk_rowcap;
+    /* Rooms' history lengths, as far as known (see ims_store_room_prune). */
+    struct hcount {
+        struct hcount *next;
+        int64_t n;
+        char room[33];
+    } * hc[64];
+    size_t hc_n;
+    int hc_keep; /* the transaction ending committed: the lengths hold */
 };
 
 /* ---- errors --------------------------------------------------------------------------------- */
@@ -741,8 +755,14 @@ static void marks_undo(ims_store *s)
 }
 
 /* The transaction ended (committed or rolled back): the rows are the truth again. */
+static void hc_clear(ims_store *s);
+
 static void marks_reset(ims_store *s)
 {
+    /* a transaction that did not commit: the history lengths counted in it may not hold */
+    if (!s->hc_keep)
+        hc_clear(s);
+    s->hc_keep = 0;
     if (s->um_n > 0) {
         if (s->um_cap > 4096) { /* a broadcast's worth: give the memory back */
             free(s->um);
@@ -1042,6 +1062,57 @@ static void qc_to_msg(const struct qentry *e, ims_message *m)
     m->seq = e->seq;
 }
 
+/* ---- history lengths -----------------------------------------------------------------------
+ *
+ * imd prunes a room's history after every room message (deliver.c). Finding what is older than
+ * the newest history_max walks history_max entries of the index (ORDER BY ... DESC OFFSET):
+ * about 60 us with the default 1,000, more than storing the message for a small room. So the
+ * store keeps each room's history length once it has counted it: a room message adds one when
+ * its operation succeeded, a prune sets what it left. A prune then takes the length minus
+ * history_max oldest messages (one, after each message, once the history is full), and nothing
+ * while the length is within history_max. The lengths are exact in the transaction's view: they
+ * are all forgotten when a transaction ends without COMMIT (marks_reset), and counted again. */
+
+static struct hcount **hc_slot(ims_store *s, const char *room)
+{
+    uint32_t h = 2166136261u; /* FNV-1a */
+    for (const char *p = room; *p; p++)
+        h = (h ^ (uint8_t)*p) * 16777619u;
+    struct hcount **pp = &s->hc[h % (sizeof s->hc / sizeof s->hc[0])];
+    while (*pp && strcmp((*pp)->room, room) != 0)
+        pp = &(*pp)->next;
+    return pp;
+}
+
+static void hc_clear(ims_store *s)
+{
+    for (size_t i = 0; i < sizeof s->hc / sizeof s->hc[0]; i++) {
+        while (s->hc[i]) {
+            struct hcount *e = s->hc[i];
+            s->hc[i] = e->next;
+            free(e);
+        }
+    }
+    s->hc_n = 0;
+}
+
+/* Remembers room's history length n (best effort: without memory, prunes query). */
+static void hc_set(ims_store *s, const char *room, int64_t n)
+{
+    struct hcount **pp = hc_slot(s, room);
+    if (*pp == NULL) {
+        if (s->hc_n >= 4096) /* many rooms: start again rather than grow without bound */
+            hc_clear(s), pp = hc_slot(s, room);
+        struct hcount *e = calloc(1, sizeof *e);
+        if (e == NULL)
+            return;
+        snprintf(e->room, sizeof e->room, "%s", room);
+        *pp = e;
+        s->hc_n++;
+    }
+    (*pp)->n = n;
+}
+
 /* ---- packed entries ------------------------------------------------------------------------
  *
  * With one queue row per message, SQLite's B-tree work for the row (insert, then delete when
@@ -1300,7 +1371,9 @@ static int commit_marked(ims_store *s, int batch)
         return fr;
     if (s->wal_fd >= 0 && sqlite3_total_changes64(s->db) == s->changes_at_begin) {
         /* a batch that wrote nothing: nothing to sync (fsync_thread), no new mark */
-        return st_run(s, ST_COMMIT);
+        int r = st_run(s, ST_COMMIT);
+        s->hc_keep = r == 0;
+        return r;
     }
     if (s->mark_write) {
         sqlite3_stmt *q = st_get(s, ST_MARK);
@@ -1318,6 +1391,7 @@ static int commit_marked(ims_store *s, int batch)
     int r = st_run(s, ST_COMMIT);
     if (r != 0)
         return r;
+    s->hc_keep = 1;
     qc_commit(s);
     s->gen++;
     if (s->wal_fd < 0) { /* synchronous=FULL: on disk now */
@@ -1954,6 +2028,7 @@ void ims_store_close(ims_store *s)
     free(s->pk);
     free(s->pk_buf);
     free(s->pk_row);
+    hc_clear(s);
     free(s->path);
     qc_clear(s);
     free(s);
@@ -2811,6 +2886,11 @@ int ims_store_message_put(ims_store *s, const ims_message *m, const char *client
     r = light ? light_end(s, r, (int)wrote) : op_end(s, r);
     if (r == 0)
         *msg_id_out = msg_id;
+    if (r == 0 && m->target_kind == 2) { /* one more in its room's history (history lengths) */
+        struct hcount *h = *hc_slot(s, m->target);
+        if (h != NULL)
+            h->n++;
+    }
     if (r == 0 && inl) {
         qc_add(s, recipients[0], seq0, msg_id, m);
         if (!s->in_batch)
@@ -3292,6 +3372,10 @@ int ims_store_room_prune(ims_store *s, const char *room, int history_max)
         return IMP_ERR_INVAL;
     if (!name_ok(room))
         return IMP_ERR_NO_SUCH_ROOM;
+    struct hcount *known = *hc_slot(s, room);
+    if (known != NULL && known->n <= history_max)
+        return 0; /* within history_max (history lengths, above); the room exists */
+    int64_t excess = known != NULL ? known->n - history_max : -1;
     int r = op_begin(s);
     if (r != 0)
         return r;
@@ -3302,18 +3386,20 @@ int ims_store_room_prune(ims_store *s, const char *room, int history_max)
         r = IMP_ERR_NO_SUCH_ROOM;
     size_t base = s->ids_n;
     if (r == 0) {
-        /* Everything older than the newest history_max leaves the history. */
-        sqlite3_stmt *q = st_get(s, ST_HISTORY_EXCESS);
+        /* Everything older than the newest history_max leaves the history: the excess oldest
+         * when the length is known, else what the index has after the newest history_max. */
+        int st = excess >= 0 ? ST_HISTORY_OLDEST : ST_HISTORY_EXCESS;
+        sqlite3_stmt *q = st_get(s, st);
         if (q == NULL)
             return op_end(s, IMP_ERR_STORAGE);
         sqlite3_bind_text(q, 1, room, -1, SQLITE_STATIC);
-        sqlite3_bind_int(q, 2, history_max);
+        sqlite3_bind_int64(q, 2, excess >= 0 ? excess : history_max);
         int rc = SQLITE_DONE;
         while (r == 0 && (rc = sqlite3_step(q)) == SQLITE_ROW)
             r = ids_push(s, sqlite3_column_int64(q, 0));
         if (r == 0 && rc != SQLITE_DONE)
             r = db_fail(s, "history prune");
-        st_put(s, ST_HISTORY_EXCESS, q);
+        st_put(s, st, q);
     }
     for (size_t i = base; r == 0 && i < s->ids_n; i++) {
         sqlite3_stmt *q = st_get(s, ST_HISTORY_DROP);
@@ -3329,6 +3415,24 @@ int ims_store_room_prune(ims_store *s, const char *room, int history_max)
         if (r == 0)
             r = delete_if_unused(s, s->ids[i]);
     }
+    /* the length left: history_max when something was pruned, else counted once */
+    int64_t len = history_max;
+    if (r == 0 && s->ids_n == base) {
+        sqlite3_stmt *q = st_get(s, ST_HISTORY_COUNT);
+        if (q == NULL) {
+            r = IMP_ERR_STORAGE;
+        } else {
+            sqlite3_bind_text(q, 1, room, -1, SQLITE_STATIC);
+            if (sqlite3_step(q) == SQLITE_ROW)
+                len = sqlite3_column_int64(q, 0);
+            else
+                r = db_fail(s, "history count");
+            st_put(s, ST_HISTORY_COUNT, q);
+        }
+    }
     s->ids_n = base;
-    return op_end(s, r);
+    r = op_end(s, r);
+    if (r == 0)
+        hc_set(s, room, len);
+    return r;
 }
