@@ -100,6 +100,57 @@ int ims_auth_loop_probe(ims_auth *a, uint32_t period_ms);
  * calls ims_auth_poll): the counters are its own, kept without a lock. */
 void ims_auth_loop_lag(const ims_auth *a, ims_loop_lag *out);
 
+/* ---- the event loop's scheduling (loop_priority, busy_poll_us) ------------------------------ */
+
+/* loop_priority: how the event-loop thread is scheduled against the hash workers, the fsync
+ * thread and other processes. IMS_LOOP_PRIO_NORMAL leaves it as it is (the workers still run at
+ * nice +5); HIGH sets the calling thread's nice value to IMS_LOOP_HIGH_NICE; REALTIME makes it
+ * SCHED_FIFO at priority 1 (the lowest real-time priority, above every normal thread) so that a
+ * wake-up preempts a hashing worker at once. Both need root or CAP_SYS_NICE (HIGH also works within
+ * RLIMIT_NICE). Only the calling thread changes: threads it starts later would inherit the policy,
+ * so main.c calls this after every helper thread has started (right before the loop). */
+typedef enum ims_loop_prio {
+    IMS_LOOP_PRIO_NORMAL = 0,
+    IMS_LOOP_PRIO_HIGH,
+    IMS_LOOP_PRIO_REALTIME
+} ims_loop_prio;
+
+#define IMS_LOOP_HIGH_NICE (-10)
+
+/* "normal", "high", "realtime" (as config.c stores them, lower case); -1 for anything else. */
+int ims_loop_prio_parse(const char *s);
+/* Applies prio to the calling thread. 0 on success (NORMAL: nothing to do), else the errno of
+ * the refusal (EPERM without the privilege; ENOSYS off Linux); the thread is then unchanged.
+ * what (may be NULL) gets a description for the log: "SCHED_FIFO priority 1", "nice -10". */
+int ims_loop_set_priority(ims_loop_prio prio, char *what, size_t whatlen);
+
+/* busy_poll_us: after a turn of the loop that did I/O, poll (without sleeping) for up to that
+ * long before blocking, and again for as long after each poll that found more I/O. A message
+ * that arrives meanwhile is served without the sleep/wake-up of the loop thread (on a VM an
+ * idle virtual CPU's wake-up alone costs tens of microseconds). The idea of Linux's
+ * SO_BUSY_POLL / net.core.busy_poll and of DPDK-style polling; here the decision only. The loop
+ * (main.c) counts its I/O with any counter that grows with each read or write:
+ *
+ *     ims_busy_poll bp;  ims_busy_poll_init(&bp, us);
+ *     loop: block for one turn;  poll = ims_busy_poll_start(&bp, now_ns, io);
+ *           while (poll) { one non-blocking turn;  poll = ims_busy_poll_again(&bp, now_ns, io); }
+ *
+ * A window of 0 never polls. A turn without I/O (a timer, a probe) does not start polling. */
+typedef struct ims_busy_poll {
+    uint64_t window_ns;
+    uint64_t until_ns; /* polling stops at this time unless more I/O is seen */
+    uint64_t io;       /* the I/O counter at the last look */
+    uint64_t polls;    /* windows started */
+    uint64_t hits;     /* polls that found I/O (each extends its window) */
+} ims_busy_poll;
+
+void ims_busy_poll_init(ims_busy_poll *bp, uint32_t window_us);
+/* After a blocking turn: 1 to poll (the turn did I/O), 0 to block again. */
+int ims_busy_poll_start(ims_busy_poll *bp, uint64_t now_ns, uint64_t io);
+/* After a non-blocking turn: 1 to poll again (the window is not over, or this turn did I/O:
+ * the window restarts from now), 0 to block. */
+int ims_busy_poll_again(ims_busy_poll *bp, uint64_t now_ns, uint64_t io);
+
 /* Synchronous helpers for `imd user add|passwd` (not for the event loop). */
 int ims_auth_hash_now(const ims_auth_options *o, const uint8_t *pw, size_t len,
                       char out[IMS_HASH_MAX]);

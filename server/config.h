@@ -59,6 +59,8 @@ typedef struct ims_cfg {
     int hash_threads;             /* default 2 */
     int hash_queue;               /* default 64 */
     uint32_t loop_probe_ms;       /* event-loop lag probe period, default 100 ms; 0 = off */
+    char loop_priority[16];       /* normal (default), high, realtime (auth.h ims_loop_prio) */
+    uint32_t busy_poll_us;        /* event loop's busy poll before sleeping, default 0 = off */
     uint32_t token_ttl_ms;        /* resume-token lifetime, default 30 days */
     int max_sessions_per_user;    /* default 16 */
     int addr_max_failures;        /* default 10 within addr_window_ms */

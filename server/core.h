@@ -199,6 +199,7 @@ struct ims_server {
     int64_t wall_cache; /* ims_now_wall while cur's input is handled (wall_cached) */
     int wall_cached;
     uint64_t next_client_id;
+    int n_open; /* clients in the list not closing (reason 0): ims_server_accept's limit */
     uint64_t next_session_id;
     uint64_t next_transient_id;
     /* the DELIVER of the transient message being fanned out, encoded once (deliver.c) */
@@ -316,5 +317,9 @@ void ims_presence_subscribe(ims_client *c, const imp_msg *m);
 void ims_presence_who(ims_client *c, const imp_msg *m);
 /* Tells subscribers and room peers of u its status (offline when u has no session). */
 void ims_presence_announce(ims_server *srv, ims_ouser *u);
+
+/* For main.c's busy poll (busy_poll_us, auth.h ims_busy_poll): a count that grows whenever the
+ * network layer read or wrote bytes or accepted a connection (the loop did I/O). */
+uint64_t ims_server_io_count(const ims_server *srv);
 
 #endif

@@ -110,6 +110,7 @@ static void assert_cfg_equal(const ims_cfg *a, const ims_cfg *b)
     assert_string_equal(a->data_dir, b->data_dir);
     assert_string_equal(a->log_level, b->log_level);
     assert_string_equal(a->log_format, b->log_format);
+    assert_string_equal(a->loop_priority, b->loop_priority);
 #define EQ(f)                                                                                  \
     do {                                                                                       \
         if (a->f != b->f)                                                                      \
@@ -123,6 +124,7 @@ static void assert_cfg_equal(const ims_cfg *a, const ims_cfg *b)
     EQ(hash_threads);
     EQ(hash_queue);
     EQ(loop_probe_ms);
+    EQ(busy_poll_us);
     EQ(token_ttl_ms);
     EQ(max_sessions_per_user);
     EQ(addr_max_failures);
@@ -189,6 +191,7 @@ static const numcase nums[] = {
     {F(hash_threads), "4", 4, "1", 1, "0", "64", 64, "65", 'i'},
     {F(hash_queue), "128", 128, "1", 1, "0", "1000000", 1000000, "1000001", 'i'},
     {F(loop_probe_ms), "10ms", 10, "0", 0, NULL, "1m", 60000, "60001", 'd'},
+    {F(busy_poll_us), "50", 50, "0", 0, NULL, "100000", 100000, "100001", 'i'},
     {F(token_ttl_ms), "7d", 604800000, "1s", 1000, "999", "4294967295", 4294967295u, "4294967296",
      'd'},
     {F(max_sessions_per_user), "4", 4, "1", 1, "0", "100000", 100000, "100001", 'i'},
@@ -223,10 +226,21 @@ static const numcase nums[] = {
 };
 #define NNUMS (sizeof nums / sizeof nums[0])
 
-static const char *const other_keys[] = {
-    "listen",          "metrics_listen",        "tls_listen",         "tls_cert",    "tls_key",
-    "tls_min_version", "allow_insecure_listen", "startup_full_check", "data_dir",    "log_level",
-    "log_format",      "registration",          "sync_full",          "fsync_thread"};
+static const char *const other_keys[] = {"listen",
+                                         "metrics_listen",
+                                         "tls_listen",
+                                         "tls_cert",
+                                         "tls_key",
+                                         "tls_min_version",
+                                         "allow_insecure_listen",
+                                         "startup_full_check",
+                                         "data_dir",
+                                         "log_level",
+                                         "log_format",
+                                         "registration",
+                                         "sync_full",
+                                         "fsync_thread",
+                                         "loop_priority"};
 #define NOTHER (sizeof other_keys / sizeof other_keys[0])
 
 /* A config in which every key differs from the default. */
@@ -248,6 +262,7 @@ static void perturbed(ims_cfg *c)
     set_ok(c, "data_dir", "/var/lib/imd");
     set_ok(c, "log_level", "debug");
     set_ok(c, "log_format", "json");
+    set_ok(c, "loop_priority", "high"); /* realtime is refused with busy_poll_us */
     set_ok(c, "registration", "no");
     set_ok(c, "sync_full", "off");
 }
@@ -278,6 +293,8 @@ static void test_defaults(void **state)
     assert_int_equal(c.hash_threads, 2);
     assert_int_equal(c.hash_queue, 64);
     assert_int_equal(c.loop_probe_ms, 100);
+    assert_string_equal(c.loop_priority, "normal");
+    assert_int_equal(c.busy_poll_us, 0);
     assert_int_equal(c.token_ttl_ms, 30u * 24 * 3600 * 1000);
     assert_int_equal(c.max_sessions_per_user, 16);
     assert_int_equal(c.addr_max_failures, 10);
@@ -348,6 +365,8 @@ static void test_reloadable(void **state)
     assert_int_equal(ims_cfg_reloadable("metrics_listen"), 0);
     assert_int_equal(ims_cfg_reloadable("hash_threads"), 0);
     assert_int_equal(ims_cfg_reloadable("loop_probe_ms"), 0);
+    assert_int_equal(ims_cfg_reloadable("loop_priority"), 0);
+    assert_int_equal(ims_cfg_reloadable("busy_poll_us"), 0);
     assert_int_equal(ims_cfg_reloadable("sync_full"), 0);
     assert_int_equal(ims_cfg_reloadable("tls_listen"), 0);
     assert_int_equal(ims_cfg_reloadable("allow_insecure_listen"), 0);
@@ -555,6 +574,31 @@ static void test_enum_keys(void **state)
     assert_names_key(err, "log_format");
     assert_contains(err, "text, json");
     assert_int_equal(ims_cfg_set(&c, "log_level", "", err, sizeof err), -1);
+    /* loop_priority: the three names, any case, stored in lower case */
+    set_ok(&c, "loop_priority", "realtime");
+    assert_string_equal(c.loop_priority, "realtime");
+    set_ok(&c, "loop_priority", "HIGH");
+    assert_string_equal(c.loop_priority, "high");
+    set_ok(&c, "loop_priority", "normal");
+    assert_string_equal(c.loop_priority, "normal");
+    assert_int_equal(ims_cfg_set(&c, "loop_priority", "fifo", err, sizeof err), -1);
+    assert_names_key(err, "loop_priority");
+    assert_contains(err, "normal, high, realtime");
+    assert_contains(err, "fifo");
+    assert_int_equal(ims_cfg_set(&c, "loop_priority", "", err, sizeof err), -1);
+    assert_string_equal(c.loop_priority, "normal");
+    /* a real-time loop must not busy-poll (it would starve its CPU); each alone is valid */
+    set_ok(&c, "busy_poll_us", "200");
+    assert_int_equal(ims_cfg_validate(&c, err, sizeof err), 0);
+    set_ok(&c, "loop_priority", "high");
+    assert_int_equal(ims_cfg_validate(&c, err, sizeof err), 0);
+    set_ok(&c, "loop_priority", "realtime");
+    assert_int_equal(ims_cfg_validate(&c, err, sizeof err), -1);
+    assert_contains(err, "busy_poll_us");
+    assert_contains(err, "realtime");
+    set_ok(&c, "busy_poll_us", "0");
+    assert_int_equal(ims_cfg_validate(&c, err, sizeof err), 0);
+    set_ok(&c, "loop_priority", "normal");
     assert_int_equal(ims_cfg_set(&c, "log_level", "warning", err, sizeof err), -1);
     assert_int_equal(ims_cfg_set(&c, "log_level", "info ", err, sizeof err), -1);
 }
