@@ -2841,7 +2841,7 @@ static void test_queue_packed_damage(void **state)
 
 /* The expected body of user k's message seq: kept by the model of test_queue_packed_random. */
 struct pmodel {
-    char (*body)[24]; /* [seq] for seq 1..last */
+    char (*body)[48]; /* [seq] for seq 1..last */
     size_t cap;
 };
 
@@ -2908,7 +2908,7 @@ static void test_queue_packed_random(void **state)
                     assert_non_null(model[u].body);
                 }
             }
-            char body[24];
+            char body[48];
             snprintf(body, sizeof body, "%c%d.%ld", roommsg ? 'r' : 'd', k, ++msgs);
             if (roommsg) {
                 uint64_t seqs[USERS];
@@ -2916,13 +2916,13 @@ static void test_queue_packed_random(void **state)
                 for (size_t j = 0; j < nmembers; j++) {
                     int u = (int)(j * 3);
                     assert_int_equal(seqs[j], ++last[u]);
-                    snprintf(model[u].body[last[u]], 24, "%s", body);
+                    snprintf(model[u].body[last[u]], sizeof model[u].body[0], "%s", body);
                 }
             } else {
                 uint64_t seq = 0;
                 put(f->s, a, "alice", 1, "x", body, &ids[k], 1, &seq);
                 assert_int_equal(seq, ++last[k]);
-                snprintf(model[k].body[last[k]], 24, "%s", body);
+                snprintf(model[k].body[last[k]], sizeof model[k].body[0], "%s", body);
             }
         } else if (what < 850) {
             uint64_t upto = acked[k] + RND() % (last[k] - acked[k] + 1);
