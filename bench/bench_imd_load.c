@@ -158,6 +158,9 @@ static uint8_t rbuf[RECV_CHUNK];
 static uint64_t c_sent, c_acked, c_refused, c_delivered, c_errors, c_busy, c_auth_fail;
 static uint64_t c_transient_unknown;
 static uint64_t c_recvs; /* recv() calls that returned data (deliveries per recv: result line) */
+/* where the client's time goes (room/direct result line): bytes received, epoll waits (and how
+ * many returned nothing) */
+static uint64_t c_recv_bytes, c_waits, c_waits_empty;
 static int first_refuse_code;
 /* latency */
 static uint64_t *lat;
@@ -314,6 +317,7 @@ typedef struct snap {
     unsigned long long busy[2], total[2];
     double imd_cpu, self_cpu;
     uint64_t sent, acked, delivered, refused, recvs;
+    uint64_t recv_bytes, waits, waits_empty;
 } snap;
 
 static void take_snap(snap *s)
@@ -327,6 +331,9 @@ static void take_snap(snap *s)
     s->delivered = c_delivered;
     s->refused = c_refused;
     s->recvs = c_recvs;
+    s->recv_bytes = c_recv_bytes;
+    s->waits = c_waits;
+    s->waits_empty = c_waits_empty;
 }
 
 /* ---- output ------------------------------------------------------------------------------ */
@@ -733,6 +740,7 @@ static void on_readable(lconn *c)
         return;
     }
     c_recvs++;
+    c_recv_bytes += (uint64_t)r;
     uint64_t t = now_ns();
     const uint8_t *p = rbuf;
     size_t n = (size_t)r;
@@ -888,6 +896,8 @@ static int loop(int (*done)(void), uint64_t until_ns, int busy)
         int n = epoll_pwait2(ep, evs, 256, &to, NULL);
         if (n < 0 && errno != EINTR)
             die("epoll_wait: %s", strerror(errno));
+        c_waits++;
+        c_waits_empty += n == 0;
         for (int i = 0; i < n; i++) {
             if (evs[i].data.ptr == &tfd_tag) {
                 uint64_t exp;
@@ -1029,6 +1039,14 @@ static void run_throughput(void)
            (double)dl / el, (double)ak / el, fanout, ak ? (double)dl / ((double)ak * fanout) : 0.0,
            (unsigned long long)c_errors, dead, (unsigned long long)(b.recvs - a.recvs),
            b.recvs > a.recvs ? (double)dl / (double)(b.recvs - a.recvs) : 0.0);
+    uint64_t nr = b.recvs - a.recvs, nw = b.waits - a.waits;
+    int nsend = room ? opt.senders : opt.conns;
+    /* the mean time from a SEND to its ACK (Little's law: what is in flight over the rate) */
+    printf(" bytes_per_recv=%.0f waits_per_s=%.0f recvs_per_wait=%.1f empty_waits=%llu "
+           "ack_rtt_ms=%.2f",
+           nr ? (double)(b.recv_bytes - a.recv_bytes) / (double)nr : 0.0, (double)nw / el,
+           nw ? (double)nr / (double)nw : 0.0, (unsigned long long)(b.waits_empty - a.waits_empty),
+           ak ? 1e3 * (double)nsend * opt.window / ((double)ak / el) : 0.0);
     print_cpu(&a, &b);
     printf("\n");
 }

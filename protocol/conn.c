@@ -16,6 +16,19 @@
  * copies, page faults and heap trims, for every burst (issue 3: room fan-out). An idle one
  * holds none after imp_conn_trim. */
 #define KEEP_OUTPUT 65536u
+/* Shared frames (imp_conn_send_shared): the list's first capacity, and the capacity it keeps
+ * once written (a room member gets a burst of references each turn); imp_conn_trim frees it. */
+#define REFS_FIRST 16u
+#define REFS_KEEP 256u
+
+/* The frames a connection shares, v[head..end), queued after the output buffer's bytes. */
+struct imp_refq {
+    size_t bytes;       /* not yet written, of all of them */
+    uint32_t head, end; /* the frames queued */
+    uint32_t cap;       /* v's capacity */
+    uint32_t off;       /* bytes of v[head] already written */
+    imp_prepared *v[];
+};
 
 /* A buffer: nothing allocated while empty and trimmed. 32-bit offsets: a buffer holds at
  * most BUF_MAX bytes (input: a frame of at most 16 MiB plus INPUT_SLACK; output beyond that
@@ -45,7 +58,10 @@ struct imp_conn {
         uint64_t deadline;  /* before authentication: its deadline (IMP-TIME-001), 0 = none */
         uint64_t next_ping; /* once authenticated */
     };
-    const char *agent;
+    union {
+        const char *agent;     /* for HELLO or WELCOME (both sent before authentication) */
+        struct imp_refq *refs; /* F_REFS: the shared frames (only once authenticated) */
+    };
     const uint8_t *caps;
     uint32_t max_output; /* 0 = none; a larger cap saturates (a buffer holds < 2^31 bytes) */
     uint32_t max_frame;
@@ -74,6 +90,7 @@ _Static_assert(sizeof(void *) != 8 || sizeof(struct imp_conn) <= 120,
                "imp_conn outgrew its 128-byte chunk (issue 3)");
 #define F_PING_OUTSTANDING 1u /* a PING of ours is not answered yet (IMP-TIME-002) */
 #define F_DEFER_LOGOUT 2u     /* server: LOGOUT's OK is the application's (IMP-SESS-008) */
+#define F_REFS 4u             /* the agent's room holds refs (NULL: no list allocated) */
 
 /* now + ms without wrapping: a time past the clock's range saturates at UINT64_MAX
  * (IMP-TIME-001, IMP-TIME-002). */
@@ -197,9 +214,13 @@ static int config_valid(imp_role role, const imp_config *cfg)
 
 /* Append an encoded message to the output, bypassing the state table and the output cap:
  * used for frames the library sends by itself. */
+static int refs_layout(imp_conn *c);
+
 static int queue(imp_conn *c, const imp_msg *m, size_t size)
 {
-    int r = buf_reserve(c, &c->out, size);
+    int r = refs_layout(c);
+    if (r == 0)
+        r = buf_reserve(c, &c->out, size);
     if (r)
         return r;
     imp_msg_write(m, c->out.p + c->out.len, size);
@@ -309,10 +330,13 @@ imp_conn *imp_conn_new(imp_role role, const imp_config *cfg, uint64_t now_ms)
     return c;
 }
 
+static void refs_free(imp_conn *c);
+
 void imp_conn_free(imp_conn *c)
 {
     if (!c)
         return;
+    refs_free(c);
     buf_release(c, &c->in);
     buf_release(c, &c->out);
     mem(c, c, 0);
@@ -495,7 +519,7 @@ int imp_conn_send(imp_conn *c, const imp_msg *m)
         if (limit && (size_t)size > limit)
             return IMP_ERR_TOO_LARGE;
     }
-    if (c->max_output && c->out.len - c->out.pos + (size_t)size > c->max_output)
+    if (c->max_output && imp_conn_output_size(c) + (size_t)size > c->max_output)
         return IMP_ERR_OUTPUT_FULL;
     int r = queue(c, m, (size_t)size);
     if (r)
@@ -514,6 +538,7 @@ int imp_conn_send(imp_conn *c, const imp_msg *m)
  * test_msg.c), and its integers are within range, so these are the values the frame carries. */
 struct imp_prepared {
     imp_allocator alloc;
+    size_t refs; /* the creator's (until imp_prepared_free) and one per queued reference */
     size_t len;
     uint64_t code; /* ERROR: CODE; otherwise 0 */
     uint32_t request_id;
@@ -544,6 +569,7 @@ imp_prepared *imp_prepared_new(const imp_msg *m, const imp_allocator *alloc, int
         return NULL;
     }
     p->alloc = a;
+    p->refs = 1;
     p->len = (size_t)size;
     p->type = m->type;
     p->request_id = m->request_id;
@@ -555,7 +581,7 @@ imp_prepared *imp_prepared_new(const imp_msg *m, const imp_allocator *alloc, int
 
 void imp_prepared_free(imp_prepared *p)
 {
-    if (p)
+    if (p && --p->refs == 0)
         p->alloc.realloc(p->alloc.ud, p, 0);
 }
 
@@ -564,27 +590,160 @@ size_t imp_prepared_size(const imp_prepared *p)
     return p->len;
 }
 
-int imp_conn_send_prepared(imp_conn *c, const imp_prepared *p)
+/* The checks imp_conn_send makes (IMP-SESS-002, IMP-MSG-003, max_output) for a prepared
+ * frame: 0 when it may be queued, else the refusal; *cell: the state table's. */
+static int prepared_check(const imp_conn *c, const imp_prepared *p, struct imp_cell *cell)
 {
-    struct imp_cell cell = imp_state_cell((imp_role)c->role, 1, (imp_state)c->state, p->type);
-    if (cell.action == CELL_REFUSE)
-        return cell.arg;
+    *cell = imp_state_cell((imp_role)c->role, 1, (imp_state)c->state, p->type);
+    if (cell->action == CELL_REFUSE)
+        return cell->arg;
     if (c->role == IMP_ROLE_CLIENT) { /* IMP-MSG-003 */
         uint32_t limit = c->authed ? c->peer_max_frame : c->peer_max_preauth;
         if (limit && p->len > limit)
             return IMP_ERR_TOO_LARGE;
     }
-    if (c->max_output && c->out.len - c->out.pos + p->len > c->max_output)
+    if (c->max_output && imp_conn_output_size(c) + p->len > c->max_output)
         return IMP_ERR_OUTPUT_FULL;
-    int r = buf_reserve(c, &c->out, p->len);
+    return 0;
+}
+
+/* The effects of sending p (as imp_conn_send's of its message). */
+static void prepared_sent(imp_conn *c, const imp_prepared *p, struct imp_cell cell)
+{
+    if (p->type == IMP_LOGOUT)
+        c->logout_id = p->request_id;
+    apply_to(c, cell, p->request_id, p->code);
+}
+
+int imp_conn_send_prepared(imp_conn *c, const imp_prepared *p)
+{
+    struct imp_cell cell;
+    int r = prepared_check(c, p, &cell);
+    if (r)
+        return r;
+    r = refs_layout(c);
+    if (r == 0)
+        r = buf_reserve(c, &c->out, p->len);
     if (r)
         return fail(c, r);
     memcpy(c->out.p + c->out.len, p->bytes, p->len);
     c->out.len += (uint32_t)p->len; /* buf_reserve: fits */
-    if (p->type == IMP_LOGOUT)
-        c->logout_id = p->request_id;
-    apply_to(c, cell, p->request_id, p->code);
+    prepared_sent(c, p, cell);
     return 0;
+}
+
+/* ---- shared frames ------------------------------------------------------------------------ */
+
+static struct imp_refq *refs_of(const imp_conn *c)
+{
+    return (c->flags & F_REFS) ? c->refs : NULL;
+}
+
+/* Drops the references from head on; the list stays (empty). */
+static void refs_drop(struct imp_refq *q)
+{
+    for (uint32_t i = q->head; i < q->end; i++)
+        imp_prepared_free(q->v[i]);
+    q->head = q->end = q->off = 0;
+    q->bytes = 0;
+}
+
+static void refs_free(imp_conn *c)
+{
+    struct imp_refq *q = refs_of(c);
+    if (q) {
+        refs_drop(q);
+        mem(c, q, 0);
+        c->refs = NULL;
+    }
+}
+
+/* Copies the shared frames into the output buffer (in order, after its bytes) and drops them:
+ * done before anything else is queued, so the output keeps its order. 0 or IMP_ERR_NOMEM
+ * (nothing changed). */
+static int refs_layout(imp_conn *c)
+{
+    struct imp_refq *q = refs_of(c);
+    if (!q || q->head == q->end)
+        return 0;
+    int r = buf_reserve(c, &c->out, q->bytes); /* over BUF_MAX: NOMEM */
+    if (r)
+        return r;
+    uint8_t *w = c->out.p + c->out.len;
+    for (uint32_t i = q->head; i < q->end; i++) {
+        uint32_t from = i == q->head ? q->off : 0;
+        memcpy(w, q->v[i]->bytes + from, q->v[i]->len - from);
+        w += q->v[i]->len - from;
+    }
+    c->out.len += (uint32_t)q->bytes; /* buf_reserve: fits */
+    refs_drop(q);
+    return 0;
+}
+
+/* Appends a reference to p: 0 or IMP_ERR_NOMEM (nothing queued). */
+static int refs_push(imp_conn *c, imp_prepared *p)
+{
+    if (!(c->flags & F_REFS)) {
+        c->flags |= F_REFS; /* authenticated: the agent's room is free (HELLO, WELCOME sent) */
+        c->refs = NULL;
+    }
+    struct imp_refq *q = c->refs;
+    if (q && q->end == q->cap && q->head > 0) { /* room at the front: move down */
+        memmove(q->v, q->v + q->head, (q->end - q->head) * sizeof q->v[0]);
+        q->end -= q->head;
+        q->head = 0;
+    }
+    if (!q || q->end == q->cap) {
+        uint32_t cap = q ? 2 * q->cap : REFS_FIRST;
+        struct imp_refq *n = mem(c, q, sizeof *q + (size_t)cap * sizeof q->v[0]);
+        if (!n)
+            return IMP_ERR_NOMEM;
+        if (!q)
+            memset(n, 0, sizeof *n);
+        n->cap = cap;
+        c->refs = q = n;
+    }
+    q->v[q->end++] = p;
+    q->bytes += p->len;
+    p->refs++;
+    return 0;
+}
+
+int imp_conn_send_shared(imp_conn *c, imp_prepared *p)
+{
+    if (!c->authed)
+        return imp_conn_send_prepared(c, p); /* the agent's room is still the agent's */
+    struct imp_cell cell;
+    int r = prepared_check(c, p, &cell);
+    if (r)
+        return r;
+    r = refs_push(c, p);
+    if (r)
+        return fail(c, r);
+    prepared_sent(c, p, cell);
+    return 0;
+}
+
+size_t imp_conn_output_size(const imp_conn *c)
+{
+    const struct imp_refq *q = refs_of(c);
+    return c->out.len - c->out.pos + (q ? q->bytes : 0);
+}
+
+int imp_conn_output_iov(const imp_conn *c, imp_iovec *v, int max)
+{
+    int n = 0;
+    if (n < max && c->out.len > c->out.pos) {
+        v[n].base = c->out.p + c->out.pos;
+        v[n++].len = c->out.len - c->out.pos;
+    }
+    const struct imp_refq *q = refs_of(c);
+    for (uint32_t i = q ? q->head : 0; q && i < q->end && n < max; i++) {
+        uint32_t from = i == q->head ? q->off : 0;
+        v[n].base = q->v[i]->bytes + from;
+        v[n++].len = q->v[i]->len - from;
+    }
+    return n;
 }
 
 void imp_conn_close(imp_conn *c, int code, const char *text)
@@ -594,18 +753,42 @@ void imp_conn_close(imp_conn *c, int code, const char *text)
 
 size_t imp_conn_pending_output(const imp_conn *c, const uint8_t **out)
 {
+    /* the connection itself is never const (imp_conn_new); laying out changes no byte of the
+     * output, only where its shared part is */
+    (void)refs_layout((imp_conn *)(uintptr_t)c);
     *out = c->out.p ? c->out.p + c->out.pos : NULL; /* no buffer yet: NULL + 0 is undefined */
     return c->out.len - c->out.pos;
 }
 
 void imp_conn_consume_output(imp_conn *c, size_t n)
 {
-    size_t pending = c->out.len - c->out.pos;
-    c->out.pos += (uint32_t)(n < pending ? n : pending);
+    size_t pending = c->out.len - c->out.pos, k = n < pending ? n : pending;
+    c->out.pos += (uint32_t)k;
+    n -= k;
     if (c->out.pos == c->out.len) {
         c->out.pos = c->out.len = 0;
         if (buf_cap(c, &c->out) > KEEP_OUTPUT)
             buf_release(c, &c->out);
+    }
+    struct imp_refq *q = refs_of(c);
+    while (q && n > 0 && q->head < q->end) { /* then the shared frames, in order */
+        imp_prepared *p = q->v[q->head];
+        size_t left = p->len - q->off;
+        if (n < left) {
+            q->off += (uint32_t)n;
+            q->bytes -= n;
+            break;
+        }
+        n -= left;
+        q->bytes -= left;
+        q->off = 0;
+        q->head++;
+        imp_prepared_free(p);
+    }
+    if (q && q->head == q->end) {
+        q->head = q->end = 0;
+        if (q->cap > REFS_KEEP)
+            refs_free(c);
     }
 }
 
@@ -632,6 +815,9 @@ void imp_conn_trim(imp_conn *c)
         buf_release(c, &c->in);
     if (c->out.p && c->out.pos == c->out.len)
         buf_release(c, &c->out);
+    const struct imp_refq *q = refs_of(c);
+    if (q && q->head == q->end)
+        refs_free(c);
 }
 
 int imp_conn_tick(imp_conn *c, uint64_t now_ms)

@@ -253,14 +253,15 @@ void ims_ouser_release(ims_server *srv, ims_ouser *u);        /* frees when no s
 void ims_ouser_dirty(ims_server *srv, ims_ouser *u);
 /* Queues a frame for c; handles an output cap overrun (slow consumer). 0 or < 0. */
 int ims_client_send(ims_client *c, const imp_msg *m);
-/* The same for a frame encoded once for many clients (fan-out). */
+/* The same for a frame encoded once for many clients (fan-out): its bytes copied. */
 int ims_client_send_prepared(ims_client *c, const imp_prepared *p);
+/* The same, queued by reference (imp_conn_send_shared: written from the one frame). */
+int ims_client_send_shared(ims_client *c, imp_prepared *p);
 int ims_client_error(ims_client *c, uint32_t req, int code, const char *text,
                      uint32_t retry_after_ms);
 int ims_client_ok(ims_client *c, uint32_t req, int has_count, uint32_t count, int more);
 /* Decides to close c: ERROR code (when fatal and sendable), counted, session ended. */
 void ims_client_close(ims_client *c, int code, const char *text);
-size_t ims_client_pending(const ims_client *c);
 void ims_client_wake(ims_client *c);
 int ims_client_ready(const ims_client *c);
 void ims_monitor(ims_server *srv, const char *event, const char *user, const char *text);

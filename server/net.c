@@ -13,6 +13,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -27,6 +28,9 @@
 #include "tls.h"
 
 #define READ_CHUNK 65536
+/* Segments per gathering write: the output buffer and the shared frames after it (a room
+ * member's DELIVERs of a turn, imp_conn_send_shared); more are written by the next sendmsg. */
+#define WRITE_IOV 256
 #define ACCEPT_BATCH 64
 #define TICK_MS 100
 #define EMFILE_PAUSE_MS 100
@@ -39,9 +43,21 @@
 /* Connections whose input was read in a turn are written first in it (their answers: ACKs,
  * OKs), at most this many per turn; the others follow in the dirty list's order. */
 #define ANSWER_FIRST_MAX 64
+/* Fan-out output is coalesced across two turns (issue 3: room fan-out): in a turn that read
+ * requests (whose answers were just written, so their senders' next requests are on the way), a
+ * connection that read nothing and holds between HOLD_MIN and HOLD_MAX bytes (only a large
+ * fan-out queues that much in one turn: a light load never waits) is written in the next turn
+ * instead, with that turn's output: one write, and one wake-up of its reader, for twice the
+ * frames. Never twice in a row, and at most HOLD_US later (a timer runs the next turn). What is
+ * queued and every connection's order are unchanged: only when it is written. */
+#define HOLD_MIN 4096
+#define HOLD_MAX (32 * 1024)
+#define HOLD_US 1000
 /* netconn.dirty bits */
-#define D_LISTED 1 /* on the dirty list */
+#define D_LISTED 1 /* on the dirty list (or the held list, with D_HELD) */
 #define D_FIRST 2  /* in ims_net.first (written first in the turn) */
+#define D_HELD 4   /* on the held list: written in the next turn */
+#define D_NOHOLD 8 /* read in this turn, or held in the last one: written in this one */
 
 typedef struct netconn netconn;
 
@@ -106,12 +122,17 @@ struct ims_net {
     netconn *conns;
     int nconns;
     netconn *dirty;
+    netconn *held;         /* D_HELD connections (linked by dirty_next) */
+    struct event *hold_ev; /* runs a turn HOLD_US after connections were held */
     /* connections read since the last turn, written first in it (a requester's answer does
      * not wait behind a room's fan-out to every member): NULL where one was freed */
     netconn *first[ANSWER_FIRST_MAX];
     int nfirst;
     int shutting_down;
     int in_turn;
+    /* where the output goes (/metrics imd_net_*): plain sends, sends that did not take all
+     * (EAGAIN or short), recvs, turns */
+    uint64_t st_sends, st_sends_short, st_recvs, st_turns, st_held;
 };
 
 /* ---- helpers -------------------------------------------------------------------------------- */
@@ -159,13 +180,15 @@ static void mark_answer(netconn *c)
         n->first[n->nfirst++] = c;
     }
     mark_dirty(c);
+    c->dirty |= D_NOHOLD; /* its answers are not held (HOLD_MIN) */
 }
 
 static void conn_free(netconn *c, int reason)
 {
     ims_net *n = c->net;
-    if (c->dirty & D_LISTED) { /* unlink from the dirty list */
-        for (netconn **pp = &n->dirty; *pp; pp = &(*pp)->dirty_next)
+    if (c->dirty & D_LISTED) { /* unlink from the dirty (or held) list */
+        for (netconn **pp = (c->dirty & D_HELD) ? &n->held : &n->dirty; *pp;
+             pp = &(*pp)->dirty_next)
             if (*pp == c) {
                 *pp = c->dirty_next;
                 break;
@@ -219,17 +242,40 @@ static void plain_watch(netconn *c, short want)
     event_add(ev, NULL);
 }
 
-/* Writes what the core has queued. Returns -1 when the connection was closed (freed). */
+/* Writes what the core has queued. Returns -1 when the connection was closed (freed). The
+ * output is gathered (sendmsg): the core's buffer and the frames it shares with other
+ * connections (a room's DELIVERs, queued by reference), so the kernel copies each shared frame
+ * from one place, hot in the cache, instead of from a copy in every member's buffer. */
 static int conn_flush(netconn *c)
 {
     if (c->tls)
         return tls_flush(c);
+    static imp_iovec seg[WRITE_IOV];
+    static struct iovec iov[WRITE_IOV];
     for (;;) {
-        const uint8_t *p;
-        size_t len = ims_client_output(c->cl, &p);
-        if (len == 0)
+        int k = ims_client_output_iov(c->cl, seg, WRITE_IOV);
+        if (k == 0)
             break;
-        ssize_t w = send(c->fd, p, len, MSG_NOSIGNAL);
+        size_t len = 0;
+        ssize_t w;
+        if (k == 1) { /* one segment (no shared frames): a plain send */
+            len = seg[0].len;
+            w = send(c->fd, seg[0].base, len, MSG_NOSIGNAL);
+        } else {
+            for (int i = 0; i < k; i++) {
+                iov[i].iov_base = (void *)(uintptr_t)seg[i].base; /* sendmsg only reads it */
+                iov[i].iov_len = seg[i].len;
+                len += seg[i].len;
+            }
+            struct msghdr mh;
+            memset(&mh, 0, sizeof mh);
+            mh.msg_iov = iov;
+            mh.msg_iovlen = (size_t)k;
+            w = sendmsg(c->fd, &mh, MSG_NOSIGNAL);
+        }
+        c->net->st_sends++;
+        if (w < (ssize_t)len)
+            c->net->st_sends_short++;
         if (w < 0) {
             if (errno == EAGAIN || errno == EWOULDBLOCK) {
                 plain_watch(c, (short)(c->want | EV_WRITE));
@@ -264,6 +310,7 @@ static int on_read(netconn *c)
 {
     static uint8_t buf[READ_CHUNK];
     ssize_t r = recv(c->fd, buf, sizeof buf, 0);
+    c->net->st_recvs++;
     if (r == 0) {
         conn_free(c, 733);
         return -1;
@@ -527,13 +574,35 @@ static int tls_attach(ims_net *n, netconn *c, int fd)
 
 /* ---- the turn: group commit, then output ------------------------------------------------ */
 
+/* c may be held (HOLD_MIN): a plain open connection with a fan-out's worth of output. */
+static int conn_holds(netconn *c)
+{
+    if (c->tls || ims_client_done(c->cl))
+        return 0;
+    size_t len = ims_client_pending(c->cl);
+    return len >= HOLD_MIN && len < HOLD_MAX;
+}
+
 static void on_turn(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
     ims_net *n = arg;
     n->in_turn = 1;
+    n->st_turns++;
     ims_server_turn_end(n->srv);
+    int answered = n->nfirst > 0; /* requests were read: more are on the way (HOLD_MIN) */
+    /* (a connection read is D_NOHOLD: mark_answer) */
+    if (n->held) { /* held in the last turn: written in this one (still D_LISTED) */
+        event_del(n->hold_ev);
+        while (n->held) {
+            netconn *c = n->held;
+            n->held = c->dirty_next;
+            c->dirty = (uint8_t)((c->dirty & ~D_HELD) | D_NOHOLD);
+            c->dirty_next = n->dirty;
+            n->dirty = c;
+        }
+    }
     /* The connections read in this turn first: their answers (a sender's ACKs) reach them
      * before the turn's fan-out to the other connections is written, so a client that keeps a
      * window of requests in flight sends its next ones while that is written, and they are read
@@ -543,7 +612,7 @@ static void on_turn(evutil_socket_t fd, short what, void *arg)
     for (int i = 0; i < n->nfirst; i++) {
         netconn *c = n->first[i];
         if (c) {
-            c->dirty &= (uint8_t)~D_FIRST;
+            c->dirty = (uint8_t)((c->dirty & ~D_FIRST) | D_NOHOLD);
             n->first[i] = NULL;
             conn_flush(c);
         }
@@ -557,15 +626,33 @@ static void on_turn(evutil_socket_t fd, short what, void *arg)
         while (list) {
             netconn *c = list;
             list = c->dirty_next;
-            c->dirty &= (uint8_t)~D_LISTED;
+            if (round == 0 && answered && !(c->dirty & D_NOHOLD) && conn_holds(c)) {
+                c->dirty |= D_HELD; /* stays D_LISTED */
+                c->dirty_next = n->held;
+                n->held = c;
+                n->st_held++;
+                continue;
+            }
+            c->dirty &= (uint8_t) ~(D_LISTED | D_NOHOLD);
             c->dirty_next = NULL;
             conn_flush(c);
         }
         ims_server_turn_end(n->srv);
     }
+    if (n->held) {
+        struct timeval tv = {0, HOLD_US};
+        event_add(n->hold_ev, &tv);
+    }
     n->in_turn = 0;
     if (n->dirty)
         event_active(n->turn_ev, EV_WRITE, 0);
+}
+
+static void on_hold(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    schedule_turn(arg);
 }
 
 static void on_tick(evutil_socket_t fd, short what, void *arg)
@@ -857,6 +944,15 @@ static void on_metrics(struct evhttp_request *req, void *arg)
                         "imd_tls_handshake_failures_total %llu\n",
                         (unsigned long long)n->tls_handshakes,
                         (unsigned long long)n->tls_handshake_failures);
+    evbuffer_add_printf(m.b,
+                        "# TYPE imd_net_sends_total counter\nimd_net_sends_total %llu\n"
+                        "# TYPE imd_net_sends_short_total counter\nimd_net_sends_short_total %llu\n"
+                        "# TYPE imd_net_recvs_total counter\nimd_net_recvs_total %llu\n"
+                        "# TYPE imd_net_turns_total counter\nimd_net_turns_total %llu\n"
+                        "# TYPE imd_net_held_total counter\nimd_net_held_total %llu\n",
+                        (unsigned long long)n->st_sends, (unsigned long long)n->st_sends_short,
+                        (unsigned long long)n->st_recvs, (unsigned long long)n->st_turns,
+                        (unsigned long long)n->st_held);
     evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
                       "text/plain; version=0.0.4");
     evhttp_send_reply(req, 200, "OK", m.b);
@@ -909,8 +1005,10 @@ ims_net *ims_net_new(struct event_base *base)
     n->tick_ev = event_new(base, -1, EV_PERSIST, on_tick, n);
     n->wake_ev = event_new(base, n->wake_pipe[0], EV_READ | EV_PERSIST, on_wake, n);
     n->resume_ev = event_new(base, -1, 0, on_resume_accept, n);
-    if (!n->turn_ev || !n->tick_ev || !n->wake_ev || !n->resume_ev)
+    n->hold_ev = event_new(base, -1, 0, on_hold, n);
+    if (!n->turn_ev || !n->tick_ev || !n->wake_ev || !n->resume_ev || !n->hold_ev)
         goto fail;
+    event_priority_set(n->hold_ev, 0);
     event_priority_set(n->turn_ev, 1);
     event_priority_set(n->tick_ev, 0);
     event_priority_set(n->wake_ev, 0);
@@ -1012,7 +1110,8 @@ void ims_net_free(ims_net *n)
     }
     if (n->http)
         evhttp_free(n->http);
-    struct event *evs[] = {n->turn_ev, n->tick_ev, n->wake_ev, n->grace_ev, n->resume_ev};
+    struct event *evs[] = {n->turn_ev,  n->tick_ev,   n->wake_ev,
+                           n->grace_ev, n->resume_ev, n->hold_ev};
     for (size_t i = 0; i < sizeof evs / sizeof evs[0]; i++)
         if (evs[i])
             event_free(evs[i]);

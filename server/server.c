@@ -226,8 +226,7 @@ int ims_fold(imp_bytes b, char out[33])
 
 size_t ims_client_pending(const ims_client *c)
 {
-    const uint8_t *p;
-    return imp_conn_pending_output(c->conn, &p);
+    return imp_conn_output_size(c->conn); /* shared frames included, not laid out */
 }
 
 void ims_client_wake(ims_client *c)
@@ -265,6 +264,13 @@ int ims_client_send_prepared(ims_client *c, const imp_prepared *p)
     if (c->reason)
         return IMP_ERR_CLOSED;
     return client_sent(c, imp_conn_send_prepared(c->conn, p));
+}
+
+int ims_client_send_shared(ims_client *c, imp_prepared *p)
+{
+    if (c->reason)
+        return IMP_ERR_CLOSED;
+    return client_sent(c, imp_conn_send_shared(c->conn, p)); /* by reference (deliver.c) */
 }
 
 /* What follows a send's result r: the hard cap closes, success wakes the writer. */
@@ -840,6 +846,11 @@ void ims_client_input(ims_client *c, const uint8_t *p, size_t n)
 size_t ims_client_output(ims_client *c, const uint8_t **p)
 {
     return imp_conn_pending_output(c->conn, p);
+}
+
+int ims_client_output_iov(ims_client *c, imp_iovec *v, int max)
+{
+    return imp_conn_output_iov(c->conn, v, max);
 }
 
 void ims_client_consumed(ims_client *c, size_t n)

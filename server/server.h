@@ -45,6 +45,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <imp/imp.h>
+
 #include "auth.h"
 #include "config.h"
 #include "store.h"
@@ -85,6 +87,11 @@ void ims_server_free(ims_server *srv);
 ims_client *ims_server_accept(ims_server *srv, const char *peer, void *io_ctx);
 void ims_client_input(ims_client *c, const uint8_t *p, size_t n);
 size_t ims_client_output(ims_client *c, const uint8_t **p);
+/* The same output as segments (imp_conn_output_iov: the buffer, then the frames shared with
+ * other clients, e.g. a room's fan-out), at most max; for one gathering write (sendmsg). */
+int ims_client_output_iov(ims_client *c, imp_iovec *v, int max);
+/* All output bytes not yet written (shared frames included). */
+size_t ims_client_pending(const ims_client *c);
 void ims_client_consumed(ims_client *c, size_t n);
 int ims_client_done(const ims_client *c);
 /* reason: a wire code (e.g. 733 CONNECTION_LOST for EOF/reset) counted among close reasons. */

@@ -2414,6 +2414,371 @@ static void test_prepared_effects_match_send(void **state)
     imp_conn_free(b);
 }
 
+/* ---- shared frames (queued by reference) --------------------------------------------------- */
+
+/* The pending output as imp_conn_output_iov lists it, concatenated (the buffer is not laid out:
+ * shared frames stay references); *nseg: the number of segments. */
+static uint8_t *iov_copy(const imp_conn *c, size_t *len, int *nseg)
+{
+    imp_iovec v[64];
+    int k = imp_conn_output_iov(c, v, 64);
+    assert_true(k >= 0 && k < 64);
+    size_t n = 0;
+    for (int i = 0; i < k; i++) {
+        assert_true(v[i].len > 0);
+        n += v[i].len;
+    }
+    assert_int_equal(n, imp_conn_output_size(c));
+    uint8_t *b = malloc(n ? n : 1), *w = b;
+    assert_non_null(b);
+    for (int i = 0; i < k; i++) {
+        memcpy(w, v[i].base, v[i].len);
+        w += v[i].len;
+    }
+    *len = n;
+    *nseg = k;
+    return b;
+}
+
+static imp_prepared *deliver_frame(const char *body, const imp_allocator *alloc)
+{
+    imp_msg m;
+    build(&m, IMP_DELIVER, 0);
+    imp_msg_set_b(&m, IMP_T_BODY, body, strlen(body));
+    imp_msg_set_u(&m, IMP_T_CLASS, IMP_CLASS_TRANSIENT);
+    imp_msg_set_u(&m, IMP_T_SEQ, 0);
+    imp_prepared *p = imp_prepared_new(&m, alloc, NULL);
+    assert_non_null(p);
+    return p;
+}
+
+/* b's output, as listed and as laid out, is a's (a twin sent the same frames by copy). */
+static void expect_same_output(imp_conn *a, imp_conn *b)
+{
+    size_t na, nb;
+    int seg;
+    uint8_t *ba = out_copy(a, &na), *bb = iov_copy(b, &nb, &seg);
+    assert_int_equal(nb, na);
+    assert_memory_equal(bb, ba, na);
+    free(bb);
+    free(ba);
+}
+
+/* imp_conn_send_shared queues the frame's bytes by reference, in order with everything else the
+ * connection sends: the output (imp_conn_output_iov: the buffer, then the shared frames) is
+ * byte for byte what sending copies gives; a frame queued after shared ones lays them out in
+ * the buffer first (the order holds); imp_conn_pending_output lays everything out. Consuming
+ * any number of bytes (inside the buffer, inside a frame, across both) leaves exactly the rest. */
+static void test_shared_same_bytes_and_order(void **state)
+{
+    (void)state;
+    imp_prepared *p1 = deliver_frame("one", NULL), *p2 = deliver_frame("second frame", NULL);
+    imp_conn *a = server_at(NULL, IMP_S_READY, 0), *b = server_at(NULL, IMP_S_READY, 0);
+    size_t n;
+    int seg;
+    uint8_t *t = iov_copy(b, &n, &seg);
+    assert_int_equal(n, 0);
+    assert_int_equal(seg, 0);
+    free(t);
+    for (int round = 0; round < 3; round++) {
+        tx(a, IMP_OK, 5);
+        tx(b, IMP_OK, 5);
+        const imp_prepared *seq[] = {p1, p1, p2};
+        for (int i = 0; i < 3; i++) {
+            assert_int_equal(imp_conn_send_prepared(a, seq[i]), 0);
+            assert_int_equal(imp_conn_send_shared(b, (imp_prepared *)seq[i]), 0);
+        }
+        t = iov_copy(b, &n, &seg);
+        free(t);
+        assert_int_equal(seg, 4); /* the OK in the buffer, three references */
+        expect_same_output(a, b);
+        tx(a, IMP_OK, 6); /* after the shared frames: they are laid out first */
+        tx(b, IMP_OK, 6);
+        t = iov_copy(b, &n, &seg);
+        free(t);
+        assert_int_equal(seg, 1);
+        expect_same_output(a, b);
+        assert_int_equal(imp_conn_send_prepared(a, p2), 0);
+        assert_int_equal(imp_conn_send_shared(b, p2), 0);
+        assert_int_equal(imp_conn_send_prepared(a, p1), 0);
+        assert_int_equal(imp_conn_send_shared(b, p1), 0);
+        expect_same_output(a, b);
+        /* consumed a few bytes at a time, in steps that cut frames anywhere */
+        size_t step = 7 + 10 * (size_t)round;
+        int added = 0;
+        while (imp_conn_output_size(b) > 0) {
+            size_t left = imp_conn_output_size(b), k = step < left ? step : left;
+            imp_conn_consume_output(a, k);
+            imp_conn_consume_output(b, k);
+            expect_same_output(a, b);
+            if (round == 1 && !added && left > 100 && left < 200) { /* queued mid-way */
+                added = 1;
+                assert_int_equal(imp_conn_send_prepared(a, p1), 0);
+                assert_int_equal(imp_conn_send_shared(b, p1), 0);
+                expect_same_output(a, b);
+            }
+        }
+        const uint8_t *o;
+        assert_int_equal(imp_conn_pending_output(a, &o), 0);
+    }
+    /* laid out by imp_conn_pending_output: the same bytes, then one segment */
+    assert_int_equal(imp_conn_send_prepared(a, p1), 0);
+    assert_int_equal(imp_conn_send_shared(b, p1), 0);
+    assert_int_equal(imp_conn_send_prepared(a, p2), 0);
+    assert_int_equal(imp_conn_send_shared(b, p2), 0);
+    imp_conn_consume_output(a, 3);
+    imp_conn_consume_output(b, 3); /* inside the first reference */
+    size_t na, nb;
+    uint8_t *ba = out_copy(a, &na), *bb = out_copy(b, &nb);
+    assert_int_equal(nb, na);
+    assert_memory_equal(bb, ba, na);
+    free(ba);
+    free(bb);
+    t = iov_copy(b, &n, &seg);
+    free(t);
+    assert_int_equal(seg, 1);
+    imp_conn_consume_output(b, imp_prepared_size(p1) - 3);
+    outlist o;
+    out_decode(b, &o);
+    assert_int_equal(o.n, 1); /* the second */
+    assert_int_equal(o.m[0].type, IMP_DELIVER);
+    imp_conn_free(a);
+    imp_conn_free(b);
+    imp_prepared_free(p1);
+    imp_prepared_free(p2);
+}
+
+/* imp_conn_output_iov lists at most max segments, from the first. */
+static void test_shared_iov_max(void **state)
+{
+    (void)state;
+    imp_prepared *p = deliver_frame("x", NULL);
+    imp_conn *s = server_at(NULL, IMP_S_READY, 0);
+    tx(s, IMP_OK, 5);
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(imp_conn_send_shared(s, p), 0);
+    imp_iovec v[8];
+    assert_int_equal(imp_conn_output_iov(s, v, 0), 0);
+    assert_int_equal(imp_conn_output_iov(s, v, 2), 2);
+    size_t ok_len = v[0].len;
+    assert_int_equal(v[1].len, imp_prepared_size(p));
+    assert_int_equal(imp_conn_output_iov(s, v, 8), 6);
+    const uint8_t *o;
+    assert_int_equal(imp_conn_pending_output(s, &o), ok_len + 5 * imp_prepared_size(p));
+    assert_int_equal(imp_conn_output_iov(s, v, 8), 1); /* laid out now */
+    assert_ptr_equal(v[0].base, o);
+    imp_conn_free(s);
+    imp_prepared_free(p);
+}
+
+/* A shared frame lives while any connection holds it: imp_prepared_free drops the caller's
+ * reference, writing it out or freeing the connection drops the connection's (IMP-LIB-003: all
+ * through the frame's allocator, nothing left). */
+static void test_shared_lifetime(void **state)
+{
+    (void)state;
+    counting k;
+    counting_init(&k);
+    imp_prepared *p = deliver_frame("kept while queued", &k.a);
+    size_t size = imp_prepared_size(p);
+    imp_conn *a = server_at(NULL, IMP_S_READY, 0), *b = server_at(NULL, IMP_S_READY, 0);
+    assert_int_equal(imp_conn_send_shared(a, p), 0);
+    assert_int_equal(imp_conn_send_shared(a, p), 0);
+    assert_int_equal(imp_conn_send_shared(b, p), 0);
+    imp_prepared_free(p);
+    assert_int_equal(k.live, 1);
+    imp_conn_consume_output(a, size + 1); /* one written, one started */
+    assert_int_equal(k.live, 1);
+    imp_conn_consume_output(a, size - 1);
+    assert_int_equal(imp_conn_output_size(a), 0);
+    assert_int_equal(k.live, 1); /* b still holds it */
+    imp_conn_free(b);
+    assert_int_equal(k.live, 0);
+    imp_conn_free(a);
+}
+
+/* The send table, the client's limits and the output cap apply as to imp_conn_send_prepared
+ * (the shared bytes count against max_output); a frame sent before authentication is copied,
+ * with the same effects; a fatal ERROR closes. */
+static void test_shared_state_and_cap(void **state)
+{
+    (void)state;
+    imp_prepared *p = deliver_frame("capped", NULL);
+    size_t size = imp_prepared_size(p);
+    imp_conn *s = server_at(NULL, IMP_S_AWAIT_AUTH, 0);
+    assert_true(imp_conn_send_shared(s, p) < 0);
+    assert_int_equal(imp_conn_output_size(s), 0);
+    imp_conn_free(s);
+    imp_conn *cl = client_at(NULL, IMP_S_READY, 0, NULL);
+    assert_int_equal(imp_conn_send_shared(cl, p), IMP_ERR_NOT_ALLOWED);
+    imp_conn_free(cl);
+    /* a client's frame over the server's announced limit (IMP-MSG-003): TOO_LARGE */
+    imp_msg w, big;
+    build(&w, IMP_WELCOME, 0);
+    imp_msg_set_u(&w, IMP_T_MAX_FRAME, 8192);
+    cl = client_at(NULL, IMP_S_READY, 0, &w);
+    static uint8_t body[8192];
+    build(&big, IMP_SEND, 4);
+    imp_msg_set_b(&big, IMP_T_BODY, body, sizeof body);
+    imp_prepared *pb = imp_prepared_new(&big, NULL, NULL);
+    assert_non_null(pb);
+    assert_int_equal(imp_conn_send_shared(cl, pb), IMP_ERR_TOO_LARGE);
+    assert_int_equal(imp_conn_send_prepared(cl, pb), IMP_ERR_TOO_LARGE);
+    assert_int_equal(imp_conn_output_size(cl), 0);
+    assert_int_equal(imp_conn_error(cl), 0);
+    imp_prepared_free(pb);
+    imp_conn_free(cl);
+
+    imp_config cfg;
+    imp_config_default(&cfg, IMP_ROLE_SERVER);
+    cfg.max_output = 2 * size + 1;
+    s = server_at(&cfg, IMP_S_READY, 0);
+    assert_int_equal(imp_conn_send_shared(s, p), 0);
+    assert_int_equal(imp_conn_send_shared(s, p), 0);
+    assert_int_equal(imp_conn_send_shared(s, p), IMP_ERR_OUTPUT_FULL);
+    assert_int_equal(imp_conn_send_prepared(s, p), IMP_ERR_OUTPUT_FULL);
+    imp_msg m;
+    build(&m, IMP_DELIVER, 0);
+    imp_msg_set_b(&m, IMP_T_BODY, "capped", 6);
+    imp_msg_set_u(&m, IMP_T_CLASS, IMP_CLASS_TRANSIENT);
+    imp_msg_set_u(&m, IMP_T_SEQ, 0);
+    assert_int_equal(imp_conn_send(s, &m), IMP_ERR_OUTPUT_FULL);
+    assert_int_equal(imp_conn_output_size(s), 2 * size);
+    assert_int_equal(imp_conn_error(s), 0);
+    imp_conn_consume_output(s, size);
+    assert_int_equal(imp_conn_send_shared(s, p), 0);
+    assert_int_equal(imp_conn_output_size(s), 2 * size);
+    imp_conn_free(s);
+
+    /* AUTH_OK shared in AUTHENTICATING: copied (before authentication), READY as sent */
+    imp_msg ok;
+    build(&ok, IMP_AUTH_OK, 2);
+    imp_msg_set_b(&ok, IMP_T_TOKEN, "0123456789abcdef", 16);
+    imp_prepared *pa = imp_prepared_new(&ok, NULL, NULL);
+    assert_non_null(pa);
+    imp_conn *x = server_at(NULL, IMP_S_AUTHENTICATING, 0);
+    imp_conn *y = server_at(NULL, IMP_S_AUTHENTICATING, 0);
+    assert_int_equal(imp_conn_send(x, &ok), 0);
+    assert_int_equal(imp_conn_send_shared(y, pa), 0);
+    expect_twins(x, y);
+    assert_int_equal(imp_conn_state(y), IMP_S_READY);
+    imp_conn_free(x);
+    imp_conn_free(y);
+    imp_prepared_free(pa);
+
+    /* a fatal ERROR shared: CLOSING, then CLOSED */
+    imp_msg e;
+    build(&e, IMP_ERROR, 0);
+    imp_msg_set_u(&e, IMP_T_CODE, 731);
+    imp_prepared *pe = imp_prepared_new(&e, NULL, NULL);
+    assert_non_null(pe);
+    s = server_at(NULL, IMP_S_READY, 0);
+    assert_int_equal(imp_conn_send_shared(s, pe), 0);
+    assert_int_equal(imp_conn_state(s), IMP_S_CLOSING);
+    expect_output_error(s, 731);
+    assert_int_equal(imp_conn_send_shared(s, p), IMP_ERR_CLOSED);
+    imp_conn_free(s);
+    imp_prepared_free(pe);
+    imp_prepared_free(p);
+}
+
+/* IMP-LIB-003: the list of shared frames is allocated through the connection's hook: it grows
+ * (failure: NOMEM, fatal, nothing queued), is reused once written, released by imp_conn_trim
+ * and imp_conn_free; laying the frames out into a buffer that cannot grow leaves them listed
+ * (imp_conn_pending_output returns the bytes before them) until it can. */
+static void test_shared_allocation(void **state)
+{
+    (void)state;
+    imp_prepared *p = deliver_frame("alloc", NULL);
+    size_t size = imp_prepared_size(p);
+    counting k;
+    counting_init(&k);
+    imp_config cfg;
+    imp_config_default(&cfg, IMP_ROLE_SERVER);
+    cfg.alloc = &k.a;
+    imp_conn *s = server_at(&cfg, IMP_S_READY, 0);
+    imp_conn_trim(s);
+    size_t base = k.live;
+    k.fail_at = k.calls + 1; /* the list's first allocation */
+    assert_int_equal(imp_conn_send_shared(s, p), IMP_ERR_NOMEM);
+    assert_int_equal(imp_conn_error(s), IMP_ERR_NOMEM);
+    assert_int_equal(imp_conn_send_shared(s, p), IMP_ERR_CLOSED);
+    imp_conn_free(s);
+    assert_int_equal(k.live, 0);
+
+    counting_init(&k);
+    s = server_at(&cfg, IMP_S_READY, 0);
+    imp_conn_trim(s);
+    base = k.live;
+    int queued = 0;
+    while (k.calls == 0 || k.live == base) { /* up to the first list */
+        assert_int_equal(imp_conn_send_shared(s, p), 0);
+        queued++;
+    }
+    size_t calls = k.calls;
+    while (k.calls == calls) { /* fill it: the next one grows it */
+        assert_int_equal(imp_conn_send_shared(s, p), 0);
+        queued++;
+    }
+    assert_int_equal(imp_conn_output_size(s), (size_t)queued * size);
+    /* one written: the list makes room at its front before it grows again */
+    imp_conn_consume_output(s, size);
+    calls = k.calls;
+    int more = 0;
+    while (k.calls == calls) {
+        assert_int_equal(imp_conn_send_shared(s, p), 0);
+        more++;
+    }
+    assert_int_equal(imp_conn_output_size(s), (size_t)(queued - 1 + more) * size);
+    /* all written: reused, no allocation */
+    imp_conn_consume_output(s, imp_conn_output_size(s));
+    calls = k.calls;
+    for (int i = 0; i < queued; i++)
+        assert_int_equal(imp_conn_send_shared(s, p), 0);
+    assert_int_equal(k.calls, calls);
+    /* a list grown past what is kept (256 frames) is freed once written */
+    imp_conn_consume_output(s, imp_conn_output_size(s));
+    for (int i = 0; i < 300; i++)
+        assert_int_equal(imp_conn_send_shared(s, p), 0);
+    assert_int_equal(k.live, base + 1);
+    imp_conn_consume_output(s, imp_conn_output_size(s));
+    assert_int_equal(k.live, base);
+    assert_int_equal(imp_conn_send_shared(s, p), 0);
+    assert_int_equal(k.live, base + 1);
+    /* growing fails: NOMEM, fatal, the frames queued before are still there */
+    k.fail_at = k.calls + 1;
+    size_t before = imp_conn_output_size(s);
+    while (imp_conn_error(s) == 0)
+        (void)imp_conn_send_shared(s, p);
+    assert_int_equal(imp_conn_error(s), IMP_ERR_NOMEM);
+    assert_true(imp_conn_output_size(s) >= before);
+    imp_conn_free(s);
+    assert_int_equal(k.live, 0);
+
+    /* laying out fails: pending_output gives what precedes the frames, then all of it */
+    counting_init(&k);
+    s = server_at(&cfg, IMP_S_READY, 0);
+    tx(s, IMP_OK, 3);
+    const uint8_t *o;
+    size_t ok_len = imp_conn_pending_output(s, &o);
+    for (int i = 0; i < 100; i++)
+        assert_int_equal(imp_conn_send_shared(s, p), 0);
+    k.fail_at = k.calls + 1; /* the buffer's growth */
+    assert_int_equal(imp_conn_pending_output(s, &o), ok_len);
+    assert_int_equal(imp_conn_output_size(s), ok_len + 100 * size);
+    imp_conn_consume_output(s, ok_len);
+    assert_int_equal(imp_conn_pending_output(s, &o), 100 * size);
+    drain(s);
+    imp_conn_trim(s); /* the list too */
+    imp_conn *fresh = server_at(&cfg, IMP_S_READY, 0);
+    imp_conn_trim(fresh);
+    assert_int_equal(k.live, 2 * base);
+    imp_conn_free(fresh);
+    imp_conn_free(s);
+    assert_int_equal(k.live, 0);
+    imp_prepared_free(p);
+}
+
 /* Output written a little at a time while frames keep being queued (a slow reader of a room's
  * fan-out): the pending output is always exactly the frames queued minus the bytes consumed,
  * and the buffer grows only when the unwritten bytes no longer fit it (no allocation while the
@@ -2728,6 +3093,11 @@ int main(void)
         cmocka_unit_test(test_prepared_state_and_cap),
         cmocka_unit_test(test_prepared_allocation),
         cmocka_unit_test(test_prepared_effects_match_send),
+        cmocka_unit_test(test_shared_same_bytes_and_order),
+        cmocka_unit_test(test_shared_iov_max),
+        cmocka_unit_test(test_shared_lifetime),
+        cmocka_unit_test(test_shared_state_and_cap),
+        cmocka_unit_test(test_shared_allocation),
         cmocka_unit_test(test_defer_logout_off),
         cmocka_unit_test(test_defer_logout_on),
         cmocka_unit_test(test_defer_logout_other_ends),

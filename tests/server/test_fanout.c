@@ -162,23 +162,90 @@ static void test_big_room_fanout(void **state)
     h_free(h);
 }
 
+/* A transient room message is queued on the members by reference (one encoded frame, written
+ * from one place: imp_conn_send_shared); a transient direct message is copied into its
+ * recipient's output (one reference per small frame would make the writes gather many small
+ * segments). Seen in the outputs' segments; what each client reads is the same either way. */
+static void test_shared_frames_only_for_fanout(void **state)
+{
+    (void)state;
+    th *h = h_new();
+    h_start_cfg(h);
+    tc *a = tc_user(h, "ann", 1), *b = tc_user(h, "bob", 1), *c = tc_user(h, "cid", 1);
+    tc_join(a, "r");
+    tc_join(b, "r");
+    tc_join(c, "r");
+    turn(h);
+    drain(a);
+    drain(b);
+    drain(c);
+    imp_iovec seg[8];
+    for (int i = 0; i < 3; i++)
+        tc_sendmsg(a, IMP_TARGET_USER, "bob", NULL, "direct", IMP_CLASS_TRANSIENT, 0);
+    turn(h);
+    assert_int_equal(ims_client_output_iov(b->sc, seg, 8), 1); /* the buffer: copied */
+    for (int i = 0; i < 3; i++)
+        tc_sendmsg(a, IMP_TARGET_ROOM, "r", NULL, "room", IMP_CLASS_TRANSIENT, 0);
+    turn(h);
+    /* bob: his buffer (the direct ones), then the three room frames by reference; cid: the
+     * same three frames, the same memory */
+    imp_iovec segc[8];
+    assert_int_equal(ims_client_output_iov(b->sc, seg, 8), 4);
+    assert_int_equal(ims_client_output_iov(c->sc, segc, 8), 3);
+    for (int i = 0; i < 3; i++)
+        assert_ptr_equal(seg[1 + i].base, segc[i].base);
+    imp_msg m;
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(next_non_presence(b, &m), 1);
+        assert_true(bytes_is(imp_msg_b(&m, IMP_T_BODY), "direct"));
+    }
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(next_non_presence(b, &m), 1);
+        assert_true(bytes_is(imp_msg_b(&m, IMP_T_BODY), "room"));
+        assert_int_equal(next_non_presence(c, &m), 1);
+        assert_true(bytes_is(imp_msg_b(&m, IMP_T_BODY), "room"));
+    }
+    assert_int_equal(next_non_presence(b, &m), 0);
+    assert_int_equal(next_non_presence(c, &m), 0);
+    tc_close(a);
+    tc_close(b);
+    tc_close(c);
+    h_free(h);
+}
+
 /* ---- net.c: the connections read in a turn are written first --------------------------------
  *
  * The network layer over real loopback sockets (ims_net, libevent, the server core with an
  * in-memory store and one hash thread), driven by this process's event loop turn by turn, with
- * clients that are plain blocking sockets plus libimp client connections. net.c's send() calls
- * go to the definition below (it is linked into this program), which records which socket each
- * write went to. */
+ * clients that are plain blocking sockets plus libimp client connections. net.c's send() and
+ * sendmsg() calls go to the definitions below (linked into this program), which record which
+ * socket each write went to and how many bytes it wrote. */
 
 static int rec_on;
 static int rec_fd[4096];
+static size_t rec_len[4096];
 static size_t rec_n;
+
+static void rec_write(int fd, ssize_t w)
+{
+    if (rec_on && rec_n < sizeof rec_fd / sizeof rec_fd[0]) {
+        rec_fd[rec_n] = fd;
+        rec_len[rec_n++] = w > 0 ? (size_t)w : 0;
+    }
+}
 
 ssize_t send(int fd, const void *buf, size_t len, int flags)
 {
-    if (rec_on && rec_n < sizeof rec_fd / sizeof rec_fd[0])
-        rec_fd[rec_n++] = fd;
-    return (ssize_t)syscall(SYS_sendto, fd, buf, len, flags, NULL, 0);
+    ssize_t w = (ssize_t)syscall(SYS_sendto, fd, buf, len, flags, NULL, 0);
+    rec_write(fd, w);
+    return w;
+}
+
+ssize_t sendmsg(int fd, const struct msghdr *mh, int flags)
+{
+    ssize_t w = (ssize_t)syscall(SYS_sendmsg, fd, mh, flags);
+    rec_write(fd, w);
+    return w;
 }
 
 typedef struct nc {
@@ -314,9 +381,18 @@ static int server_fd_of(const nc *c)
  * is read first is owed the second's. Both are written (their ACK, and the other's DELIVER)
  * before any other member's DELIVER is, whatever order the dirty list has (LIFO: without the
  * rule, one of the two senders, the room's first member, is marked first and written last). */
-static void test_net_writes_answers_first(void **state)
+/* imd's network layer, core, store and hash thread in this process (nspin runs its loop). */
+typedef struct nenv {
+    ims_cfg cfg;
+    ims_store *store;
+    ims_net *net;
+    ims_auth *auth;
+    ims_server *srv;
+    int port;
+} nenv;
+
+static void nenv_up(nenv *e)
 {
-    (void)state;
     ims_cfg cfg;
     h_cfg(&cfg);
     cfg.n_listen = 1;
@@ -356,6 +432,33 @@ static void test_net_writes_answers_first(void **state)
     int port = 0;
     assert_int_equal(fscanf(out, "imd: listening on 127.0.0.1:%d", &port), 1);
     fclose(out);
+    e->cfg = cfg;
+    e->store = store;
+    e->net = net;
+    e->auth = auth;
+    e->srv = srv;
+    e->port = port;
+}
+
+static void nenv_down(nenv *e)
+{
+    for (int i = 0; i < 50 && ims_net_connections(e->net) > 0; i++) {
+        nspin();
+        usleep(2000);
+    }
+    ims_net_free(e->net);
+    ims_server_free(e->srv);
+    ims_auth_free(e->auth);
+    ims_store_close(e->store);
+    event_base_free(nbase);
+}
+
+static void test_net_writes_answers_first(void **state)
+{
+    (void)state;
+    nenv e;
+    nenv_up(&e);
+    int port = e.port;
 
     /* s0 first: the lowest user id, the first member a fan-out marks */
     enum { N = 2 + NW_MEMBERS };
@@ -439,22 +542,179 @@ static void test_net_writes_answers_first(void **state)
     }
     for (int i = 0; i < N; i++)
         nc_free(cs[i]);
-    for (int i = 0; i < 50 && ims_net_connections(net) > 0; i++) {
-        nspin();
-        usleep(2000);
+    nenv_down(&e);
+}
+
+/* ---- net.c: fan-out output coalesced over two turns (HOLD_MIN .. HOLD_MAX) ---------------- */
+
+#define H_MEMBERS 3
+#define H_BODY 1000 /* 8 messages: ~8.8 KB per member, between HOLD_MIN and HOLD_MAX */
+
+/* s sends n transient room messages to "hall" (bodies "b<index>" padded to H_BODY) in one
+ * write, and waits until imd's socket has them. */
+static void send_burst(nc *s, int sfd, int first, int n)
+{
+    static char body[H_BODY];
+    for (int i = 0; i < n; i++) {
+        imp_msg m;
+        imp_msg_init(&m, IMP_SEND, ++s->req);
+        imp_msg_set_u(&m, IMP_T_TARGET_KIND, IMP_TARGET_ROOM);
+        imp_msg_set_s(&m, IMP_T_TARGET, "hall");
+        imp_msg_set_u(&m, IMP_T_CLASS, IMP_CLASS_TRANSIENT);
+        imp_msg_set_u(&m, IMP_T_ACK_MODE, IMP_ACK_STORED);
+        memset(body, 'x', sizeof body);
+        snprintf(body, sizeof body, "b%06d", first + i);
+        imp_msg_set_b(&m, IMP_T_BODY, body, sizeof body);
+        assert_int_equal(imp_conn_send(s->ic, &m), 0);
     }
-    ims_net_free(net);
-    ims_server_free(srv);
-    ims_auth_free(auth);
-    ims_store_close(store);
-    event_base_free(nbase);
+    nc_flush(s);
+    struct pollfd pf = {sfd, POLLIN, 0};
+    assert_int_equal(poll(&pf, 1, 5000), 1);
+}
+
+/* Bytes written to fd among the recorded writes (-1: no write to it). */
+static long long written_to(int fd)
+{
+    long long n = -1;
+    for (size_t i = 0; i < rec_n; i++)
+        if (rec_fd[i] == fd)
+            n = (n < 0 ? 0 : n) + (long long)rec_len[i];
+    return n;
+}
+
+/* Reads n DELIVERs at c: the messages first .. first+n-1 in order, then its ACKs are not
+ * expected (a member). */
+static void expect_burst(nc *c, int first, int n)
+{
+    for (int i = 0; i < n; i++) {
+        imp_msg m;
+        nc_wait(c, IMP_DELIVER, &m);
+        imp_bytes b = imp_msg_b(&m, IMP_T_BODY);
+        char want[16];
+        snprintf(want, sizeof want, "b%06d", first + i);
+        assert_int_equal(b.len, H_BODY);
+        if (memcmp(b.p, want, strlen(want)) != 0)
+            fail_msg("DELIVER %d: not message %s", i, want);
+    }
+}
+
+static void expect_acks(nc *c, int n)
+{
+    for (int i = 0; i < n; i++) {
+        imp_msg m;
+        nc_wait(c, IMP_ACK, &m);
+        assert_int_equal(imp_msg_u(&m, IMP_T_OUTCOME, 0), IMP_OUTCOME_STORED);
+    }
+}
+
+/* A member owed a fan-out of HOLD_MIN .. HOLD_MAX bytes by a turn that read requests is written
+ * in the next turn (the senders' next requests bring it) or HOLD_US later, never in the same
+ * one, and never held twice in a row; its frames are all there, in order. A smaller fan-out (a
+ * light load) and a larger one are written in the turn itself, and the sender's ACKs always
+ * are. */
+static void test_net_holds_fanout(void **state)
+{
+    (void)state;
+    nenv e;
+    nenv_up(&e);
+    nc *s = nc_user(e.port, "s0", "hall");
+    nc *m[H_MEMBERS];
+    int mfd[H_MEMBERS];
+    char name[16];
+    for (int i = 0; i < H_MEMBERS; i++) {
+        snprintf(name, sizeof name, "m%d", i);
+        m[i] = nc_user(e.port, name, "hall");
+    }
+    nspin();
+    int sfd = server_fd_of(s);
+    for (int i = 0; i < H_MEMBERS; i++)
+        mfd[i] = server_fd_of(m[i]);
+    int next = 0;
+
+    /* light: one message, written to every member in the turn that read it */
+    send_burst(s, sfd, next, 1);
+    rec_n = 0;
+    rec_on = 1;
+    nspin();
+    rec_on = 0;
+    assert_true(written_to(sfd) > 0);
+    for (int i = 0; i < H_MEMBERS; i++)
+        assert_true(written_to(mfd[i]) > H_BODY);
+    for (int i = 0; i < H_MEMBERS; i++)
+        expect_burst(m[i], next, 1);
+    expect_acks(s, 1);
+    next += 1;
+
+    /* 8 messages in one turn: the ACKs are written, the members are held; the timer writes them
+     * (HOLD_US: 1 ms; generously bounded here) */
+    send_burst(s, sfd, next, 8);
+    rec_n = 0;
+    rec_on = 1;
+    nspin();
+    assert_true(written_to(sfd) > 0);
+    for (int i = 0; i < H_MEMBERS; i++)
+        assert_int_equal(written_to(mfd[i]), -1);
+    uint64_t t0 = mono_ms();
+    int all = 0;
+    while (!all && mono_ms() - t0 < 2000) {
+        usleep(200);
+        nspin();
+        all = 1;
+        for (int i = 0; i < H_MEMBERS; i++)
+            all = all && written_to(mfd[i]) >= 8 * H_BODY;
+    }
+    rec_on = 0;
+    assert_true(all);
+    assert_true(mono_ms() - t0 < 500);
+    for (int i = 0; i < H_MEMBERS; i++)
+        expect_burst(m[i], next, 8);
+    expect_acks(s, 8);
+    next += 8;
+
+    /* held, then the next turn reads the sender's next 8: both written in that turn, the second
+     * fan-out (as large) not held again */
+    send_burst(s, sfd, next, 8);
+    rec_n = 0;
+    rec_on = 1;
+    nspin();
+    for (int i = 0; i < H_MEMBERS; i++)
+        assert_int_equal(written_to(mfd[i]), -1);
+    send_burst(s, sfd, next + 8, 8);
+    rec_n = 0;
+    nspin();
+    rec_on = 0;
+    for (int i = 0; i < H_MEMBERS; i++)
+        assert_true(written_to(mfd[i]) >= 16 * H_BODY);
+    for (int i = 0; i < H_MEMBERS; i++)
+        expect_burst(m[i], next, 16);
+    expect_acks(s, 16);
+    next += 16;
+
+    /* over HOLD_MAX in one turn: written in it */
+    send_burst(s, sfd, next, 40);
+    rec_n = 0;
+    rec_on = 1;
+    nspin();
+    rec_on = 0;
+    for (int i = 0; i < H_MEMBERS; i++)
+        assert_true(written_to(mfd[i]) > 32 * 1024);
+    for (int i = 0; i < H_MEMBERS; i++)
+        expect_burst(m[i], next, 40);
+    expect_acks(s, 40);
+
+    nc_free(s);
+    for (int i = 0; i < H_MEMBERS; i++)
+        nc_free(m[i]);
+    nenv_down(&e);
 }
 
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_big_room_fanout),
+        cmocka_unit_test(test_shared_frames_only_for_fanout),
         cmocka_unit_test(test_net_writes_answers_first),
+        cmocka_unit_test(test_net_holds_fanout),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -121,7 +121,10 @@ typedef struct imp_prepared imp_prepared;
  * failure with *err (when err != NULL) set to the validation error, IMP_ERR_TOO_LARGE or
  * IMP_ERR_NOMEM; m's views are copied, m may change or go away afterwards. */
 imp_prepared *imp_prepared_new(const imp_msg *m, const imp_allocator *alloc, int *err);
-void imp_prepared_free(imp_prepared *p); /* NULL: nothing */
+/* Drops the caller's reference (NULL: nothing): the frame is freed once no connection holds it
+ * either (imp_conn_send_shared). Not thread-safe: a frame and the connections it is queued on
+ * belong to one thread. */
+void imp_prepared_free(imp_prepared *p);
 /* The size of the encoded frame (header included). */
 size_t imp_prepared_size(const imp_prepared *p);
 
@@ -130,13 +133,39 @@ size_t imp_prepared_size(const imp_prepared *p);
  * IMP_ERR_OUTPUT_FULL, IMP_ERR_NOMEM fatal), with its bytes copied instead of encoded. */
 int imp_conn_send_prepared(imp_conn *c, const imp_prepared *p);
 
+/* Queue a prepared frame by reference: the same checks and effects as imp_conn_send_prepared,
+ * but once authenticated the connection keeps a reference to p (which keeps p alive after the
+ * caller's imp_prepared_free) instead of copying its bytes, until they are written. For a
+ * frame queued on many connections (a room's fan-out): each connection's output lists the
+ * frames it shares (imp_conn_output_iov) and a writer hands them to the kernel without a copy
+ * per connection. Order is kept: the output is the buffer's bytes, then the shared frames in
+ * the order queued; a frame queued by anything but this function after shared frames first
+ * copies them into the buffer. Before authentication the bytes are copied. */
+int imp_conn_send_shared(imp_conn *c, imp_prepared *p);
+
 /* Close with an error for the peer: queues ERROR(code, text) when the state allows sending,
  * and enters CLOSING. code is a wire code (e.g. 730) or a negative imp_err. */
 void imp_conn_close(imp_conn *c, int code, const char *text);
 
 /* Output to write: *out points at the bytes (valid until the next call that sends or
- * consumes); returns their number (0: nothing to write). */
+ * consumes); returns their number (0: nothing to write). Shared frames are copied into the
+ * buffer first (when the buffer cannot grow, fewer bytes are returned: those before them). */
 size_t imp_conn_pending_output(const imp_conn *c, const uint8_t **out);
+
+/* One segment of the output (imp_conn_output_iov). */
+typedef struct imp_iovec {
+    const uint8_t *base;
+    size_t len;
+} imp_iovec;
+/* All output bytes not yet written: the buffer's and the shared frames' (imp_conn_send_shared).
+ * This is what max_output is checked against. */
+size_t imp_conn_output_size(const imp_conn *c);
+/* The output as segments, in order: the buffer's bytes (if any), then each shared frame (the
+ * first one from where writing stopped); at most max of them, the first ones. Returns how many
+ * were filled (0: nothing to write). Valid until the next call that sends or consumes, or
+ * imp_conn_pending_output (which lays the shared frames out). For a
+ * gathering write (writev); imp_conn_consume_output takes the bytes written across segments. */
+int imp_conn_output_iov(const imp_conn *c, imp_iovec *v, int max);
 /* n bytes of the pending output were written (n <= pending). */
 void imp_conn_consume_output(imp_conn *c, size_t n);
 
