@@ -1138,35 +1138,21 @@ static void hc_set(ims_store *s, const char *room, int64_t n)
 
 static void bind_content(sqlite3_stmt *q, int col, const ims_message *m);
 
-static void pk_put(uint8_t *p, uint64_t v, int bytes)
-{
-    for (int i = 0; i < bytes; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static uint64_t pk_get(const uint8_t *p, int bytes)
-{
-    uint64_t v = 0;
-    for (int i = bytes - 1; i >= 0; i--)
-        v = (v << 8) | p[i];
-    return v;
-}
-
 /* Decodes the record at p (avail bytes) into m (views into p); its length in *used. -1 when it
  * does not fit or does not make sense (a damaged entry). */
 static int pk_decode(const uint8_t *p, size_t avail, ims_message *m, size_t *used)
 {
     if (avail < PK_HEAD)
         return -1;
-    size_t hl = (size_t)pk_get(p + 24, 4), bl = (size_t)pk_get(p + 28, 4);
+    size_t hl = (size_t)get_le(p + 24, 4), bl = (size_t)get_le(p + 28, 4);
     size_t sl = p[32], tl = p[33];
     if (sl > IMS_NAME_MAX || tl > IMS_NAME_MAX || hl > avail || bl > avail ||
         PK_HEAD + sl + tl + hl + bl > avail)
         return -1;
     memset(m, 0, sizeof *m);
-    m->msg_id = (int64_t)pk_get(p, 8);
-    m->sender_id = (int64_t)pk_get(p + 8, 8);
-    m->ts_ms = (int64_t)pk_get(p + 16, 8);
+    m->msg_id = (int64_t)get_le(p, 8);
+    m->sender_id = (int64_t)get_le(p + 8, 8);
+    m->ts_ms = (int64_t)get_le(p + 16, 8);
     m->target_kind = 1;
     const uint8_t *q = p + PK_HEAD;
     memcpy(m->sender, q, sl);
@@ -1213,11 +1199,11 @@ static int pk_add(ims_store *s, struct umark *e, uint64_t seq, int64_t msg_id, c
     if (pk_reserve(&s->pk_buf, &s->pk_bufcap, s->pk_len + len) != 0)
         return IMP_ERR_NOMEM;
     uint8_t *p = s->pk_buf + s->pk_len;
-    pk_put(p, (uint64_t)msg_id, 8);
-    pk_put(p + 8, (uint64_t)m->sender_id, 8);
-    pk_put(p + 16, (uint64_t)m->ts_ms, 8);
-    pk_put(p + 24, m->headers_len, 4);
-    pk_put(p + 28, m->body_len, 4);
+    put_le(p, (uint64_t)msg_id, 8);
+    put_le(p + 8, (uint64_t)m->sender_id, 8);
+    put_le(p + 16, (uint64_t)m->ts_ms, 8);
+    put_le(p + 24, m->headers_len, 4);
+    put_le(p + 28, m->body_len, 4);
     p[32] = (uint8_t)sl;
     p[33] = (uint8_t)tl;
     uint8_t *q = p + PK_HEAD;
@@ -1285,7 +1271,7 @@ static int pk_write(ims_store *s, size_t i, size_t j, size_t bytes)
         return IMP_ERR_STORAGE;
     sqlite3_bind_int64(q, 1, last->user_id);
     sqlite3_bind_int64(q, 2, (int64_t)last->seq);
-    sqlite3_bind_int64(q, 3, (int64_t)pk_get(s->pk_buf + last->off, 8));
+    sqlite3_bind_int64(q, 3, (int64_t)get_le(s->pk_buf + last->off, 8));
     sqlite3_bind_blob(q, 4, s->pk_row, (int)len, SQLITE_STATIC);
     sqlite3_bind_int64(q, 5, (int64_t)(j - i));
     int r = sqlite3_step(q) == SQLITE_DONE ? 0 : db_fail(s, "queue insert");

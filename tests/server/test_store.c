@@ -2597,7 +2597,10 @@ static void test_queue_packed_rows(void **state)
     assert_int_equal(ims_store_begin(s), 0);
     for (int i = 1; i <= 10; i++) {
         char body[16];
-        snprintf(body, sizeof body, i == 4 ? "" : "b%d", i);
+        if (i == 4)
+            body[0] = '\0'; /* an empty body */
+        else
+            snprintf(body, sizeof body, "b%d", i);
         uint64_t seq = 0;
         put_direct(s, a, "alice", b, "bob", 100 + i, i == 2 ? hdr : NULL, i == 2 ? sizeof hdr : 0,
                    body, &seq);
